@@ -1,0 +1,563 @@
+"""The typed Canary event: every payload the console posts, with every quirk normalised here, once.
+
+Mappers read a `CanaryEvent`, never raw JSON keys. The raw body is kept byte-exact in
+`CanaryEvent.raw` so no record ever loses what the console sent.
+
+The classification order and the quirks list follow the public Canary webhook documents and
+payloads captured by other integrations (see docs/canary-payloads.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "AuditRecord",
+    "CanaryEvent",
+    "Detail",
+    "EventKind",
+    "PayloadError",
+    "log_type_name",
+    "parse_event",
+    "parse_timestamp",
+]
+
+TEST_LOG_TYPE = 111111
+TEST_CANARY_ID = "0000000testnode"
+TEST_DESCRIPTIONS = frozenset({"Fake Location", "Dummy Incident"})
+
+# LogTypes the console uses for alerts about the Canary fleet itself rather than an attacker.
+_OPERATIONAL_LOG_TYPES: Mapping[int, str] = {
+    22001: "network_settings_rollback",
+    22011: "network_settings_rollback",
+    23001: "console_settings_changed",
+    23002: "canary_settings_changed",
+    23003: "flock_settings_changed",
+}
+# Disconnect and reconnect share LogType 1004 (and real payloads often omit it), so the
+# direction can only come from the words.
+_OPERATION_WORDS: tuple[tuple[str, str], ...] = (
+    ("reconnected", "reconnected"),
+    ("disconnected", "disconnected"),
+    ("console settings changed", "console_settings_changed"),
+    ("canary settings changed", "canary_settings_changed"),
+    ("device settings changed", "canary_settings_changed"),
+    ("flock settings changed", "flock_settings_changed"),
+    ("roll-back", "network_settings_rollback"),
+    ("rollback", "network_settings_rollback"),
+)
+
+# Top-level keys this module reads; anything else is kept in `CanaryEvent.extra`.
+_KNOWN_KEYS = frozenset(
+    {
+        "Description", "Timestamp", "CanaryName", "CanaryID", "CanaryIP", "CanaryPublicIP",
+        "CanaryLocation", "CanaryPort", "SourceIP", "ReverseDNS", "IncidentHash", "IncidentKey",
+        "Intro", "AdditionalDetails", "AlertType", "LogType", "MatchedAnnotations", "Flock",
+        "Token", "Reminder", "Triggered",
+    }
+)  # fmt: skip
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9:._@-]{1,200}$")
+
+
+class EventKind(StrEnum):
+    """What the console was telling us about."""
+
+    INCIDENT = "incident"
+    CANARYTOKEN = "canarytoken"
+    AUDIT = "audit"
+    TEST = "test"
+    OPERATIONAL = "operational"
+    UNKNOWN = "unknown"
+
+
+class PayloadError(ValueError):
+    """The body is not something any Canary console could have sent (not a JSON object)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Detail:
+    """One AdditionalDetails entry. Numbers are kept as their decimal text."""
+
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """The `payload` of a `console-audit` post."""
+
+    action_type: str
+    message: str
+    user: str | None
+    user_ip: str | None
+    user_agent: str | None
+    user_language: str | None
+    access_route: str | None
+    flock_id: str | None
+    flock_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryEvent:
+    """One Canary post, classified and normalised.
+
+    `id` is the Canary identity of the event (IncidentHash, else IncidentKey, else a content
+    hash); `fingerprint` is the hash of the canonical payload, so two posts of the same incident
+    with different contents (a token triggered again) stay distinct records downstream.
+    """
+
+    id: str
+    fingerprint: str
+    kind: EventKind
+    received_at: datetime
+    timestamp: datetime
+    description: str
+    intro: str
+    raw: bytes
+    payload: Mapping[str, Any]
+    operation: str | None = None
+    timestamp_raw: str | None = None
+    log_type: int | None = None
+    log_type_raw: str | None = None
+    log_type_name: str | None = None
+    alert_type: str | None = None
+    canary_name: str | None = None
+    canary_id: str | None = None
+    canary_ip: str | None = None
+    canary_public_ip: str | None = None
+    canary_location: str | None = None
+    canary_port: int | None = None
+    flock: str | None = None
+    source_ip: str | None = None
+    reverse_dns: str | None = None
+    incident_hash: str | None = None
+    incident_key: str | None = None
+    token: str | None = None
+    reminder: str | None = None
+    triggered: int | None = None
+    details: tuple[Detail, ...] = ()
+    annotations: Mapping[str, Any] = field(default_factory=dict)
+    audit: AuditRecord | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    quirks: tuple[str, ...] = ()
+
+    def detail(self, *keys: str) -> str | None:
+        """The first value among `keys` (exact, then case-insensitive), or None."""
+        for key in keys:
+            for item in self.details:
+                if item.key == key:
+                    return item.value
+        lowered = {key.lower() for key in keys}
+        for item in self.details:
+            if item.key.lower() in lowered:
+                return item.value
+        return None
+
+    def details_dict(self) -> dict[str, str | list[str]]:
+        """AdditionalDetails as a mapping; a key seen more than once maps to a list of values."""
+        merged: dict[str, str | list[str]] = {}
+        for item in self.details:
+            seen = merged.get(item.key)
+            if seen is None:
+                merged[item.key] = item.value
+            elif isinstance(seen, list):
+                seen.append(item.value)
+            else:
+                merged[item.key] = [seen, item.value]
+        return merged
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalised event as plain JSON-ready data (the `json` format's body)."""
+        data: dict[str, Any] = {
+            "id": self.id,
+            "fingerprint": self.fingerprint,
+            "kind": self.kind.value,
+            "operation": self.operation,
+            "timestamp": _iso(self.timestamp),
+            "received_at": _iso(self.received_at),
+            "log_type": self.log_type,
+            "log_type_name": self.log_type_name,
+            "alert_type": self.alert_type,
+            "description": self.description,
+            "intro": self.intro,
+            "canary": {
+                "name": self.canary_name,
+                "id": self.canary_id,
+                "ip": self.canary_ip,
+                "public_ip": self.canary_public_ip,
+                "location": self.canary_location,
+                "port": self.canary_port,
+                "flock": self.flock,
+            },
+            "source": {"ip": self.source_ip, "reverse_dns": self.reverse_dns},
+            "incident_hash": self.incident_hash,
+            "incident_key": self.incident_key,
+            "token": {"id": self.token, "reminder": self.reminder, "triggered": self.triggered},
+            "details": self.details_dict(),
+            "annotations": dict(self.annotations),
+            "audit": None,
+            "extra": dict(self.extra),
+            "quirks": list(self.quirks),
+        }
+        if self.audit is not None:
+            audit = self.audit
+            data["audit"] = {
+                "action_type": audit.action_type,
+                "message": audit.message,
+                "user": audit.user,
+                "user_ip": audit.user_ip,
+                "user_agent": audit.user_agent,
+                "user_language": audit.user_language,
+                "access_route": audit.access_route,
+                "flock_id": audit.flock_id,
+                "flock_name": audit.flock_name,
+            }
+        return data
+
+
+@cache
+def _log_type_table() -> Mapping[int, str]:
+    text = resources.files("forwarder").joinpath("data/logtypes.json").read_text("utf-8")
+    return {int(code): name for code, name in json.loads(text).items() if code.isdigit()}
+
+
+def log_type_name(code: int | None) -> str | None:
+    """The commercial console's name for a LogType, or None when unknown."""
+    return None if code is None else _log_type_table().get(code)
+
+
+def parse_event(raw: bytes, *, received_at: datetime) -> CanaryEvent:
+    """Decode, classify and normalise one webhook body.
+
+    Raises:
+        PayloadError: the body is not UTF-8 JSON holding an object. Everything else, however
+            odd, becomes an event (kind `unknown` at worst) so nothing the console sent is lost.
+    """
+    payload = decode_json_object(raw)
+    quirks: list[str] = []
+    fingerprint = hashlib.sha256(_canonical(payload)).hexdigest()[:32]
+    if payload.get("type") == "console-audit":
+        return _parse_audit(payload, raw, fingerprint, received_at, quirks)
+    return _parse_alert(payload, raw, fingerprint, received_at, quirks)
+
+
+def decode_json_object(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or PayloadError saying why not."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"body is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise PayloadError(f"body is JSON {type(payload).__name__}, not an object")
+    return payload
+
+
+def _canonical(payload: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+
+
+def _parse_audit(
+    payload: Mapping[str, Any],
+    raw: bytes,
+    fingerprint: str,
+    received_at: datetime,
+    quirks: list[str],
+) -> CanaryEvent:
+    body = payload.get("payload")
+    if not isinstance(body, Mapping):
+        quirks.append("audit payload is not an object")
+        body = {}
+    audit = AuditRecord(
+        action_type=_text(body.get("action_type")) or "unknown",
+        message=_text(body.get("message")) or "",
+        user=_text(body.get("user")),
+        user_ip=_text(body.get("user_ip")),
+        user_agent=_text(body.get("user_browser_agent")),
+        user_language=_text(body.get("user_browser_language")),
+        access_route=_text(body.get("user_access_route")),
+        flock_id=_text(body.get("flock_id")),
+        flock_name=_text(body.get("flock_name")),
+    )
+    timestamp_raw = _text(body.get("timestamp"))
+    timestamp = _timestamp(timestamp_raw, received_at, quirks)
+    return CanaryEvent(
+        id=fingerprint,
+        fingerprint=fingerprint,
+        kind=EventKind.AUDIT,
+        received_at=received_at,
+        timestamp=timestamp,
+        timestamp_raw=timestamp_raw,
+        description=f"Audit: {audit.action_type}",
+        intro=audit.message,
+        raw=raw,
+        payload=payload,
+        flock=audit.flock_id,
+        source_ip=audit.user_ip,
+        audit=audit,
+        extra={k: v for k, v in payload.items() if k not in ("type", "payload")},
+        quirks=tuple(quirks),
+    )
+
+
+def _parse_alert(
+    payload: Mapping[str, Any],
+    raw: bytes,
+    fingerprint: str,
+    received_at: datetime,
+    quirks: list[str],
+) -> CanaryEvent:
+    log_type_raw = payload.get("LogType")
+    log_type = _integer(log_type_raw, "LogType", quirks)
+    description = _text(payload.get("Description")) or ""
+    intro = _text(payload.get("Intro")) or ""
+    alert_type = _text(payload.get("AlertType"))
+    kind, operation = _classify(payload, alert_type, log_type, description, intro)
+    if kind is EventKind.UNKNOWN:
+        quirks.append("payload matches no known Canary event shape")
+    timestamp_raw = _text(payload.get("Timestamp"))
+    incident_hash = _text(payload.get("IncidentHash"))
+    incident_key = _text(payload.get("IncidentKey"))
+    return CanaryEvent(
+        id=_stable_id(incident_hash, incident_key, fingerprint),
+        fingerprint=fingerprint,
+        kind=kind,
+        operation=operation,
+        received_at=received_at,
+        timestamp=_timestamp(timestamp_raw, received_at, quirks),
+        timestamp_raw=timestamp_raw,
+        description=description or (log_type_name(log_type) or "Unknown Canary event"),
+        intro=intro,
+        raw=raw,
+        payload=payload,
+        log_type=log_type,
+        log_type_raw=None if log_type_raw is None else str(log_type_raw),
+        log_type_name=log_type_name(log_type),
+        alert_type=alert_type,
+        canary_name=_text(payload.get("CanaryName")),
+        canary_id=_text(payload.get("CanaryID")),
+        canary_ip=_text(payload.get("CanaryIP")),
+        canary_public_ip=_text(payload.get("CanaryPublicIP")),
+        canary_location=_text(payload.get("CanaryLocation")),
+        canary_port=_port(payload.get("CanaryPort"), quirks),
+        flock=_text(payload.get("Flock")),
+        source_ip=_text(payload.get("SourceIP")),
+        reverse_dns=_text(payload.get("ReverseDNS")),
+        incident_hash=incident_hash,
+        incident_key=incident_key,
+        token=_text(payload.get("Token")),
+        reminder=_text(payload.get("Reminder")),
+        triggered=_integer(payload.get("Triggered"), "Triggered", quirks),
+        details=_details(payload.get("AdditionalDetails"), quirks),
+        annotations=_annotations(payload.get("MatchedAnnotations"), quirks),
+        extra={k: v for k, v in payload.items() if k not in _KNOWN_KEYS},
+        quirks=tuple(quirks),
+    )
+
+
+def _classify(
+    payload: Mapping[str, Any],
+    alert_type: str | None,
+    log_type: int | None,
+    description: str,
+    intro: str,
+) -> tuple[EventKind, str | None]:
+    if alert_type == "CanarytokenIncident" or "Token" in payload:
+        return EventKind.CANARYTOKEN, None
+    if (
+        log_type == TEST_LOG_TYPE
+        or payload.get("CanaryID") == TEST_CANARY_ID
+        or description in TEST_DESCRIPTIONS
+    ):
+        return EventKind.TEST, None
+    operation = _operation(log_type, description, intro)
+    if operation is not None:
+        return EventKind.OPERATIONAL, operation
+    if alert_type == "CanaryIncident":
+        return EventKind.INCIDENT, None
+    if description or intro:
+        # No AlertType but the incident fields are there: an older or undocumented incident.
+        return EventKind.INCIDENT if "CanaryID" in payload else EventKind.UNKNOWN, None
+    return EventKind.UNKNOWN, None
+
+
+def _operation(log_type: int | None, description: str, intro: str) -> str | None:
+    if log_type is not None and log_type in _OPERATIONAL_LOG_TYPES:
+        return _OPERATIONAL_LOG_TYPES[log_type]
+    words = f"{description} {intro if log_type in (None, 1004) else ''}".lower()
+    for needle, operation in _OPERATION_WORDS:
+        if needle in words:
+            return operation
+    return None
+
+
+def _stable_id(incident_hash: str | None, incident_key: str | None, fingerprint: str) -> str:
+    for candidate in (incident_hash, incident_key):
+        if candidate and _SAFE_ID.match(candidate):
+            return candidate
+    # An identifier with odd characters would end up in Elasticsearch _id and HEC fields;
+    # a hash of it stays stable and safe.
+    for candidate in (incident_hash, incident_key):
+        if candidate:
+            return hashlib.sha256(candidate.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return fingerprint
+
+
+def _text(value: Any) -> str | None:
+    """Text for a scalar field; "" and JSON null become None, numbers their decimal."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _integer(value: Any, name: str, quirks: list[str]) -> int | None:
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}\s*", value):
+        return int(value)
+    quirks.append(f"{name} is not an integer: {value!r:.80}")
+    return None
+
+
+def _port(value: Any, quirks: list[str]) -> int | None:
+    port = _integer(value, "CanaryPort", quirks)
+    if port is None or 0 <= port <= 65535:
+        return None if port == -1 else port
+    if port != -1:
+        quirks.append(f"CanaryPort out of range: {port}")
+    return None
+
+
+def _details(value: Any, quirks: list[str]) -> tuple[Detail, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, Mapping):
+        return tuple(Detail(str(k), _detail_value(v)) for k, v in value.items())
+    if not isinstance(value, list):
+        quirks.append("AdditionalDetails is neither a list nor an object")
+        return (Detail("AdditionalDetails", _detail_value(value)),)
+    details: list[Detail] = []
+    for index, entry in enumerate(value):
+        if isinstance(entry, list | tuple) and len(entry) == 2:
+            details.append(Detail(_detail_value(entry[0]), _detail_value(entry[1])))
+        elif isinstance(entry, list | tuple) and len(entry) == 1:
+            quirks.append(f"AdditionalDetails[{index}] has a key and no value")
+            details.append(Detail(_detail_value(entry[0]), ""))
+        elif isinstance(entry, list | tuple) and len(entry) > 2:
+            quirks.append(f"AdditionalDetails[{index}] has {len(entry)} elements")
+            rest = orjson.dumps(list(entry[1:])).decode()
+            details.append(Detail(_detail_value(entry[0]), rest))
+        else:
+            quirks.append(f"AdditionalDetails[{index}] is not a [key, value] pair")
+            details.append(Detail(f"entry{index}", _detail_value(entry)))
+    return tuple(details)
+
+
+def _detail_value(value: Any) -> str:
+    text = _text(value)
+    return "" if text is None else text
+
+
+def _annotations(value: Any, quirks: list[str]) -> Mapping[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            quirks.append("MatchedAnnotations is a string that is not JSON")
+            return {"text": value}
+    if isinstance(value, Mapping):
+        return dict(value)
+    quirks.append("MatchedAnnotations is not an object")
+    return {"value": value}
+
+
+_TIMESTAMP_FORMATS = (
+    "%Y-%m-%d %H:%M:%S (UTC)",
+    "%Y-%m-%d %H:%M:%S UTC%z",
+    "%Y-%m-%d %H:%M:%S %Z",
+    "%Y-%m-%d %H:%M:%S.%f",
+    "%Y-%m-%d %H:%M:%S",
+)
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """Every timestamp shape the console uses, as an aware UTC datetime; None if unreadable."""
+    text = text.strip()
+    if re.fullmatch(r"\d{9,11}(\.\d+)?", text):
+        return datetime.fromtimestamp(float(text), tz=UTC)
+    if re.fullmatch(r"\d{12,13}", text):  # epoch milliseconds
+        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+    for fmt in _TIMESTAMP_FORMATS:
+        try:
+            parsed = datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+        return _utc(parsed)
+    try:
+        return _utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _timestamp(text: str | None, received_at: datetime, quirks: list[str]) -> datetime:
+    if text is None:
+        quirks.append("no timestamp; using the time it was received")
+        return received_at
+    parsed = parse_timestamp(text)
+    if parsed is None:
+        quirks.append(f"unreadable timestamp {text!r:.80}; using the time it was received")
+        return received_at
+    return parsed
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def is_ip(value: str | None) -> bool:
+    """True for a literal IPv4 or IPv6 address (Canary IP fields sometimes hold hostnames)."""
+    if not value:
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_ipv6(value: str | None) -> bool:
+    """True for a literal IPv6 address."""
+    if not value:
+        return False
+    try:
+        return ipaddress.ip_address(value).version == 6
+    except ValueError:
+        return False

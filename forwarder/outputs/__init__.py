@@ -1,0 +1,1 @@
+"""Transports: one module per destination, each an `Output` that sends and classifies."""

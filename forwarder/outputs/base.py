@@ -1,0 +1,149 @@
+"""The output contract: send one batch, then say what happened. Never sleep, never loop.
+
+Outputs *classify*; `forwarder.delivery` *retries*. Each send returns one of the results below and
+the dispatcher acks, backs off, splits or dead-letters accordingly. That split keeps backoff and
+the store in one place, as in Vector's sinks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from forwarder.mappers.base import Record
+
+__all__ = [
+    "BatchConfig",
+    "Delivered",
+    "HealthcheckError",
+    "Output",
+    "OutputConfig",
+    "Partial",
+    "Reject",
+    "Retry",
+    "RetryConfig",
+    "SendResult",
+    "TooLarge",
+]
+
+
+class BatchConfig(BaseModel):
+    """How many records one send may carry, and how long to wait to fill it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_events: int = Field(default=500, ge=1, le=100_000)
+    """Most records in one send."""
+    max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Most bytes of stored payload in one send."""
+    timeout_secs: float = Field(default=0.2, ge=0, le=60)
+    """How long a partly filled batch may wait for more events before it is sent anyway."""
+
+
+class RetryConfig(BaseModel):
+    """Backoff between failed sends: exponential with full jitter, capped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    initial_backoff_secs: float = Field(default=1.0, gt=0, le=3600)
+    """Upper bound of the first wait."""
+    max_backoff_secs: float = Field(default=60.0, gt=0, le=86_400)
+    """No wait is longer than this, even when a server asks for more with Retry-After."""
+
+
+class OutputConfig(BaseModel):
+    """Options every output has. Subclass it for an output's own options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Unique name of this output; it keys delivery state in the store, so keep it stable."""
+    type: str
+    """The output's registered name: `file`, `splunk_hec`, `syslog`, `elasticsearch`, ..."""
+    format: str | dict[str, object] = "json"
+    """A format name (`json`, `cef`, ...) or a mapping with `type:` and that format's options."""
+    batch: BatchConfig = BatchConfig()
+    retry: RetryConfig = RetryConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Every record in the batch reached the destination."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Nothing in the batch is known to have arrived; send it again later.
+
+    `retry_after` is the server's own wish in seconds. `operator_action` marks failures that no
+    amount of waiting fixes (bad credentials): the events are kept, an ERROR is logged and the
+    output is reported unhealthy until a send succeeds.
+    """
+
+    reason: str
+    retry_after: float | None = None
+    operator_action: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The destination refused the whole batch for good; every record goes to dead letters."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """The batch was too big for the destination; the dispatcher halves it and sends again."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """Per-record results, by index in the batch. An index that is absent was delivered."""
+
+    results: Mapping[int, Retry | Reject] = field(default_factory=dict)
+
+
+SendResult = Delivered | Retry | Reject | TooLarge | Partial
+
+
+class HealthcheckError(Exception):
+    """The destination cannot take records right now; the message says why."""
+
+
+ConfigT = TypeVar("ConfigT", bound=OutputConfig)
+
+
+class Output(ABC, Generic[ConfigT]):
+    """A transport to one destination. One instance per configured output."""
+
+    config_class: ClassVar[type[OutputConfig]] = OutputConfig
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    async def start(self) -> None:
+        """Open what the output needs (sessions, files). Called once before the first send."""
+
+    @abstractmethod
+    async def send(self, batch: Sequence[Record]) -> SendResult:
+        """Send the records in order and classify the outcome. Must not raise for I/O errors."""
+
+    async def healthcheck(self) -> None:
+        """Raise `HealthcheckError` unless a real send would be accepted right now."""
+
+    async def reopen(self) -> None:
+        """Reopen files and reload certificates (SIGHUP, logrotate)."""
+
+    async def aclose(self) -> None:
+        """Release everything `start` opened."""
