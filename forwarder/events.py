@@ -29,6 +29,9 @@ __all__ = [
     "Detail",
     "EventKind",
     "PayloadError",
+    "decode_json_object",
+    "is_ip",
+    "is_ipv6",
     "log_type_name",
     "parse_event",
     "parse_timestamp",
@@ -37,6 +40,11 @@ __all__ = [
 TEST_LOG_TYPE = 111111
 TEST_CANARY_ID = "0000000testnode"
 TEST_DESCRIPTIONS = frozenset({"Fake Location", "Dummy Incident"})
+CONNECTION_LOG_TYPE = 1004
+# Deepest nesting of arrays and objects accepted in a body (a Canary payload is 3 deep). orjson
+# reads up to 1024 levels but writes only 254, and the event is wrapped again by to_dict(),
+# the json format and the outputs, so anything deeper is refused up front.
+MAX_NESTING = 64
 
 # LogTypes the console uses for alerts about the Canary fleet itself rather than an attacker.
 _OPERATIONAL_LOG_TYPES: Mapping[int, str] = {
@@ -47,7 +55,9 @@ _OPERATIONAL_LOG_TYPES: Mapping[int, str] = {
     23003: "flock_settings_changed",
 }
 # Disconnect and reconnect share LogType 1004 (and real payloads often omit it), so the
-# direction can only come from the words.
+# direction can only come from the words. Description is a fixed string chosen by the console;
+# Intro also carries the Canary's name, which an admin chooses, so it is read only as a last
+# resort (see `_classify`).
 _OPERATION_WORDS: tuple[tuple[str, str], ...] = (
     ("reconnected", "reconnected"),
     ("disconnected", "disconnected"),
@@ -59,6 +69,8 @@ _OPERATION_WORDS: tuple[tuple[str, str], ...] = (
     ("rollback", "network_settings_rollback"),
 )
 
+_CONNECTION_OPERATIONS = frozenset({"reconnected", "disconnected"})
+
 # Top-level keys this module reads; anything else is kept in `CanaryEvent.extra`.
 _KNOWN_KEYS = frozenset(
     {
@@ -69,7 +81,10 @@ _KNOWN_KEYS = frozenset(
     }
 )  # fmt: skip
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9:._@-]{1,200}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9:._@-]{1,200}")
+_INTEGER = re.compile(r"\s*-?[0-9]{1,18}\s*", re.ASCII)
+_EPOCH_SECONDS = re.compile(r"[0-9]{9,11}(\.[0-9]+)?")
+_EPOCH_MILLISECONDS = re.compile(r"[0-9]{12,13}(\.[0-9]+)?")
 
 
 class EventKind(StrEnum):
@@ -247,6 +262,7 @@ def parse_event(raw: bytes, *, received_at: datetime) -> CanaryEvent:
             odd, becomes an event (kind `unknown` at worst) so nothing the console sent is lost.
     """
     payload = decode_json_object(raw)
+    received_at = _utc(received_at)
     quirks: list[str] = []
     fingerprint = hashlib.sha256(_canonical(payload)).hexdigest()[:32]
     if payload.get("type") == "console-audit":
@@ -255,18 +271,43 @@ def parse_event(raw: bytes, *, received_at: datetime) -> CanaryEvent:
 
 
 def decode_json_object(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or PayloadError saying why not."""
+    """The body as a JSON object, or PayloadError saying why not.
+
+    Refused: bytes that are not UTF-8, text that is not strict JSON (NaN, a BOM, a raw control
+    character in a string, an escaped lone surrogate), a JSON value that is not an object, and
+    nesting deeper than `MAX_NESTING`. An escaped NUL (`\\u0000`) is valid JSON and accepted.
+    """
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise PayloadError(f"body is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise PayloadError(f"body is JSON {type(payload).__name__}, not an object")
+    if _too_deep(payload, MAX_NESTING):
+        raise PayloadError(f"body nests arrays and objects more than {MAX_NESTING} deep")
     return payload
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when `value` nests lists and dicts deeper than `limit` (iterative, no recursion)."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
+
+
 def _canonical(payload: Mapping[str, Any]) -> bytes:
-    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:  # not reachable for decoded JSON; kept as a backstop
+        raise PayloadError(f"body cannot be re-encoded: {exc}") from None
 
 
 def _parse_audit(
@@ -343,7 +384,7 @@ def _parse_alert(
         raw=raw,
         payload=payload,
         log_type=log_type,
-        log_type_raw=None if log_type_raw is None else str(log_type_raw),
+        log_type_raw=_raw_text(log_type_raw),
         log_type_name=log_type_name(log_type),
         alert_type=alert_type,
         canary_name=_text(payload.get("CanaryName")),
@@ -382,9 +423,20 @@ def _classify(
         or description in TEST_DESCRIPTIONS
     ):
         return EventKind.TEST, None
-    operation = _operation(log_type, description, intro)
-    if operation is not None:
-        return EventKind.OPERATIONAL, operation
+    if log_type is not None and log_type in _OPERATIONAL_LOG_TYPES:
+        # The code is definitive, whatever AlertType says: settings changes and roll-backs
+        # arrive as AlertType "CanaryIncident" but are about the fleet, not an attacker.
+        return EventKind.OPERATIONAL, _OPERATIONAL_LOG_TYPES[log_type]
+    if log_type is None or log_type == CONNECTION_LOG_TYPE or log_type_name(log_type) is None:
+        # No code, the shared disconnect/reconnect code, or a code newer than our table: the
+        # console's fixed Description decides; the Intro (which embeds the Canary's name) only
+        # when no AlertType says it is an incident, or the code says it is a connection change.
+        connection = log_type == CONNECTION_LOG_TYPE
+        operation = _operation_words(description, connection_only=connection)
+        if operation is None and (connection or alert_type is None):
+            operation = _operation_words(intro, connection_only=connection)
+        if operation is not None or connection:
+            return EventKind.OPERATIONAL, operation
     if alert_type == "CanaryIncident":
         return EventKind.INCIDENT, None
     if description or intro:
@@ -393,26 +445,29 @@ def _classify(
     return EventKind.UNKNOWN, None
 
 
-def _operation(log_type: int | None, description: str, intro: str) -> str | None:
-    if log_type is not None and log_type in _OPERATIONAL_LOG_TYPES:
-        return _OPERATIONAL_LOG_TYPES[log_type]
-    words = f"{description} {intro if log_type in (None, 1004) else ''}".lower()
+def _operation_words(text: str, *, connection_only: bool) -> str | None:
+    words = text.lower()
     for needle, operation in _OPERATION_WORDS:
+        if connection_only and operation not in _CONNECTION_OPERATIONS:
+            continue
         if needle in words:
             return operation
     return None
 
 
 def _stable_id(incident_hash: str | None, incident_key: str | None, fingerprint: str) -> str:
-    for candidate in (incident_hash, incident_key):
-        if candidate and _SAFE_ID.match(candidate):
-            return candidate
-    # An identifier with odd characters would end up in Elasticsearch _id and HEC fields;
-    # a hash of it stays stable and safe.
-    for candidate in (incident_hash, incident_key):
-        if candidate:
-            return hashlib.sha256(candidate.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return fingerprint
+    """IncidentHash, else IncidentKey, else the content fingerprint.
+
+    The first one present is used even when it has odd characters: it would end up in an
+    Elasticsearch _id and in HEC fields, so it is replaced by a hash of itself, which stays
+    stable across posts of the same incident.
+    """
+    candidate = incident_hash or incident_key
+    if candidate is None:
+        return fingerprint
+    if _SAFE_ID.fullmatch(candidate):
+        return candidate
+    return hashlib.sha256(candidate.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _text(value: Any) -> str | None:
@@ -428,12 +483,21 @@ def _text(value: Any) -> str | None:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _integer(value: Any, name: str, quirks: list[str]) -> int | None:
-    if value is None or value == "" or isinstance(value, bool):
+def _raw_text(value: Any) -> str | None:
+    """A field as the console wrote it: strings as they are, anything else as JSON text."""
+    if value is None:
         return None
-    if isinstance(value, int):
+    if isinstance(value, str):
         return value
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}\s*", value):
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _integer(value: Any, name: str, quirks: list[str]) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
         return int(value)
     quirks.append(f"{name} is not an integer: {value!r:.80}")
     return None
@@ -449,7 +513,7 @@ def _port(value: Any, quirks: list[str]) -> int | None:
 
 
 def _details(value: Any, quirks: list[str]) -> tuple[Detail, ...]:
-    if value is None:
+    if value is None or value == "":
         return ()
     if isinstance(value, Mapping):
         return tuple(Detail(str(k), _detail_value(v)) for k, v in value.items())
@@ -482,21 +546,30 @@ def _annotations(value: Any, quirks: list[str]) -> Mapping[str, Any]:
     if value is None or value == "":
         return {}
     if isinstance(value, str):
+        text = value
         try:
-            value = json.loads(value)
-        except ValueError:
+            # orjson, not json: it refuses lone surrogates (which no encoder can write back
+            # out) and deep nesting without a RecursionError.
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
             quirks.append("MatchedAnnotations is a string that is not JSON")
-            return {"text": value}
+            return {"text": text}
+        if _too_deep(value, MAX_NESTING):
+            quirks.append("MatchedAnnotations nests too deeply")
+            return {"text": text}
     if isinstance(value, Mapping):
         return dict(value)
     quirks.append("MatchedAnnotations is not an object")
     return {"value": value}
 
 
+# Formats without a zone are UTC: that is what the console and OpenCanary write. (No `%Z`:
+# strptime would also accept the local zone's name and then drop it.)
 _TIMESTAMP_FORMATS = (
     "%Y-%m-%d %H:%M:%S (UTC)",
     "%Y-%m-%d %H:%M:%S UTC%z",
-    "%Y-%m-%d %H:%M:%S %Z",
+    "%Y-%m-%d %H:%M:%S UTC",
+    "%Y-%m-%d %H:%M:%S GMT",
     "%Y-%m-%d %H:%M:%S.%f",
     "%Y-%m-%d %H:%M:%S",
 )
@@ -505,19 +578,20 @@ _TIMESTAMP_FORMATS = (
 def parse_timestamp(text: str) -> datetime | None:
     """Every timestamp shape the console uses, as an aware UTC datetime; None if unreadable."""
     text = text.strip()
-    if re.fullmatch(r"\d{9,11}(\.\d+)?", text):
-        return datetime.fromtimestamp(float(text), tz=UTC)
-    if re.fullmatch(r"\d{12,13}", text):  # epoch milliseconds
-        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
-    for fmt in _TIMESTAMP_FORMATS:
-        try:
-            parsed = datetime.strptime(text, fmt)
-        except ValueError:
-            continue
-        return _utc(parsed)
     try:
-        return _utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
+        if _EPOCH_SECONDS.fullmatch(text):
+            return datetime.fromtimestamp(float(text), tz=UTC)
+        if _EPOCH_MILLISECONDS.fullmatch(text):
+            return datetime.fromtimestamp(float(text) / 1000, tz=UTC)
+        for fmt in _TIMESTAMP_FORMATS:
+            try:
+                parsed = datetime.strptime(text, fmt)
+            except ValueError:
+                continue
+            return _utc(parsed)
+        return _utc(datetime.fromisoformat(text))
+    except (ValueError, OverflowError, OSError):
+        # OverflowError: a valid stamp next to year 1 or 9999 whose offset moves it out of range.
         return None
 
 

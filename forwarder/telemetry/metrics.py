@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 __all__ = ["REGISTRY"]
 
 # The `_created` series double the exposition for no use on a dashboard.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=True)
 _NS = "canary_forwarder"
 

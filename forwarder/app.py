@@ -1,0 +1,61 @@
+"""The aiohttp application: routes, request accounting, and a JSON answer for every error."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from forwarder.ingest.auth import FailureLimiter
+from forwarder.ingest.handlers import (
+    LIMITER,
+    PIPELINE,
+    healthz,
+    metrics_endpoint,
+    readyz,
+    webhook,
+)
+from forwarder.pipeline import Pipeline
+from forwarder.settings import AuthConfig
+from forwarder.telemetry import metrics
+
+__all__ = ["build_app"]
+
+log = structlog.get_logger("forwarder.ingest")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def account(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answer by route and status; turn stray exceptions into a JSON 500."""
+    route = request.match_info.route.resource
+    group = route.canonical if route is not None else "unmatched"
+    if "{secret}" in group:
+        group = group.replace("{secret}", "*")
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        metrics.http_requests.labels(group, str(exc.status)).inc()
+        raise
+    except Exception:
+        log.exception("Request failed unexpectedly.", path_group=group)
+        metrics.http_requests.labels(group, "500").inc()
+        return web.json_response({"error": "internal_error"}, status=500)
+    metrics.http_requests.labels(group, str(response.status)).inc()
+    return response
+
+
+def build_app(pipeline: Pipeline) -> web.Application:
+    listen = pipeline.settings.listen
+    app = web.Application(client_max_size=listen.max_body_bytes, middlewares=[account])
+    app[PIPELINE] = pipeline
+    app[LIMITER] = FailureLimiter()
+    app.router.add_post(listen.path, webhook)
+    if isinstance(listen.auth, AuthConfig) and listen.auth.secret_path is not None:
+        app.router.add_post(f"{listen.path.rstrip('/')}/{{secret}}", webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app

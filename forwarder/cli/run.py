@@ -1,0 +1,170 @@
+"""`run`: start the daemon and keep it running until SIGTERM or SIGINT; SIGHUP reloads.
+
+Shutdown order (after uvicorn's): stop accepting, let in-flight requests finish, let each output
+finish the send it is in within the graceful timeout, then close the store cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import ssl
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from forwarder import __version__, systemd
+from forwarder.app import build_app
+from forwarder.cli._common import add_config_argument, settings_from_args
+from forwarder.pipeline import Pipeline, ReloadError
+from forwarder.settings import ConfigError, Settings, default_settings, load_settings
+from forwarder.telemetry.logging import configure_logging
+
+__all__ = ["configure", "main", "serve"]
+
+log = structlog.get_logger("forwarder")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser, required=False)
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="auto: JSON lines unless stderr is a terminal",
+    )
+    parser.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECS",
+        help="how long in-flight requests and sends may take to finish on shutdown (default 30)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    json_logs = {"auto": None, "json": True, "console": False}[args.log_format]
+    configure_logging(args.log_level, json=json_logs)
+    settings = settings_from_args(args)
+    return asyncio.run(serve(settings, args.config, args.graceful_timeout))
+
+
+def _status_line(pipeline: Pipeline) -> str:
+    outbox = pipeline.outbox
+    failing = [d.name for d in pipeline.dispatchers if d.failing_since is not None]
+    text = f"{outbox.events} events queued ({outbox.bytes} bytes)"
+    return f"{text}; failing: {', '.join(failing)}" if failing else text
+
+
+async def serve(settings: Settings, config_path: Path | None, graceful_secs: float) -> int:
+    """Run until a stop signal; returns the process exit code."""
+    listen = settings.listen
+    if listen.auth is None or listen.auth == "none":
+        log.warning("Webhook accepts posts without authentication.", host=listen.host)
+    try:
+        pipeline = await Pipeline.start(settings)
+    except Exception as exc:
+        log.error("Cannot start.", error=str(exc))
+        return 1
+    runner = web.AppRunner(
+        build_app(pipeline), access_log=None, handle_signals=False, shutdown_timeout=graceful_secs
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(
+            runner, listen.host, listen.port, ssl_context=_server_tls(settings), backlog=1024
+        )
+        await site.start()
+    except (OSError, ssl.SSLError) as exc:
+        log.error("Cannot listen.", host=listen.host, port=listen.port, error=str(exc))
+        await runner.cleanup()
+        await pipeline.stop(graceful_secs)
+        return 1
+
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+    loop = asyncio.get_running_loop()
+
+    def on_stop(signame: str) -> None:
+        if stop.is_set():
+            log.warning("Second stop signal; exiting at once.", signal=signame)
+            os._exit(1)
+        log.info("Stopping.", signal=signame)
+        stop.set()
+
+    def on_reload() -> None:
+        notifier.reloading()
+        task = asyncio.create_task(_reload(pipeline, config_path, graceful_secs))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
+
+    addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
+    log.info(
+        "Listening.",
+        version=__version__,
+        addresses=addresses,
+        path=listen.path,
+        outputs=[d.name for d in pipeline.dispatchers],
+        store=str(settings.store.path),
+    )
+    notifier = systemd.Notifier.from_environ()
+    notifier.ready(status=_status_line(pipeline))
+    watchdog = asyncio.create_task(
+        systemd.watchdog_loop(lambda: _status_line(pipeline), notifier=notifier)
+    )
+    try:
+        await stop.wait()
+    finally:
+        notifier.stopping()
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+        for task in list(reloads):
+            with contextlib.suppress(Exception):
+                await task
+        await pipeline.stop(graceful_secs)
+        log.info("Stopped.")
+    return 0
+
+
+async def _reload(pipeline: Pipeline, config_path: Path | None, graceful_secs: float) -> None:
+    log.info("Reloading configuration.", config=str(config_path) if config_path else None)
+    try:
+        settings = load_settings(config_path) if config_path else default_settings()
+    except ConfigError as exc:
+        log.error("New configuration is invalid; the old one keeps running.", problems=exc.problems)
+        return
+    if settings.listen != pipeline.settings.listen:
+        log.warning("Changes under `listen` take effect at the next restart.")
+        settings = Settings(pipeline.settings.listen, settings.store, settings.outputs)
+    if settings.store != pipeline.settings.store:
+        log.warning("Changes under `store` take effect at the next restart.")
+        settings = Settings(settings.listen, pipeline.settings.store, settings.outputs)
+    try:
+        await pipeline.reload(settings, graceful_secs)
+    except ReloadError as exc:
+        log.error("New outputs could not start; the old ones keep running.", error=str(exc))
+
+
+def _server_tls(settings: Settings) -> ssl.SSLContext | None:
+    tls = settings.listen.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    return context

@@ -1,0 +1,52 @@
+"""`validate`: check a configuration without starting anything; `--healthcheck` also probes
+every output the way a real send would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from forwarder.cli._common import add_config_argument, load_or_exit
+from forwarder.outputs.base import HealthcheckError, Output
+from forwarder.registry import output_class
+from forwarder.settings import Settings
+
+__all__ = ["configure", "main"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser, required=True)
+    parser.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help="also connect to every output and check it would accept a send",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load_or_exit(args.config)
+    for spec in settings.outputs:
+        print(f"output {spec.name}: type {spec.config.type}, format {spec.format.type}")
+    print(f"{args.config}: configuration is valid")
+    if args.healthcheck:
+        return asyncio.run(_healthchecks(settings))
+    return 0
+
+
+async def _healthchecks(settings: Settings) -> int:
+    failed = 0
+    for spec in settings.outputs:
+        output: Output[Any] = output_class(spec.config.type)(spec.config)
+        try:
+            await output.start()
+            await output.healthcheck()
+        except (HealthcheckError, OSError) as exc:
+            failed += 1
+            print(f"output {spec.name}: UNHEALTHY: {exc}")
+        else:
+            print(f"output {spec.name}: healthy")
+        finally:
+            await output.aclose()
+    return 1 if failed else 0

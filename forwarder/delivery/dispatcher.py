@@ -1,0 +1,264 @@
+"""One dispatcher per output: fetch a batch, map it, send it, then ack, back off or dead-letter.
+
+The output only classifies what happened (`forwarder.outputs.base`); every policy lives here:
+backoff with full jitter (tenacity), honouring Retry-After, halving a batch the destination found
+too large, and dead-lettering what it refused for good. Delivery is at least once: an event is
+acked only after its output reported it delivered, so a crash in between resends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from tenacity import RetryCallState, Retrying, wait_random_exponential
+
+from forwarder.events import PayloadError, parse_event
+from forwarder.mappers.base import Mapper, MappingError, Record
+from forwarder.outputs.base import (
+    Delivered,
+    Output,
+    OutputConfig,
+    Partial,
+    Reject,
+    Retry,
+    RetryConfig,
+    SendResult,
+    TooLarge,
+)
+from forwarder.store.database import StoredEvent
+from forwarder.store.outbox import Outbox
+from forwarder.telemetry import metrics
+
+__all__ = ["Dispatcher", "backoff_secs"]
+
+log = structlog.get_logger("forwarder.delivery")
+
+# How often an idle dispatcher looks at the store even when nobody woke it: picks up events
+# queued by another process, such as `canary-forwarder dead-letters replay`.
+IDLE_POLL_SECS = 1.0
+
+
+def backoff_secs(attempt: int, config: RetryConfig, retry_after: float | None = None) -> float:
+    """Wait before attempt `attempt + 1`: exponential with full jitter, capped, >= Retry-After."""
+    wait = wait_random_exponential(
+        multiplier=config.initial_backoff_secs, max=config.max_backoff_secs
+    )
+    state = RetryCallState(Retrying(), None, (), {})
+    state.attempt_number = attempt
+    delay = float(wait(state))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, config.max_backoff_secs))
+    return delay
+
+
+@dataclass(slots=True)
+class _Outcome:
+    delivered: list[int] = field(default_factory=list)
+    rejected: dict[int, str] = field(default_factory=dict)
+    retried: list[int] = field(default_factory=list)
+    retry: Retry | None = None
+
+    def add_retry(self, seqs: Sequence[int], retry: Retry) -> None:
+        self.retried.extend(seqs)
+        if self.retry is None or (retry.retry_after or 0) > (self.retry.retry_after or 0):
+            self.retry = Retry(
+                retry.reason,
+                retry.retry_after,
+                retry.operator_action or (self.retry is not None and self.retry.operator_action),
+            )
+
+
+class Dispatcher:
+    """Delivers the store's queue for one output until stopped."""
+
+    def __init__(self, output: Output[OutputConfig], mapper: Mapper[Any], outbox: Outbox):
+        self.output = output
+        self.mapper = mapper
+        self.outbox = outbox
+        self.config = output.config
+        self.name = output.name
+        self.failures = 0
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # Lifecycle
+
+    def start(self) -> None:
+        self.outbox.on_append(self.wake)
+        self._task = asyncio.create_task(self._run(), name=f"dispatch-{self.name}")
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def stop(self, graceful_secs: float) -> None:
+        """Finish the send in progress within `graceful_secs`; unsent events stay queued."""
+        self.outbox.remove_listener(self.wake)
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=graceful_secs)
+        if not done:
+            log.warning(
+                "Output did not finish its send in time; cancelled, events stay queued.",
+                output=self.name,
+            )
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        metrics.output_in_flight.labels(self.name).set(0)
+
+    async def _pause(self, seconds: float, *, wake_early: bool) -> None:
+        """Wait `seconds`, returning early on stop (and on new events when `wake_early`)."""
+        waiters = {asyncio.ensure_future(self._stopping.wait())}
+        if wake_early:
+            waiters.add(asyncio.ensure_future(self._wakeup.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _run(self) -> None:
+        batch_config = self.config.batch
+        while not self._stopping.is_set():
+            self._wakeup.clear()
+            try:
+                batch = await self.outbox.fetch(
+                    self.name, batch_config.max_events, batch_config.max_bytes
+                )
+            except Exception as exc:
+                log.warning("Cannot read the store.", output=self.name, error=str(exc))
+                await self._pause(IDLE_POLL_SECS, wake_early=False)
+                continue
+            if not batch:
+                await self._pause(IDLE_POLL_SECS, wake_early=True)
+                continue
+            if len(batch) < batch_config.max_events and batch_config.timeout_secs > 0:
+                # Let a batch fill for a moment: SIEMs prefer fewer, larger requests.
+                await self._pause(batch_config.timeout_secs, wake_early=False)
+                if self._stopping.is_set():
+                    break
+                batch = await self.outbox.fetch(
+                    self.name, batch_config.max_events, batch_config.max_bytes
+                )
+            await self._deliver_batch(batch)
+
+    # One batch
+
+    async def _deliver_batch(self, batch: Sequence[StoredEvent]) -> None:
+        outcome = _Outcome()
+        sendable: list[tuple[int, Record]] = []
+        for stored in batch:
+            try:
+                sendable.append((stored.seq, self._map(stored)))
+            except (MappingError, PayloadError) as exc:
+                outcome.rejected[stored.seq] = f"cannot map to {self.mapper.config.type}: {exc}"
+        if sendable:
+            await self._send(sendable, outcome)
+        await self._settle(outcome)
+
+    def _map(self, stored: StoredEvent) -> Record:
+        event = parse_event(
+            stored.body, received_at=datetime.fromtimestamp(stored.received_at, UTC)
+        )
+        return self.mapper.map(event)
+
+    async def _send(self, items: list[tuple[int, Record]], outcome: _Outcome) -> None:
+        seqs = [seq for seq, _ in items]
+        gauge = metrics.output_in_flight.labels(self.name)
+        gauge.inc(len(items))
+        started = time.perf_counter()
+        try:
+            result: SendResult = await self.output.send([record for _, record in items])
+        except Exception as exc:
+            log.exception("Output raised instead of classifying; will retry.", output=self.name)
+            result = Retry(f"output error: {exc!r}")
+        finally:
+            gauge.dec(len(items))
+            metrics.output_latency.labels(self.name).observe(time.perf_counter() - started)
+        match result:
+            case Delivered():
+                outcome.delivered.extend(seqs)
+            case Retry():
+                outcome.add_retry(seqs, result)
+            case Reject(reason=reason):
+                outcome.rejected.update(dict.fromkeys(seqs, reason))
+            case TooLarge(reason=reason):
+                if len(items) == 1:
+                    outcome.rejected[seqs[0]] = f"too large even alone: {reason}"
+                else:
+                    middle = len(items) // 2
+                    await self._send(items[:middle], outcome)
+                    await self._send(items[middle:], outcome)
+            case Partial(results=results):
+                for index, seq in enumerate(seqs):
+                    item = results.get(index)
+                    if item is None:
+                        outcome.delivered.append(seq)
+                    elif isinstance(item, Retry):
+                        outcome.add_retry([seq], item)
+                    else:
+                        outcome.rejected[seq] = item.reason
+
+    async def _settle(self, outcome: _Outcome) -> None:
+        name = self.name
+        if outcome.delivered:
+            await self.outbox.ack(name, outcome.delivered)
+            metrics.output_sent.labels(name).inc(len(outcome.delivered))
+            metrics.output_last_success.labels(name).set(time.time())
+        if outcome.rejected:
+            await self.outbox.dead_letter(name, outcome.rejected)
+            metrics.output_dead_lettered.labels(name, "rejected").inc(len(outcome.rejected))
+            metrics.output_failed.labels(name, "reject").inc()
+            log.error(
+                "Destination refused events; moved to dead letters.",
+                output=name,
+                count=len(outcome.rejected),
+                reason=next(iter(outcome.rejected.values())),
+            )
+        if outcome.retry is None:
+            if self.failures:
+                log.info("Output delivers again.", output=name, after_failures=self.failures)
+            self.failures, self.failing_since, self.last_error = 0, None, None
+            return
+        await self.outbox.retry_later(name, outcome.retried)
+        metrics.output_retried.labels(name).inc(len(outcome.retried))
+        metrics.output_failed.labels(name, "retry").inc()
+        await self._back_off(outcome.retry, len(outcome.retried))
+
+    async def _back_off(self, retry: Retry, count: int) -> None:
+        self.failures += 1
+        self.last_error = retry.reason
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        delay = backoff_secs(self.failures, self.config.retry, retry.retry_after)
+        if retry.operator_action:
+            delay = self.config.retry.max_backoff_secs
+            log.error(
+                "Output needs an operator (credentials or configuration); events are kept.",
+                output=self.name,
+                reason=retry.reason,
+                queued=count,
+                retry_in_secs=round(delay, 2),
+            )
+        else:
+            log.warning(
+                "Send failed; will retry.",
+                output=self.name,
+                reason=retry.reason,
+                events=count,
+                attempt=self.failures,
+                retry_in_secs=round(delay, 2),
+            )
+        await self._pause(delay, wake_early=False)

@@ -1,0 +1,132 @@
+"""Who may post: the client address allow-list and the console's credentials.
+
+Secrets are compared with `hmac.compare_digest` so the time an answer takes says nothing about how
+much of a guess was right. Repeated failures from one address are slowed down by a small
+token bucket, so brute force gets 429 long before it gets anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from forwarder.settings import AuthConfig, ListenConfig
+
+__all__ = ["FailureLimiter", "client_address", "is_allowed", "is_authenticated"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(cidrs: Sequence[str]) -> list[Network]:
+    return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+
+
+def _in_any(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def client_address(request: web.Request, listen: ListenConfig) -> str:
+    """The client's address, believing X-Forwarded-For only from a trusted proxy.
+
+    The forwarded chain is read right to left, skipping trusted proxies: the first hop that is
+    not one of ours is the client, whatever the client itself put at the left end.
+    """
+    peer = request.remote or ""
+    if not listen.trusted_proxies or not _in_any(peer, _networks(listen.trusted_proxies)):
+        return peer
+    proxies = _networks(listen.trusted_proxies)
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+    for hop in reversed([h for h in hops if h]):
+        if not _in_any(hop, proxies):
+            return hop
+    return peer
+
+
+def is_allowed(address: str, listen: ListenConfig) -> bool:
+    return not listen.allow or _in_any(address, _networks(listen.allow))
+
+
+def _equal(presented: str, expected: str) -> bool:
+    return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
+
+
+def is_authenticated(request: web.Request, auth: AuthConfig, secret_path: str | None) -> bool:
+    """True if the request carries any one of the configured credentials."""
+    if auth.header is not None and auth.secret is not None:
+        presented = request.headers.get(auth.header)
+        if presented is not None and _equal(presented, auth.secret.get_secret_value()):
+            return True
+    if auth.basic is not None:
+        credentials = _basic_credentials(request.headers.get("Authorization", ""))
+        if credentials is not None:
+            user_ok = _equal(credentials[0], auth.basic.username)
+            password_ok = _equal(credentials[1], auth.basic.password.get_secret_value())
+            if user_ok and password_ok:
+                return True
+    return (
+        auth.secret_path is not None
+        and secret_path is not None
+        and _equal(secret_path, auth.secret_path.get_secret_value())
+    )
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class FailureLimiter:
+    """Allows `burst` failed attempts per address, refilled at `per_minute`; bounded memory."""
+
+    def __init__(self, burst: int = 10, per_minute: float = 10, max_clients: int = 10_000):
+        self.burst = burst
+        self.rate = per_minute / 60
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def _bucket(self, address: str, now: float) -> _Bucket:
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = _Bucket(float(self.burst), now)
+            self._buckets[address] = bucket
+            if len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+        else:
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket.updated = now
+            self._buckets.move_to_end(address)
+        return bucket
+
+    def blocked(self, address: str) -> float | None:
+        """Seconds until `address` may try again, or None if it may try now."""
+        bucket = self._bucket(address, time.monotonic())
+        return None if bucket.tokens >= 1 else (1 - bucket.tokens) / self.rate
+
+    def failed(self, address: str) -> None:
+        bucket = self._bucket(address, time.monotonic())
+        bucket.tokens = max(0.0, bucket.tokens - 1)

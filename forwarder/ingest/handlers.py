@@ -1,0 +1,132 @@
+"""HTTP handlers: the webhook, and the health, readiness and metrics endpoints.
+
+The webhook answers 200 only after the store has committed the event. Every other answer is a
+small JSON object with an `error` field that names the problem without echoing the input.
+Authenticated posts that are refused (not JSON, wrong type) are kept in the store's quarantine,
+so nothing the console sent is silently gone.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from forwarder.events import PayloadError, parse_event
+from forwarder.ingest.auth import FailureLimiter, client_address, is_allowed, is_authenticated
+from forwarder.pipeline import Pipeline
+from forwarder.settings import AuthConfig
+from forwarder.store.outbox import StoreFull, StoreUnavailable
+from forwarder.telemetry import metrics
+
+__all__ = ["LIMITER", "PIPELINE", "healthz", "metrics_endpoint", "readyz", "webhook"]
+
+log = structlog.get_logger("forwarder.ingest")
+
+PIPELINE = web.AppKey("pipeline", Pipeline)
+LIMITER = web.AppKey("limiter", FailureLimiter)
+
+STORE_FULL_RETRY_AFTER_SECS = 30
+# An output failing this long makes /readyz fail, so an orchestrator can alert on it.
+READY_OUTPUT_FAILING_SECS = 300.0
+_JSON_TYPES = ("application/json",)
+
+
+def _error(status: int, error: str, **headers: str) -> web.Response:
+    metrics.rejected.labels(error).inc()
+    return web.json_response({"error": error}, status=status, headers=headers or None)
+
+
+async def webhook(request: web.Request) -> web.Response:
+    metrics.received.inc()
+    pipeline = request.app[PIPELINE]
+    listen = pipeline.settings.listen
+    client = client_address(request, listen)
+    if not is_allowed(client, listen):
+        log.warning("Post from an address outside listen.allow refused.", client=client)
+        return _error(403, "forbidden")
+    if isinstance(listen.auth, AuthConfig):
+        limiter = request.app[LIMITER]
+        wait = limiter.blocked(client)
+        if wait is not None:
+            return _error(429, "too_many_failed_attempts", **{"Retry-After": str(int(wait) + 1)})
+        if not is_authenticated(request, listen.auth, request.match_info.get("secret")):
+            limiter.failed(client)
+            log.warning("Post with missing or wrong credentials refused.", client=client)
+            return _error(401, "unauthorized", **{"WWW-Authenticate": 'Basic realm="canary"'})
+    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        # Decompressing would let a small post expand past the body limit.
+        return await _refuse(request, client, 415, "content_encoding_not_supported", b"")
+    if request.content_length is not None and request.content_length > listen.max_body_bytes:
+        return _error(413, "body_too_large")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "body_too_large")
+    if request.content_type not in _JSON_TYPES and not request.content_type.endswith("+json"):
+        return await _refuse(request, client, 415, "content_type_not_json", body)
+    received_at = datetime.now(UTC)
+    try:
+        event = parse_event(body, received_at=received_at)
+    except PayloadError as exc:
+        return await _refuse(request, client, 400, "invalid_payload", body, str(exc))
+    try:
+        stored = await pipeline.outbox.append(event)
+    except StoreFull:
+        log.warning("Store is full; post refused with 503.", client=client)
+        return _error(503, "store_full", **{"Retry-After": str(STORE_FULL_RETRY_AFTER_SECS)})
+    except StoreUnavailable:
+        return _error(503, "store_unavailable", **{"Retry-After": "5"})
+    if not stored:
+        metrics.duplicates.inc()
+        log.info("Duplicate event ignored.", event_id=event.id, kind=event.kind.value)
+        return web.json_response({"status": "duplicate", "id": event.id})
+    metrics.accepted.labels(event.kind.value).inc()
+    log.info("Event accepted.", event_id=event.id, kind=event.kind.value, client=client)
+    return web.json_response({"status": "stored", "id": event.id, "kind": event.kind.value})
+
+
+async def _refuse(
+    request: web.Request, client: str, status: int, error: str, body: bytes, detail: str = ""
+) -> web.Response:
+    pipeline = request.app[PIPELINE]
+    if body:
+        await pipeline.outbox.quarantine(body, f"{error}: {detail}".rstrip(": "), client)
+        metrics.quarantined.inc()
+    log.warning("Post refused; its body is kept in quarantine.", client=client, error=error)
+    metrics.rejected.labels(error).inc()
+    payload = {"error": error, "detail": detail} if detail else {"error": error}
+    return web.json_response(payload, status=status)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    pipeline = request.app[PIPELINE]
+    problems: dict[str, str] = {}
+    if not pipeline.outbox.healthy and not await pipeline.outbox.probe():
+        problems["store"] = pipeline.outbox.last_error or "store cannot commit"
+    for name, error in pipeline.failing_outputs(READY_OUTPUT_FAILING_SECS).items():
+        problems[f"output {name}"] = error
+    if problems:
+        return web.json_response({"status": "not_ready", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    pipeline = request.app[PIPELINE]
+    stats = await pipeline.outbox.stats()
+    metrics.store_depth.set(stats.events)
+    metrics.store_bytes.set(stats.bytes)
+    oldest = stats.oldest_received_at
+    age = 0.0 if oldest is None else max(0.0, datetime.now(UTC).timestamp() - oldest)
+    metrics.store_oldest_age.set(age)
+    for dispatcher in pipeline.dispatchers:
+        metrics.output_queued.labels(dispatcher.name).set(stats.queued.get(dispatcher.name, 0))
+    return web.Response(
+        body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )

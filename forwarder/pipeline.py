@@ -1,0 +1,162 @@
+"""The running pipeline: the store, one output and one dispatcher per configured output.
+
+`Pipeline.reload` builds and starts the new outputs before it touches the running ones, so an
+output that cannot start leaves the old configuration in place. The old dispatchers then finish
+the send they are in and stop; nothing queued is lost because the queue is the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from forwarder.delivery.dispatcher import Dispatcher
+from forwarder.mappers.base import Mapper
+from forwarder.outputs.base import Output
+from forwarder.registry import mapper_class, output_class
+from forwarder.settings import OutputSpec, Settings
+from forwarder.store.outbox import Outbox
+from forwarder.telemetry import metrics
+
+__all__ = ["Pipeline", "ReloadError"]
+
+log = structlog.get_logger("forwarder.pipeline")
+
+SWEEP_INTERVAL_SECS = 60.0
+
+
+class ReloadError(Exception):
+    """The new configuration could not be started; the old one keeps running."""
+
+
+def build_dispatchers(specs: Sequence[OutputSpec], outbox: Outbox) -> list[Dispatcher]:
+    dispatchers = []
+    for spec in specs:
+        output: Output[Any] = output_class(spec.config.type)(spec.config)
+        mapper: Mapper[Any] = mapper_class(spec.format.type)(spec.format)
+        dispatchers.append(Dispatcher(output, mapper, outbox))
+    return dispatchers
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, outbox: Outbox, dispatchers: list[Dispatcher]):
+        self.settings = settings
+        self.outbox = outbox
+        self.dispatchers = dispatchers
+        self.started_at = time.time()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Pipeline:
+        """Open the store and start every output; raises if any of them cannot start."""
+        outbox = await Outbox.open(settings.store)
+        try:
+            dispatchers = await _start_outputs(settings.outputs, outbox)
+        except BaseException:
+            await outbox.aclose()
+            raise
+        outbox.set_outputs(d.name for d in dispatchers)
+        pipeline = cls(settings, outbox, dispatchers)
+        await pipeline._warn_orphans()
+        for dispatcher in dispatchers:
+            dispatcher.start()
+        pipeline._sweeper = asyncio.create_task(pipeline._sweep_forever(), name="store-sweep")
+        return pipeline
+
+    async def reload(self, settings: Settings, graceful_secs: float) -> None:
+        """Swap in new outputs; raises ReloadError (old outputs untouched) if they cannot start."""
+        async with self._reload_lock:
+            try:
+                fresh = await _start_outputs(settings.outputs, self.outbox)
+            except Exception as exc:
+                raise ReloadError(str(exc)) from exc
+            old, self.dispatchers = self.dispatchers, fresh
+            # New events go to the new set from here on; the old dispatchers only drain.
+            self.outbox.set_outputs(d.name for d in fresh)
+            await _stop_all(old, graceful_secs)
+            for dispatcher in fresh:
+                dispatcher.start()
+            self.settings = settings
+            await self._warn_orphans()
+            log.info("Configuration reloaded.", outputs=[d.name for d in fresh])
+
+    async def stop(self, graceful_secs: float) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await _stop_all(self.dispatchers, graceful_secs)
+        await self.outbox.aclose()
+
+    def failing_outputs(self, threshold_secs: float) -> dict[str, str]:
+        """Outputs that have failed for longer than `threshold_secs`, with their last error."""
+        now = time.monotonic()
+        return {
+            d.name: d.last_error or "failing"
+            for d in self.dispatchers
+            if d.failing_since is not None and now - d.failing_since > threshold_secs
+        }
+
+    async def _warn_orphans(self) -> None:
+        configured = {d.name for d in self.dispatchers}
+        stats = await self.outbox.stats()
+        for name, count in stats.queued.items():
+            if name not in configured:
+                log.warning(
+                    "Events are queued for an output that is not configured; they wait until "
+                    "it is configured again or are dead-lettered at store.max_age_secs.",
+                    output=name,
+                    queued=count,
+                )
+
+    async def sweep(self) -> None:
+        """Dead-letter what outlived store.max_age_secs and forget old dedupe entries."""
+        expired = await self.outbox.expired(self.settings.store.max_age_secs)
+        for output, seqs in expired.items():
+            reason = f"expired: not delivered within {self.settings.store.max_age_secs:g} s"
+            await self.outbox.dead_letter(output, dict.fromkeys(seqs, reason))
+            metrics.output_dead_lettered.labels(output, "expired").inc(len(seqs))
+            log.error(
+                "Events outlived the store's max age undelivered; moved to dead letters.",
+                output=output,
+                count=len(seqs),
+            )
+        await self.outbox.forget_old()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("Store sweep failed.", error=str(exc))
+            await asyncio.sleep(SWEEP_INTERVAL_SECS)
+
+
+async def _start_outputs(specs: Sequence[OutputSpec], outbox: Outbox) -> list[Dispatcher]:
+    dispatchers = build_dispatchers(specs, outbox)
+    started: list[Dispatcher] = []
+    try:
+        for dispatcher in dispatchers:
+            await dispatcher.output.start()
+            started.append(dispatcher)
+    except BaseException:
+        for dispatcher in started:
+            with contextlib.suppress(Exception):
+                await dispatcher.output.aclose()
+        raise
+    return dispatchers
+
+
+async def _stop_all(dispatchers: Sequence[Dispatcher], graceful_secs: float) -> None:
+    await asyncio.gather(*(d.stop(graceful_secs) for d in dispatchers))
+    for dispatcher in dispatchers:
+        try:
+            await dispatcher.output.aclose()
+        except Exception as exc:
+            log.warning("Output did not close cleanly.", output=dispatcher.name, error=str(exc))

@@ -1,0 +1,409 @@
+"""The outbox on disk: SQLite in WAL mode, one row per event, one delivery row per (event, output).
+
+This module is synchronous and owns one connection; `forwarder.store.outbox` runs it on a single
+thread for the daemon, and the command line uses it directly. SQLite serialises writers across
+processes, so `canary-forwarder dead-letters replay` may run beside a live daemon.
+
+An event row lives until every output it was queued for has delivered or dead-lettered it.
+Dead letters keep their own copy of the body, so a replay works after the event row is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "DB_NAME",
+    "Database",
+    "DeadLetter",
+    "NewEvent",
+    "StoreCorrupt",
+    "StoreStats",
+    "StoredEvent",
+]
+
+DB_NAME = "outbox.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    output TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (output, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries (seq);
+CREATE TABLE IF NOT EXISTS recent (
+    fingerprint TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS recent_seen_at ON recent (seen_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    output TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    dead_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    client TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+"""
+
+
+class StoreCorrupt(Exception):
+    """The database file exists but SQLite cannot use it."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    event_id: str
+    fingerprint: str
+    kind: str
+    received_at: float
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    event_id: str
+    kind: str
+    received_at: float
+    attempts: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    output: str
+    event_id: str
+    kind: str
+    received_at: float
+    dead_at: float
+    attempts: int
+    reason: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    events: int
+    bytes: int
+    oldest_received_at: float | None
+    queued: dict[str, int]
+    dead_letters: dict[str, int]
+    quarantined: int
+
+
+class Database:
+    """One SQLite connection to the outbox. Not thread-safe: use it from one thread."""
+
+    def __init__(self, directory: Path, *, sync: str = "full") -> None:
+        self.path = directory / DB_NAME
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            ok = self._db.execute("PRAGMA quick_check").fetchone()
+            if ok is None or ok[0] != "ok":
+                raise StoreCorrupt(f"{self.path}: integrity check failed: {ok}")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(Exception):
+                self._db.close()
+            if isinstance(exc, sqlite3.OperationalError) and not _looks_corrupt(exc):
+                raise
+            raise StoreCorrupt(f"{self.path}: {exc}") from exc
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, 0o600)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            # Folds the WAL back so a backup of the single file is complete.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
+
+    # Ingest
+
+    def append(
+        self, events: Sequence[NewEvent], outputs: Sequence[str], dedupe_window: float
+    ) -> list[int | None]:
+        """Store events in one transaction; a duplicate within the window gives None."""
+        results: list[int | None] = []
+        with self._transaction() as db:
+            for event in events:
+                seen = db.execute(
+                    "SELECT seen_at FROM recent WHERE fingerprint = ?", (event.fingerprint,)
+                ).fetchone()
+                if seen is not None and seen[0] >= event.received_at - dedupe_window:
+                    results.append(None)
+                    continue
+                cursor = db.execute(
+                    "INSERT INTO events (event_id, fingerprint, kind, received_at, size, body)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        event.event_id,
+                        event.fingerprint,
+                        event.kind,
+                        event.received_at,
+                        len(event.body),
+                        event.body,
+                    ),
+                )
+                seq = cursor.lastrowid
+                assert seq is not None  # noqa: S101 - an INSERT always sets it
+                db.executemany(
+                    "INSERT INTO deliveries (output, seq) VALUES (?, ?)",
+                    [(output, seq) for output in outputs],
+                )
+                if dedupe_window > 0:
+                    db.execute(
+                        "INSERT OR REPLACE INTO recent (fingerprint, seen_at) VALUES (?, ?)",
+                        (event.fingerprint, event.received_at),
+                    )
+                results.append(seq)
+        return results
+
+    def forget_before(self, cutoff: float) -> None:
+        """Drop dedupe memory older than `cutoff`."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM recent WHERE seen_at < ?", (cutoff,))
+
+    # Delivery
+
+    def fetch(self, output: str, limit: int, max_bytes: int) -> list[StoredEvent]:
+        """The oldest events queued for `output`: at most `limit` and about `max_bytes`."""
+        rows = self._db.execute(
+            "SELECT e.seq, e.event_id, e.kind, e.received_at, d.attempts, e.body"
+            " FROM deliveries d JOIN events e ON e.seq = d.seq"
+            " WHERE d.output = ? ORDER BY d.seq LIMIT ?",
+            (output, limit),
+        ).fetchall()
+        batch: list[StoredEvent] = []
+        total = 0
+        for row in rows:
+            total += len(row[5])
+            if batch and total > max_bytes:
+                break
+            batch.append(StoredEvent(*row))
+        return batch
+
+    def ack(self, output: str, seqs: Sequence[int]) -> tuple[int, int]:
+        """Mark delivered; returns the (events, bytes) that left the store with it."""
+        if not seqs:
+            return 0, 0
+        with self._transaction() as db:
+            return self._drop_deliveries(db, output, seqs)
+
+    def retry_later(self, output: str, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE deliveries SET attempts = attempts + 1 WHERE output = ? AND seq = ?",
+                [(output, seq) for seq in seqs],
+            )
+
+    def dead_letter(self, output: str, reasons: dict[int, str], now: float) -> tuple[int, int]:
+        """Move deliveries to dead letters with their reasons, keeping a copy of each body."""
+        if not reasons:
+            return 0, 0
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO dead_letters (output, event_id, fingerprint, kind, received_at,"
+                " dead_at, attempts, reason, body)"
+                " SELECT d.output, e.event_id, e.fingerprint, e.kind, e.received_at, ?,"
+                " d.attempts, ?, e.body FROM deliveries d JOIN events e ON e.seq = d.seq"
+                " WHERE d.output = ? AND d.seq = ?",
+                [(now, reason, output, seq) for seq, reason in reasons.items()],
+            )
+            return self._drop_deliveries(db, output, list(reasons))
+
+    def _drop_deliveries(
+        self, db: sqlite3.Connection, output: str, seqs: Sequence[int]
+    ) -> tuple[int, int]:
+        db.executemany(
+            "DELETE FROM deliveries WHERE output = ? AND seq = ?", [(output, s) for s in seqs]
+        )
+        # An event row goes once no output waits for it any more.
+        events = size = 0
+        for start in range(0, len(seqs), 500):
+            chunk = seqs[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            orphans = db.execute(
+                f"SELECT seq, size FROM events WHERE seq IN ({marks})"  # noqa: S608 - only marks
+                " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.seq = events.seq)",
+                chunk,
+            ).fetchall()
+            db.executemany("DELETE FROM events WHERE seq = ?", [(row[0],) for row in orphans])
+            events += len(orphans)
+            size += sum(row[1] for row in orphans)
+        return events, size
+
+    def expired(self, cutoff: float) -> dict[str, list[int]]:
+        """Deliveries of events received before `cutoff`, by output."""
+        found: dict[str, list[int]] = {}
+        for output, seq in self._db.execute(
+            "SELECT d.output, d.seq FROM deliveries d JOIN events e ON e.seq = d.seq"
+            " WHERE e.received_at < ? ORDER BY d.seq",
+            (cutoff,),
+        ):
+            found.setdefault(output, []).append(seq)
+        return found
+
+    def outputs_with_deliveries(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT DISTINCT output FROM deliveries")]
+
+    # Inspection and dead letters
+
+    def stats(self) -> StoreStats:
+        count, size, oldest = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM events"
+        ).fetchone()
+        queued = dict(
+            self._db.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output").fetchall()
+        )
+        dead = dict(
+            self._db.execute("SELECT output, COUNT(*) FROM dead_letters GROUP BY output").fetchall()
+        )
+        (quarantined,) = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()
+        return StoreStats(count, size, oldest, queued, dead, quarantined)
+
+    def dead_letters(self, output: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        rows = self._db.execute(
+            "SELECT id, output, event_id, kind, received_at, dead_at, attempts, reason,"
+            " length(body) FROM dead_letters WHERE (? IS NULL OR output = ?) ORDER BY id LIMIT ?",
+            (output, output, limit),
+        ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def dead_letter_body(self, letter_id: int) -> bytes | None:
+        row = self._db.execute(
+            "SELECT body FROM dead_letters WHERE id = ?", (letter_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def replay(self, ids: Iterable[int] | None, output: str | None) -> int:
+        """Queue dead letters again for the output that dead-lettered them; returns how many."""
+        selected = self._select_dead(ids, output)
+        with self._transaction() as db:
+            for letter_id in selected:
+                row = db.execute(
+                    "SELECT output, event_id, fingerprint, kind, received_at, body"
+                    " FROM dead_letters WHERE id = ?",
+                    (letter_id,),
+                ).fetchone()
+                if row is None:
+                    continue
+                cursor = db.execute(
+                    "INSERT INTO events (event_id, fingerprint, kind, received_at, size, body)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (row[1], row[2], row[3], time.time(), len(row[5]), row[5]),
+                )
+                db.execute(
+                    "INSERT INTO deliveries (output, seq) VALUES (?, ?)", (row[0], cursor.lastrowid)
+                )
+                db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+        return len(selected)
+
+    def purge(self, ids: Iterable[int] | None, output: str | None) -> int:
+        selected = self._select_dead(ids, output)
+        with self._transaction() as db:
+            db.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in selected])
+        return len(selected)
+
+    def _select_dead(self, ids: Iterable[int] | None, output: str | None) -> list[int]:
+        rows = self._db.execute(
+            "SELECT id FROM dead_letters WHERE (? IS NULL OR output = ?) ORDER BY id",
+            (output, output),
+        ).fetchall()
+        known = [row[0] for row in rows]
+        if ids is None:
+            return known
+        wanted = set(ids)
+        return [i for i in known if i in wanted]
+
+    # Quarantine
+
+    def quarantine(
+        self, body: bytes, reason: str, client: str, now: float, max_count: int, max_bytes: int
+    ) -> None:
+        """Keep a rejected body, then drop the oldest until the bounds hold again."""
+        if max_count == 0 or len(body) > max_bytes:
+            return
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO quarantine (received_at, reason, client, size, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (now, reason, client, len(body), body),
+            )
+            count, size = db.execute("SELECT COUNT(*), SUM(size) FROM quarantine").fetchone()
+            while count > max_count or size > max_bytes:
+                oldest = db.execute(
+                    "SELECT id, size FROM quarantine ORDER BY id LIMIT 1"
+                ).fetchone()
+                db.execute("DELETE FROM quarantine WHERE id = ?", (oldest[0],))
+                count, size = count - 1, size - oldest[1]
+
+    def quarantined(self, limit: int = 100) -> list[tuple[int, float, str, str, bytes]]:
+        return [
+            (row[0], row[1], row[2], row[3], bytes(row[4]))
+            for row in self._db.execute(
+                "SELECT id, received_at, reason, client, body FROM quarantine ORDER BY id LIMIT ?",
+                (limit,),
+            )
+        ]
+
+
+def _looks_corrupt(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def move_aside(path: Path, now: float) -> Path:
+    """Rename a broken database (and its WAL files) out of the way; returns the new name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            source.rename(Path(f"{target}{suffix}"))
+    return target
