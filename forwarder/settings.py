@@ -301,7 +301,11 @@ _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 
 
 def _interpolate(value: Any, environ: Mapping[str, str], where: str, problems: list[str]) -> Any:
-    """Replace `${VAR}` and `${file:/path}` inside string values, never inside YAML syntax."""
+    """Replace `${VAR}`, `${file:/path}` and `${credential:NAME}` inside string values.
+
+    Substitution happens after YAML parsing, so a secret can never change the document's shape.
+    `${credential:NAME}` reads $CREDENTIALS_DIRECTORY/NAME (systemd LoadCredential=).
+    """
     if isinstance(value, dict):
         return {
             k: _interpolate(v, environ, f"{where}.{k}" if where else str(k), problems)
@@ -314,13 +318,20 @@ def _interpolate(value: Any, environ: Mapping[str, str], where: str, problems: l
 
     def replace(match: re.Match[str]) -> str:
         reference = match.group(1)
-        if reference.startswith("file:"):
-            file_path = Path(reference.removeprefix("file:"))
-            try:
-                return file_path.read_text("utf-8").rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as exc:
-                problems.append(f"{where}: cannot read secret file {file_path}: {exc}")
+        if reference.startswith("credential:"):
+            directory = environ.get("CREDENTIALS_DIRECTORY")
+            name = reference.removeprefix("credential:")
+            if not directory:
+                problems.append(
+                    f"{where}: ${{{reference}}} needs CREDENTIALS_DIRECTORY (systemd LoadCredential)"
+                )
                 return ""
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+                problems.append(f"{where}: credential name {name!r} is not a plain file name")
+                return ""
+            return _read_secret(Path(directory) / name, where, problems)
+        if reference.startswith("file:"):
+            return _read_secret(Path(reference.removeprefix("file:")), where, problems)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", reference):
             problems.append(f"{where}: ${{{reference}}} is not a variable name or file: reference")
             return ""
@@ -330,6 +341,14 @@ def _interpolate(value: Any, environ: Mapping[str, str], where: str, problems: l
         return environ[reference]
 
     return _REFERENCE.sub(replace, value)
+
+
+def _read_secret(path: Path, where: str, problems: list[str]) -> str:
+    try:
+        return path.read_text("utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{where}: cannot read secret file {path}: {exc.strerror or exc}")
+        return ""
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,0 +1,229 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from forwarder.delivery.dispatcher import Dispatcher, backoff_secs
+from forwarder.events import CanaryEvent, parse_event
+from forwarder.mappers.base import Mapper, MapperConfig, MappingError, Record
+from forwarder.mappers.json import JsonConfig, JsonMapper
+from forwarder.outputs.base import (
+    Delivered,
+    Output,
+    OutputConfig,
+    Partial,
+    Reject,
+    Retry,
+    RetryConfig,
+    SendResult,
+    TooLarge,
+)
+from forwarder.settings import StoreConfig
+from forwarder.store.outbox import Outbox
+
+
+class ScriptedOutput(Output[OutputConfig]):
+    """Answers each send with the next scripted result (a function of the batch), then Delivered."""
+
+    def __init__(self, script: Sequence[Callable[[Sequence[Record]], SendResult]]) -> None:
+        super().__init__(
+            OutputConfig(
+                name="scripted",
+                type="scripted",
+                batch={"max_events": 10, "timeout_secs": 0},  # type: ignore[arg-type]
+                retry={"initial_backoff_secs": 0.01, "max_backoff_secs": 0.02},  # type: ignore[arg-type]
+            )
+        )
+        self.script = list(script)
+        self.batches: list[list[str]] = []
+        self.delivered: list[str] = []
+        self.changed = asyncio.Condition()
+
+    async def send(self, batch: Sequence[Record]) -> SendResult:
+        ids = [str(r.event.payload["N"]) for r in batch]
+        result = self.script.pop(0)(batch) if self.script else Delivered()
+        async with self.changed:
+            self.batches.append(ids)
+            if isinstance(result, Delivered):
+                self.delivered.extend(ids)
+            elif isinstance(result, Partial):
+                self.delivered.extend(i for n, i in enumerate(ids) if n not in result.results)
+            self.changed.notify_all()
+        return result
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10), self.changed:
+            await self.changed.wait_for(predicate)
+
+
+class FussyMapper(Mapper[MapperConfig]):
+    def map(self, event: CanaryEvent) -> Record:
+        if event.payload["N"] == 2:
+            raise MappingError("two is not allowed")
+        return Record(event=event, body="ok")
+
+
+def event(n: int) -> CanaryEvent:
+    return parse_event(
+        b'{"AlertType": "CanaryIncident", "N": %d}' % n, received_at=datetime.now(UTC)
+    )
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    box = await Outbox.open(StoreConfig(path=tmp_path))
+    box.set_outputs(["scripted"])
+    yield box
+    await box.aclose()
+
+
+async def run(
+    outbox: Outbox,
+    output: ScriptedOutput,
+    count: int,
+    mapper: Mapper[Any] | None = None,
+) -> Dispatcher:
+    for n in range(count):
+        await outbox.append(event(n))
+    dispatcher = Dispatcher(output, mapper or JsonMapper(JsonConfig(type="json")), outbox)
+    dispatcher.start()
+    return dispatcher
+
+
+async def test_delivered_batches_are_acked(outbox: Outbox) -> None:
+    output = ScriptedOutput([])
+    dispatcher = await run(outbox, output, 25)
+    await output.wait_until(lambda: len(output.delivered) == 25)
+    await dispatcher.stop(5)
+    assert output.delivered == [str(n) for n in range(25)]
+    assert max(len(b) for b in output.batches) == 10
+    assert (await outbox.stats()).events == 0
+
+
+async def test_retry_keeps_events_and_sends_them_again(outbox: Outbox) -> None:
+    output = ScriptedOutput([lambda b: Retry("503 busy"), lambda b: Retry("503 busy")])
+    dispatcher = await run(outbox, output, 3)
+    await output.wait_until(lambda: len(output.delivered) == 3)
+    await dispatcher.stop(5)
+    assert output.batches == [["0", "1", "2"]] * 3
+    assert dispatcher.failures == 0 and dispatcher.failing_since is None
+
+
+async def test_reject_dead_letters_with_reason(outbox: Outbox) -> None:
+    output = ScriptedOutput([lambda b: Reject("400 malformed")])
+    dispatcher = await run(outbox, output, 2)
+    await output.wait_until(lambda: len(output.batches) == 1)
+    await dispatcher.stop(5)
+    letters = await outbox.dead_letters()
+    assert [(d.output, d.reason) for d in letters] == [("scripted", "400 malformed")] * 2
+    assert (await outbox.stats()).events == 0
+
+
+async def test_partial_acks_some_retries_some_dead_letters_one(outbox: Outbox) -> None:
+    output = ScriptedOutput([lambda b: Partial({1: Retry("429"), 2: Reject("400 poison")})])
+    dispatcher = await run(outbox, output, 4)
+    await output.wait_until(lambda: len(output.delivered) == 3)
+    await dispatcher.stop(5)
+    assert output.batches == [["0", "1", "2", "3"], ["1"]]
+    assert [d.reason for d in await outbox.dead_letters()] == ["400 poison"]
+
+
+async def test_too_large_halves_the_batch(outbox: Outbox) -> None:
+    def too_large_when_big(batch: Sequence[Record]) -> SendResult:
+        return TooLarge("413") if len(batch) > 2 else Delivered()
+
+    output = ScriptedOutput([too_large_when_big] * 10)
+    dispatcher = await run(outbox, output, 8)
+    await output.wait_until(lambda: len(output.delivered) == 8)
+    await dispatcher.stop(5)
+    halves = [["0", "1"], ["2", "3"]], [["4", "5"], ["6", "7"]]
+    assert output.batches == [
+        [str(n) for n in range(8)],
+        ["0", "1", "2", "3"],
+        *halves[0],
+        ["4", "5", "6", "7"],
+        *halves[1],
+    ]
+    assert output.delivered == [str(n) for n in range(8)]
+
+
+async def test_single_event_too_large_is_dead_lettered(outbox: Outbox) -> None:
+    output = ScriptedOutput([lambda b: TooLarge("413")])
+    dispatcher = await run(outbox, output, 1)
+    await output.wait_until(lambda: len(output.batches) == 1)
+    await dispatcher.stop(5)
+    assert [d.reason for d in await outbox.dead_letters()] == ["too large even alone: 413"]
+
+
+async def test_mapping_error_dead_letters_that_event_only(outbox: Outbox) -> None:
+    output = ScriptedOutput([])
+    dispatcher = await run(outbox, output, 4, mapper=FussyMapper(MapperConfig(type="fussy")))
+    await output.wait_until(lambda: len(output.delivered) == 3)
+    await dispatcher.stop(5)
+    [letter] = await outbox.dead_letters()
+    assert letter.reason == "cannot map to fussy: two is not allowed"
+
+
+async def test_output_that_raises_is_retried(outbox: Outbox) -> None:
+    def boom(batch: Sequence[Record]) -> SendResult:
+        raise RuntimeError("bug in output")
+
+    output = ScriptedOutput([boom])
+    with structlog.testing.capture_logs() as logs:
+        dispatcher = await run(outbox, output, 1)
+        await output.wait_until(lambda: len(output.delivered) == 1)
+        await dispatcher.stop(5)
+    assert any(entry["event"].startswith("Output raised") for entry in logs)
+
+
+async def test_operator_action_logs_error_and_keeps_events(outbox: Outbox) -> None:
+    output = ScriptedOutput([lambda b: Retry("401 bad token", operator_action=True)])
+    with structlog.testing.capture_logs() as logs:
+        dispatcher = await run(outbox, output, 2)
+        await output.wait_until(lambda: len(output.delivered) == 2)
+        await dispatcher.stop(5)
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert errors and errors[0]["reason"] == "401 bad token"
+    assert await outbox.dead_letters() == []
+
+
+async def test_failing_since_is_set_while_failing(outbox: Outbox) -> None:
+    def fail(batch: Sequence[Record]) -> SendResult:
+        return Retry("down")
+
+    output = ScriptedOutput([fail] * 1000)
+    dispatcher = await run(outbox, output, 1)
+    await output.wait_until(lambda: len(output.batches) >= 2)
+    assert dispatcher.failing_since is not None and dispatcher.last_error == "down"
+    await dispatcher.stop(5)
+    assert (await outbox.stats()).events == 1
+
+
+async def test_stop_leaves_unsent_events_queued(outbox: Outbox) -> None:
+    release = asyncio.Event()
+
+    class Stuck(ScriptedOutput):
+        async def send(self, batch: Sequence[Record]) -> SendResult:
+            await release.wait()
+            return Delivered()
+
+    output = Stuck([])
+    dispatcher = await run(outbox, output, 3)
+    await dispatcher.stop(graceful_secs=0.05)
+    assert (await outbox.stats()).queued == {"scripted": 3}
+
+
+def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
+    config = RetryConfig(initial_backoff_secs=1, max_backoff_secs=30)
+    samples = [backoff_secs(attempt, config) for attempt in range(1, 12) for _ in range(20)]
+    assert all(0 <= s <= 30 for s in samples)
+    assert len({round(s, 6) for s in samples}) > 100  # jittered, not a fixed schedule
+    assert all(backoff_secs(1, config) <= 1 for _ in range(50))
+    assert backoff_secs(1, config, retry_after=12) >= 12
+    assert backoff_secs(1, config, retry_after=3600) == 30

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from forwarder.store.database import DB_NAME, Database, NewEvent, StoreCorrupt, move_aside
+
+
+def new_event(n: int, received_at: float = 1000.0, body: bytes | None = None) -> NewEvent:
+    return NewEvent(
+        event_id=f"id{n}",
+        fingerprint=f"fp{n}",
+        kind="incident",
+        received_at=received_at,
+        body=body if body is not None else b'{"n": %d}' % n,
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(tmp_path)
+    yield database  # type: ignore[misc]
+    database.close()
+
+
+def test_append_queues_for_every_output(db: Database) -> None:
+    seqs = db.append([new_event(1), new_event(2)], ["a", "b"], dedupe_window=0)
+    assert all(seq is not None for seq in seqs)
+    assert db.stats().queued == {"a": 2, "b": 2}
+    assert [e.body for e in db.fetch("a", 10, 10_000)] == [b'{"n": 1}', b'{"n": 2}']
+
+
+def test_event_leaves_only_when_every_output_is_done(db: Database) -> None:
+    [seq] = db.append([new_event(1)], ["a", "b"], dedupe_window=0)
+    assert seq is not None
+    assert db.ack("a", [seq]) == (0, 0)
+    assert db.stats().events == 1
+    assert db.ack("b", [seq]) == (1, len(b'{"n": 1}'))
+    assert db.stats().events == 0
+
+
+def test_duplicate_within_window_is_stored_once(db: Database) -> None:
+    first = db.append([new_event(1, received_at=1000.0)], ["a"], dedupe_window=60)
+    again = db.append([new_event(1, received_at=1030.0)], ["a"], dedupe_window=60)
+    later = db.append([new_event(1, received_at=1100.0)], ["a"], dedupe_window=60)
+    assert first[0] is not None and again == [None] and later[0] is not None
+    assert db.stats().queued == {"a": 2}
+
+
+def test_duplicates_inside_one_group_commit(db: Database) -> None:
+    seqs = db.append([new_event(1), new_event(1)], ["a"], dedupe_window=60)
+    assert seqs[0] is not None and seqs[1] is None
+
+
+def test_fetch_respects_limit_and_bytes(db: Database) -> None:
+    db.append([new_event(n, body=b"x" * 100) for n in range(10)], ["a"], dedupe_window=0)
+    assert len(db.fetch("a", 3, 10_000)) == 3
+    assert len(db.fetch("a", 10, 250)) == 2
+    # One event bigger than the byte bound still goes alone, or it would never go.
+    assert len(db.fetch("a", 10, 10)) == 1
+
+
+def test_dead_letter_replay_and_purge(db: Database) -> None:
+    seqs = db.append([new_event(1), new_event(2)], ["a", "b"], dedupe_window=0)
+    db.retry_later("a", [s for s in seqs if s is not None])
+    db.dead_letter("a", {seqs[0]: "refused: bad field"}, now=2000.0)  # type: ignore[dict-item]
+    [letter] = db.dead_letters()
+    assert (letter.output, letter.event_id, letter.reason, letter.attempts) == (
+        "a",
+        "id1",
+        "refused: bad field",
+        1,
+    )
+    assert db.dead_letter_body(letter.id) == b'{"n": 1}'
+    assert db.stats().queued == {"a": 1, "b": 2}
+    assert db.replay(None, "a") == 1
+    assert db.stats().queued == {"a": 2, "b": 2}
+    assert db.dead_letters() == []
+    db.dead_letter("b", {seqs[1]: "nope"}, now=2000.0)  # type: ignore[dict-item]
+    assert db.purge([999], None) == 0
+    assert db.purge(None, "b") == 1
+    assert db.stats().dead_letters == {}
+
+
+def test_dead_letter_survives_the_event_row(db: Database) -> None:
+    [seq] = db.append([new_event(1)], ["a"], dedupe_window=0)
+    assert seq is not None
+    db.dead_letter("a", {seq: "gone"}, now=1.0)
+    assert db.stats().events == 0
+    assert db.replay(None, None) == 1
+    assert [e.body for e in db.fetch("a", 10, 10_000)] == [b'{"n": 1}']
+
+
+def test_expired_finds_old_deliveries(db: Database) -> None:
+    db.append([new_event(1, received_at=10.0), new_event(2, received_at=500.0)], ["a"], 0)
+    assert list(db.expired(cutoff=100.0)) == ["a"]
+    assert len(db.expired(cutoff=100.0)["a"]) == 1
+
+
+def test_quarantine_is_bounded_by_count_and_bytes(db: Database) -> None:
+    for n in range(5):
+        db.quarantine(b"x" * 10 + bytes([48 + n]), "bad", "127.0.0.1", 1.0, 3, 1000)
+    kept = db.quarantined()
+    assert [body[-1:] for _, _, _, _, body in kept] == [b"2", b"3", b"4"]
+    db.quarantine(b"y" * 500, "bad", "127.0.0.1", 1.0, 3, 600)
+    assert sum(len(body) for *_, body in db.quarantined()) <= 600
+    db.quarantine(b"z" * 700, "bad", "127.0.0.1", 1.0, 3, 600)
+    assert all(not body.startswith(b"z") for *_, body in db.quarantined())
+
+
+def test_data_survives_reopen(tmp_path: Path) -> None:
+    first = Database(tmp_path)
+    first.append([new_event(1)], ["a"], dedupe_window=0)
+    first.close()
+    second = Database(tmp_path)
+    assert second.stats().queued == {"a": 1}
+    second.close()
+
+
+def test_corrupt_file_is_detected_and_moved_aside(tmp_path: Path) -> None:
+    (tmp_path / DB_NAME).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreCorrupt):
+        Database(tmp_path)
+    moved = move_aside(tmp_path / DB_NAME, now=0.0)
+    assert moved.exists() and moved.name == f"{DB_NAME}.corrupt-19700101T000000Z"
+    fresh = Database(tmp_path)
+    assert fresh.stats().events == 0
+    fresh.close()
+
+
+def test_unwritable_directory_is_not_called_corrupt(tmp_path: Path) -> None:
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    with pytest.raises((OSError, sqlite3.OperationalError)):
+        Database(blocked / "state")
