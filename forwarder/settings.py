@@ -322,9 +322,8 @@ def _interpolate(value: Any, environ: Mapping[str, str], where: str, problems: l
             directory = environ.get("CREDENTIALS_DIRECTORY")
             name = reference.removeprefix("credential:")
             if not directory:
-                problems.append(
-                    f"{where}: ${{{reference}}} needs CREDENTIALS_DIRECTORY (systemd LoadCredential)"
-                )
+                needs = "needs CREDENTIALS_DIRECTORY (systemd LoadCredential)"
+                problems.append(f"{where}: ${{{reference}}} {needs}")
                 return ""
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
                 problems.append(f"{where}: credential name {name!r} is not a plain file name")
@@ -347,7 +346,8 @@ def _read_secret(path: Path, where: str, problems: list[str]) -> str:
     try:
         return path.read_text("utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{where}: cannot read secret file {path}: {exc.strerror or exc}")
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        problems.append(f"{where}: cannot read secret file {path}: {reason}")
         return ""
 
 
