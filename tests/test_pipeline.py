@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import structlog
+
+from forwarder.events import parse_event
+from forwarder.pipeline import Pipeline, ReloadError
+from forwarder.settings import Settings
+from tests.helpers import memory_output, sample
+
+MEM = {"type": "memory", "batch": {"timeout_secs": 0}}
+
+
+def event(n: int) -> bytes:
+    return b'{"AlertType": "CanaryIncident", "N": %d}' % n
+
+
+async def append(pipeline: Pipeline, n: int) -> None:
+    stored = await pipeline.outbox.append(parse_event(event(n), received_at=datetime.now(UTC)))
+    assert stored
+
+
+async def test_reload_adds_an_output_and_keeps_the_queue(
+    make_settings: Callable[..., Settings],
+) -> None:
+    pipeline = await Pipeline.start(make_settings())
+    for dispatcher in pipeline.dispatchers:
+        await dispatcher.stop(1)  # the old output is stalled: events queue up
+    await append(pipeline, 1)
+    await pipeline.reload(
+        make_settings(outputs=[{**MEM, "name": "mem"}, {**MEM, "name": "second"}]), 1
+    )
+    await append(pipeline, 2)
+    first = await asyncio.wait_for(memory_output(pipeline, "mem").wait_for(2), 10)
+    second = await asyncio.wait_for(memory_output(pipeline, "second").wait_for(1), 10)
+    assert [r.event.payload["N"] for r in first] == [1, 2]
+    assert [r.event.payload["N"] for r in second] == [2]  # only events after the reload
+    await pipeline.stop(1)
+
+
+async def test_reload_that_cannot_start_keeps_the_old_outputs(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    pipeline = await Pipeline.start(make_settings())
+    broken = make_settings(
+        outputs=[{"name": "f", "type": "file", "path": str(tmp_path / "missing-dir" / "x")}]
+    )
+    with pytest.raises(ReloadError):
+        await pipeline.reload(broken, 1)
+    assert [d.name for d in pipeline.dispatchers] == ["mem"]
+    await append(pipeline, 7)
+    records = await asyncio.wait_for(memory_output(pipeline).wait_for(1), 10)
+    assert records[0].event.payload["N"] == 7
+    await pipeline.stop(1)
+
+
+async def test_sweep_dead_letters_expired_events(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(store={"path": str(make_settings().store.path), "max_age_secs": 60})
+    pipeline = await Pipeline.start(settings)
+    for dispatcher in pipeline.dispatchers:
+        await dispatcher.stop(1)
+    old = parse_event(sample("incident_ftp_login"), received_at=datetime(2020, 1, 1, tzinfo=UTC))
+    assert await pipeline.outbox.append(old)
+    await append(pipeline, 1)
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.sweep()
+    [letter] = await pipeline.outbox.dead_letters()
+    assert letter.event_id == "bc84b27ca5327d9d7f915fadae7ef9a4"
+    assert letter.reason == "expired: not delivered within 60 s"
+    assert [e["log_level"] for e in logs] == ["error"]
+    assert (await pipeline.outbox.stats()).queued == {"mem": 1}
+    await pipeline.stop(1)
+
+
+async def test_events_for_an_unconfigured_output_are_reported(
+    make_settings: Callable[..., Settings],
+) -> None:
+    pipeline = await Pipeline.start(make_settings(outputs=[{**MEM, "name": "old"}]))
+    for dispatcher in pipeline.dispatchers:
+        await dispatcher.stop(1)
+    await append(pipeline, 1)
+    await pipeline.stop(1)
+    with structlog.testing.capture_logs() as logs:
+        pipeline = await Pipeline.start(make_settings())
+    assert any(e.get("output") == "old" and e["log_level"] == "warning" for e in logs)
+    await pipeline.stop(1)
