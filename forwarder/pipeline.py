@@ -28,6 +28,7 @@ __all__ = ["Pipeline", "ReloadError"]
 log = structlog.get_logger("forwarder.pipeline")
 
 SWEEP_INTERVAL_SECS = 60.0
+STORE_PROBE_SECS = 5.0
 
 
 class ReloadError(Exception):
@@ -55,13 +56,12 @@ class Pipeline:
     @classmethod
     async def start(cls, settings: Settings) -> Pipeline:
         """Open the store and start every output; raises if any of them cannot start."""
-        outbox = await Outbox.open(settings.store)
+        outbox = await Outbox.open(settings.store, [spec.name for spec in settings.outputs])
         try:
             dispatchers = await _start_outputs(settings.outputs, outbox)
         except BaseException:
             await outbox.aclose()
             raise
-        outbox.set_outputs(d.name for d in dispatchers)
         pipeline = cls(settings, outbox, dispatchers)
         await pipeline._warn_orphans()
         for dispatcher in dispatchers:
@@ -105,6 +105,8 @@ class Pipeline:
 
     async def _warn_orphans(self) -> None:
         configured = {d.name for d in self.dispatchers}
+        if not self.outbox.available:
+            return
         stats = await self.outbox.stats()
         for name, count in stats.queued.items():
             if name not in configured:

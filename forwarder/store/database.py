@@ -161,6 +161,37 @@ class Database:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
 
+    def salvage(self, broken: Path, outputs: Sequence[str]) -> tuple[int, int]:
+        """Copy the readable events and deliveries of a corrupt outbox into this one.
+
+        Rows are read until SQLite hits the damage; an event whose delivery rows could not be
+        read is queued for every output in `outputs` (at least once beats not at all).
+        """
+        events = _readable_rows(
+            broken, "SELECT seq, event_id, fingerprint, kind, received_at, size, body FROM events"
+        )
+        deliveries = _readable_rows(broken, "SELECT output, seq, attempts FROM deliveries")
+        known = {row[1] for row in deliveries}
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO events"
+                " (seq, event_id, fingerprint, kind, received_at, size, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                events,
+            )
+            saved = {row[0] for row in events}
+            rows = [row for row in deliveries if row[1] in saved]
+            rows += [(o, row[0], 0) for row in events if row[0] not in known for o in outputs]
+            db.executemany(
+                "INSERT OR IGNORE INTO deliveries (output, seq, attempts) VALUES (?, ?, ?)", rows
+            )
+            # An event nobody waits for would never leave; drop it as ack would.
+            db.execute(
+                "DELETE FROM events WHERE NOT EXISTS"
+                " (SELECT 1 FROM deliveries WHERE deliveries.seq = events.seq)"
+            )
+        return len(events), len(rows)
+
     # Ingest
 
     def append(
@@ -391,6 +422,22 @@ class Database:
                 (limit,),
             )
         ]
+
+
+def _readable_rows(path: Path, query: str) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = []
+    try:
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return rows
+    try:
+        for row in source.execute(query):
+            rows.append(tuple(row))
+    except sqlite3.Error:
+        pass  # keep what was read before the damage
+    finally:
+        source.close()
+    return rows
 
 
 def _looks_corrupt(exc: sqlite3.OperationalError) -> bool:

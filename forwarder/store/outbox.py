@@ -20,6 +20,7 @@ import structlog
 from forwarder.events import CanaryEvent
 from forwarder.settings import StoreConfig
 from forwarder.store.database import (
+    DB_NAME,
     Database,
     DeadLetter,
     NewEvent,
@@ -54,9 +55,9 @@ class _Pending:
 class Outbox:
     """Open with `Outbox.open`; close with `aclose`. Outputs are named at open and on reload."""
 
-    def __init__(self, config: StoreConfig, database: Database, executor: ThreadPoolExecutor):
+    def __init__(self, config: StoreConfig, executor: ThreadPoolExecutor):
         self.config = config
-        self._db = database
+        self._db: Database | None = None
         self._executor = executor
         self._outputs: tuple[str, ...] = ()
         self._pending: list[_Pending] = []
@@ -65,40 +66,57 @@ class Outbox:
         self._listeners: list[Callable[[], None]] = []
         self.bytes = 0
         self.events = 0
-        self.healthy = True
-        self.last_error: str | None = None
+        self.healthy = False
+        self.last_error: str | None = "not opened yet"
 
     @classmethod
-    async def open(cls, config: StoreConfig) -> Outbox:
-        """Open (or create) the store; a corrupt database is moved aside and a fresh one begun."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        loop = asyncio.get_running_loop()
+    async def open(cls, config: StoreConfig, outputs: Iterable[str] = ()) -> Outbox:
+        """Open (or create) the store and start committing.
 
-        def connect() -> Database:
-            try:
-                return Database(config.path, sync=config.sync)
-            except StoreCorrupt as exc:
-                moved = move_aside(config.path / "outbox.sqlite3", time.time())
-                log.error(
-                    "Store was corrupt; moved it aside and started a fresh one.",
-                    error=str(exc),
-                    moved_to=str(moved),
-                )
-                return Database(config.path, sync=config.sync)
-
-        try:
-            database = await loop.run_in_executor(executor, connect)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        outbox = cls(config, database, executor)
-        stats = await outbox.stats()
-        outbox.bytes, outbox.events = stats.bytes, stats.events
+        A corrupt database is moved aside, what can still be read from it is copied into a fresh
+        one, and the daemon goes on. A store that cannot be opened at all (read-only directory,
+        disk full) does not stop the daemon either: posts get 503 and /readyz fails until a
+        later `probe` opens it. Either way the operator gets an ERROR, never a crash loop.
+        """
+        outbox = cls(config, ThreadPoolExecutor(max_workers=1, thread_name_prefix="store"))
+        outbox.set_outputs(outputs)
+        await outbox.probe()
         outbox._committer = asyncio.create_task(outbox._commit_forever(), name="store-commit")
         return outbox
 
+    def _connect(self) -> Database:
+        path = self.config.path
+        try:
+            return Database(path, sync=self.config.sync)
+        except StoreCorrupt as exc:
+            moved = move_aside(path / DB_NAME, time.time())
+            database = Database(path, sync=self.config.sync)
+            events, deliveries = database.salvage(moved, self._outputs)
+            log.error(
+                "Store was corrupt; moved it aside, started a fresh one and copied what was "
+                "readable. Keep the moved file until the events are accounted for.",
+                error=str(exc),
+                moved_to=str(moved),
+                salvaged_events=events,
+                salvaged_deliveries=deliveries,
+            )
+            return database
+
     async def _run(self, call: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+
+    async def _with_db(self, call: Callable[[Database], T]) -> T:
+        def run() -> T:
+            if self._db is None:
+                raise StoreUnavailable(self.last_error or "store is not open")
+            return call(self._db)
+
+        return await self._run(run)
+
+    @property
+    def available(self) -> bool:
+        """The database is open (it may still fail to commit; see `healthy`)."""
+        return self._db is not None
 
     def set_outputs(self, names: Iterable[str]) -> None:
         """Which outputs new events are queued for (at start and after a reload)."""
@@ -148,12 +166,9 @@ class Outbox:
 
     async def _commit(self, group: list[_Pending]) -> None:
         try:
-            seqs = await self._run(
-                self._db.append,
-                [p.event for p in group],
-                self._outputs,
-                self.config.dedupe_window_secs,
-            )
+            events, outputs = [p.event for p in group], self._outputs
+            window = self.config.dedupe_window_secs
+            seqs = await self._with_db(lambda db: db.append(events, outputs, window))
         except Exception as exc:
             self._mark_unhealthy(exc)
             for pending in group:
@@ -174,18 +189,26 @@ class Outbox:
                 listener()
 
     def _mark_unhealthy(self, exc: BaseException) -> None:
-        if self.healthy:
-            log.error("Store cannot commit; new posts get 503.", error=str(exc))
+        if self.healthy or self.last_error == "not opened yet":
+            log.error(
+                "Store cannot commit; new posts get 503 until it can.",
+                path=str(self.config.path),
+                error=str(exc),
+            )
         self.healthy, self.last_error = False, str(exc)
 
     async def probe(self) -> bool:
-        """Check the store can commit again after a failure (used by /readyz)."""
+        """Open the store if it is not open, check it can commit; used by /readyz and the sweep."""
         try:
-            await self._run(self._db.forget_before, time.time() - self.config.dedupe_window_secs)
+            if self._db is None:
+                self._db = await self._run(self._connect)
+                stats = await self.stats()
+                self.bytes, self.events = stats.bytes, stats.events
+            await self.forget_old()
         except Exception as exc:
             self._mark_unhealthy(exc)
             return False
-        if not self.healthy:
+        if not self.healthy and self.last_error != "not opened yet":
             log.warning("Store can commit again.")
         self.healthy, self.last_error = True, None
         return True
@@ -193,19 +216,21 @@ class Outbox:
     # Delivery
 
     async def fetch(self, output: str, limit: int, max_bytes: int) -> list[StoredEvent]:
-        return await self._run(self._db.fetch, output, limit, max_bytes)
+        return await self._with_db(lambda db: db.fetch(output, limit, max_bytes))
 
     async def ack(self, output: str, seqs: Sequence[int]) -> None:
-        self._release(await self._run(self._db.ack, output, seqs))
+        self._release(await self._with_db(lambda db: db.ack(output, seqs)))
 
     async def retry_later(self, output: str, seqs: Sequence[int]) -> None:
-        await self._run(self._db.retry_later, output, seqs)
+        await self._with_db(lambda db: db.retry_later(output, seqs))
 
     async def dead_letter(self, output: str, reasons: dict[int, str]) -> None:
-        self._release(await self._run(self._db.dead_letter, output, reasons, time.time()))
+        now = time.time()
+        self._release(await self._with_db(lambda db: db.dead_letter(output, reasons, now)))
 
     async def expired(self, max_age: float) -> dict[str, list[int]]:
-        return await self._run(self._db.expired, time.time() - max_age)
+        cutoff = time.time() - max_age
+        return await self._with_db(lambda db: db.expired(cutoff))
 
     def _release(self, removed: tuple[int, int]) -> None:
         self.events -= removed[0]
@@ -214,28 +239,26 @@ class Outbox:
     # Inspection
 
     async def stats(self) -> StoreStats:
-        return await self._run(self._db.stats)
+        return await self._with_db(lambda db: db.stats())
 
     async def dead_letters(self, output: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        return await self._run(self._db.dead_letters, output, limit)
+        return await self._with_db(lambda db: db.dead_letters(output, limit))
 
     async def quarantine(self, body: bytes, reason: str, client: str) -> None:
         quarantine = self.config.quarantine
         try:
-            await self._run(
-                self._db.quarantine,
-                body,
-                reason,
-                client,
-                time.time(),
-                quarantine.max_count,
-                quarantine.max_bytes,
+            now = time.time()
+            await self._with_db(
+                lambda db: db.quarantine(
+                    body, reason, client, now, quarantine.max_count, quarantine.max_bytes
+                )
             )
         except Exception as exc:
             log.warning("Could not quarantine a rejected post.", error=str(exc), reason=reason)
 
     async def forget_old(self) -> None:
-        await self._run(self._db.forget_before, time.time() - self.config.dedupe_window_secs)
+        cutoff = time.time() - self.config.dedupe_window_secs
+        await self._with_db(lambda db: db.forget_before(cutoff))
 
     async def aclose(self) -> None:
         """Commit what is pending, then close the database."""
@@ -247,5 +270,7 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
             self._committer = None
-        await self._run(self._db.close)
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
         self._executor.shutdown(wait=True)

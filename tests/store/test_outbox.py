@@ -9,7 +9,7 @@ import pytest
 
 from forwarder.events import CanaryEvent, parse_event
 from forwarder.settings import StoreConfig
-from forwarder.store.database import DB_NAME, Database
+from forwarder.store.database import DB_NAME, Database, NewEvent
 from forwarder.store.outbox import Outbox, StoreFull, StoreUnavailable
 
 
@@ -126,3 +126,42 @@ async def test_close_commits_pending_appends(tmp_path: Path) -> None:
     database = Database(tmp_path / "state")
     assert database.stats().events == 5
     database.close()
+
+
+async def test_unopenable_store_degrades_instead_of_crashing(tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state directory should be")
+    outbox = await Outbox.open(StoreConfig(path=blocker / "inner"), ["a"])
+    assert outbox.available is False and outbox.healthy is False
+    assert "Not a directory" in (outbox.last_error or "")
+    with pytest.raises(StoreUnavailable):
+        await outbox.append(event(1))
+    assert await outbox.probe() is False
+    blocker.unlink()
+    assert await outbox.probe() is True
+    assert await outbox.append(event(1)) is True
+    await outbox.aclose()
+
+
+async def test_corrupt_store_salvages_readable_events(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    database = Database(state)
+    bodies = [b'{"n": %d, "pad": "%s"}' % (n, b"x" * 3000) for n in range(40)]
+    database.append(
+        [NewEvent(f"id{n}", f"fp{n}", "incident", 1.0, body) for n, body in enumerate(bodies)],
+        ["a"],
+        0,
+    )
+    database.close()  # checkpoints the WAL into the main file
+    raw = bytearray((state / DB_NAME).read_bytes())
+    middle = len(raw) // 4096 // 2 * 4096
+    raw[middle : middle + 4096] = b"\xde\xad\xbe\xef" * 1024
+    (state / DB_NAME).write_bytes(bytes(raw))
+
+    outbox = await Outbox.open(StoreConfig(path=state), ["a"])
+    assert outbox.healthy
+    salvaged = await outbox.fetch("a", 100, 1 << 30)
+    assert 0 < len(salvaged) < 40
+    assert all(item.body == bodies[int(item.event_id[2:])] for item in salvaged)
+    assert any(".corrupt-" in p.name for p in state.iterdir())
+    await outbox.aclose()
