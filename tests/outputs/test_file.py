@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from forwarder.events import parse_event
+from forwarder.mappers.base import Record
+from forwarder.outputs.base import Delivered, HealthcheckError, Partial, Reject, Retry
+from forwarder.outputs.file import FileConfig, FileOutput
+from tests.helpers import sample
+
+EVENT = parse_event(sample("incident_ftp_login"), received_at=datetime.now(UTC))
+
+
+def output(path: Path, **options: Any) -> FileOutput:
+    return FileOutput(FileConfig(name="local", type="file", path=path, **options))
+
+
+async def test_documents_and_text_become_one_line_each(tmp_path: Path) -> None:
+    target = tmp_path / "events.jsonl"
+    out = output(target)
+    await out.start()
+    result = await out.send(
+        [Record(EVENT, {"a": "line\nbreak"}), Record(EVENT, "CEF:0|Thinkst|Canary|x")]
+    )
+    await out.aclose()
+    assert result == Delivered()
+    lines = target.read_bytes().splitlines()
+    assert orjson.loads(lines[0]) == {"a": "line\nbreak"}
+    assert lines[1] == b"CEF:0|Thinkst|Canary|x"
+    assert len(lines) == 2
+    assert os.stat(target).st_mode & 0o777 == 0o600
+
+
+async def test_text_spanning_lines_is_rejected_alone(tmp_path: Path) -> None:
+    target = tmp_path / "events.jsonl"
+    out = output(target, fsync="never")
+    await out.start()
+    result = await out.send(
+        [Record(EVENT, "one"), Record(EVENT, "two\nforged"), Record(EVENT, "3")]
+    )
+    await out.aclose()
+    assert result == Partial({1: Reject("text record contains a line break")})
+    assert target.read_bytes() == b"one\n3\n"
+
+
+async def test_reopen_follows_logrotate(tmp_path: Path) -> None:
+    target = tmp_path / "events.jsonl"
+    out = output(target)
+    await out.start()
+    await out.send([Record(EVENT, "before")])
+    target.rename(tmp_path / "events.jsonl.1")
+    await out.reopen()
+    await out.send([Record(EVENT, "after")])
+    await out.aclose()
+    assert (tmp_path / "events.jsonl.1").read_bytes() == b"before\n"
+    assert target.read_bytes() == b"after\n"
+
+
+async def test_write_failure_is_retry_and_leaves_no_torn_line(tmp_path: Path) -> None:
+    target = tmp_path / "events.jsonl"
+    out = output(target)
+    await out.start()
+    await out.send([Record(EVENT, "kept")])
+    real_write = os.write
+    calls = 0
+
+    def half_then_fail(fd: int, data: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return real_write(fd, bytes(data[:3]))
+        raise OSError(28, "No space left on device")
+
+    os.write = half_then_fail  # type: ignore[assignment]
+    try:
+        result = await out.send([Record(EVENT, "lost-half")])
+    finally:
+        os.write = real_write
+    assert isinstance(result, Retry)
+    assert "No space left on device" in result.reason
+    assert target.read_bytes() == b"kept\n"
+    assert await out.send([Record(EVENT, "again")]) == Delivered()
+    await out.aclose()
+    assert target.read_bytes() == b"kept\nagain\n"
+
+
+async def test_missing_directory_fails_start_and_healthcheck(tmp_path: Path) -> None:
+    out = output(tmp_path / "nope" / "events.jsonl")
+    with pytest.raises(HealthcheckError, match="not writable"):
+        await out.healthcheck()
+    with pytest.raises(FileNotFoundError):
+        await out.start()
