@@ -13,7 +13,7 @@ import hashlib
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -33,6 +33,7 @@ __all__ = [
     "is_ip",
     "is_ipv6",
     "log_type_name",
+    "merge_details",
     "parse_event",
     "parse_timestamp",
 ]
@@ -183,16 +184,7 @@ class CanaryEvent:
 
     def details_dict(self) -> dict[str, str | list[str]]:
         """AdditionalDetails as a mapping; a key seen more than once maps to a list of values."""
-        merged: dict[str, str | list[str]] = {}
-        for item in self.details:
-            seen = merged.get(item.key)
-            if seen is None:
-                merged[item.key] = item.value
-            elif isinstance(seen, list):
-                seen.append(item.value)
-            else:
-                merged[item.key] = [seen, item.value]
-        return merged
+        return merge_details(self.details)
 
     def to_dict(self) -> dict[str, Any]:
         """The normalised event as plain JSON-ready data (the `json` format's body)."""
@@ -241,6 +233,20 @@ class CanaryEvent:
                 "flock_name": audit.flock_name,
             }
         return data
+
+
+def merge_details(details: Iterable[Detail]) -> dict[str, str | list[str]]:
+    """Detail pairs as a mapping; a key seen more than once maps to a list of values."""
+    merged: dict[str, str | list[str]] = {}
+    for item in details:
+        seen = merged.get(item.key)
+        if seen is None:
+            merged[item.key] = item.value
+        elif isinstance(seen, list):
+            seen.append(item.value)
+        else:
+            merged[item.key] = [seen, item.value]
+    return merged
 
 
 @cache
