@@ -3,16 +3,18 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from forwarder.app import build_app
+from forwarder.events import parse_event
 from forwarder.pipeline import Pipeline
 from forwarder.settings import Settings
 from forwarder.store.database import Database
-from tests.helpers import memory_output, sample
+from tests.helpers import SAMPLES, memory_output, sample
 
 SECRET = "correct-horse-battery-staple"
 JSON = {"Content-Type": "application/json"}
@@ -255,3 +257,18 @@ async def test_metrics_exposition(start: Started) -> None:
     assert 'canary_forwarder_http_requests_total{handler="/canary",status="400"}' in text
     assert 'canary_forwarder_output_sent_events_total{output="mem"}' in text
     assert "canary_forwarder_store_events " in text
+
+
+async def test_every_sample_file_is_accepted_over_http(start: Started) -> None:
+    """Each payload in tests/samples gets a 200 with the kind the parser gives it."""
+    client, pipeline = await start()
+    names = sorted(p.stem for p in SAMPLES.glob("*.json"))
+    assert len(names) >= 30
+    for name in names:
+        expected = parse_event(sample(name), received_at=datetime.now(UTC)).kind.value
+        response = await client.post("/canary", data=sample(name), headers=JSON)
+        assert response.status == 200, name
+        answer = await response.json()
+        assert (answer["status"], answer.get("kind")) == ("stored", expected), name
+    records = await asyncio.wait_for(memory_output(pipeline).wait_for(len(names)), 10)
+    assert sorted(r.event.raw for r in records) == sorted(sample(n) for n in names)
