@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -20,11 +21,35 @@ from forwarder.pipeline import Pipeline
 from forwarder.settings import AuthConfig
 from forwarder.telemetry import metrics
 
-__all__ = ["build_app"]
+__all__ = ["IN_FLIGHT", "InFlight", "build_app"]
 
 log = structlog.get_logger("forwarder.ingest")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class InFlight:
+    """Requests whose handler is running, so shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
 @web.middleware
@@ -35,7 +60,8 @@ async def account(request: web.Request, handler: Handler) -> web.StreamResponse:
     if "{secret}" in group:
         group = group.replace("{secret}", "*")
     try:
-        response = await handler(request)
+        with request.app[IN_FLIGHT]:
+            response = await handler(request)
     except web.HTTPException as exc:
         metrics.http_requests.labels(group, str(exc.status)).inc()
         raise
@@ -52,6 +78,7 @@ def build_app(pipeline: Pipeline) -> web.Application:
     app = web.Application(client_max_size=listen.max_body_bytes, middlewares=[account])
     app[PIPELINE] = pipeline
     app[LIMITER] = FailureLimiter()
+    app[IN_FLIGHT] = InFlight()
     app.router.add_post(listen.path, webhook)
     if isinstance(listen.auth, AuthConfig) and listen.auth.secret_path is not None:
         app.router.add_post(f"{listen.path.rstrip('/')}/{{secret}}", webhook)

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from forwarder import __version__, systemd
-from forwarder.app import build_app
+from forwarder.app import IN_FLIGHT, build_app
 from forwarder.cli._common import add_config_argument, settings_from_args
 from forwarder.pipeline import Pipeline, ReloadError
 from forwarder.settings import ConfigError, Settings, default_settings, load_settings
@@ -73,9 +73,10 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     except Exception as exc:
         log.error("Cannot start.", error=str(exc))
         return 1
-    runner = web.AppRunner(
-        build_app(pipeline), access_log=None, handle_signals=False, shutdown_timeout=graceful_secs
-    )
+    app = build_app(pipeline)
+    # The graceful wait for in-flight requests happens below, before cleanup; by then aiohttp
+    # only closes idle connections, so its own shutdown timeout can be short.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     try:
         site = web.TCPSite(
@@ -91,6 +92,7 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     stop = asyncio.Event()
     reloads: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
+    notifier = systemd.Notifier.from_environ()
 
     def on_stop(signame: str) -> None:
         if stop.is_set():
@@ -99,9 +101,16 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         log.info("Stopping.", signal=signame)
         stop.set()
 
+    async def reload() -> None:
+        try:
+            await _reload(pipeline, config_path, graceful_secs)
+        finally:
+            # systemd waits for READY=1 after RELOADING=1, whether the reload worked or not.
+            notifier.ready(status=_status_line(pipeline))
+
     def on_reload() -> None:
         notifier.reloading()
-        task = asyncio.create_task(_reload(pipeline, config_path, graceful_secs))
+        task = asyncio.create_task(reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
@@ -118,7 +127,6 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         outputs=[d.name for d in pipeline.dispatchers],
         store=str(settings.store.path),
     )
-    notifier = systemd.Notifier.from_environ()
     notifier.ready(status=_status_line(pipeline))
     watchdog = asyncio.create_task(
         systemd.watchdog_loop(lambda: _status_line(pipeline), notifier=notifier)
@@ -126,17 +134,26 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     try:
         await stop.wait()
     finally:
+        # One graceful budget for the whole shutdown, not one per stage.
+        deadline = loop.time() + graceful_secs
         notifier.stopping()
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+        # aiohttp's cleanup stops reading every connection at once, which would strand a request
+        # still receiving its body until the timeout; so stop listening first and let the
+        # requests in progress finish, then let aiohttp close the connections.
+        for running_site in list(runner.sites):
+            await running_site.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(app[IN_FLIGHT].wait_idle(), deadline - loop.time())
         await runner.cleanup()
         for task in list(reloads):
             with contextlib.suppress(Exception):
                 await task
-        await pipeline.stop(graceful_secs)
+        await pipeline.stop(max(1.0, deadline - loop.time()))
         log.info("Stopped.")
     return 0
 
