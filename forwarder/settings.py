@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -255,32 +255,42 @@ def _output(raw: Any, where: str, problems: list[str]) -> OutputSpec | None:
     if not isinstance(raw, dict):
         problems.append(f"{where}: must be a mapping")
         return None
-    type_name = raw.get("type")
-    if not isinstance(type_name, str):
-        problems.append(f"{where}.type: required, a string naming the output")
+    config = _plugin_config(output_class, raw, where, f"{where}.type", problems)
+    if not isinstance(config, OutputConfig):
+        return None
+    fmt = {"type": config.format} if isinstance(config.format, str) else dict(config.format)
+    mapper_config = _plugin_config(
+        mapper_class, fmt, f"{where}.format", f"{where}.format", problems
+    )
+    if not isinstance(mapper_config, MapperConfig):
+        return None
+    return OutputSpec(config=config, format=mapper_config)
+
+
+def _plugin_config(
+    lookup: Callable[[str], Any],
+    data: dict[str, Any],
+    where: str,
+    unknown_where: str,
+    problems: list[str],
+) -> BaseModel | None:
+    """Validate `data` with the config model of the plug-in its `type` names.
+
+    `unknown_where` is the path reported when no plug-in has that name.
+    """
+    name = data.get("type")
+    if not isinstance(name, str):
+        problems.append(f"{where}.type: required, a string naming the plug-in")
         return None
     try:
-        config = output_class(type_name).config_class.model_validate(raw)
+        model: BaseModel = lookup(name).config_class.model_validate(data)
     except PluginError as exc:
-        problems.append(f"{where}.type: {exc}")
+        problems.append(f"{unknown_where}: {exc}")
         return None
     except ValidationError as exc:
         problems.extend(_describe(exc, where))
         return None
-    fmt = {"type": config.format} if isinstance(config.format, str) else dict(config.format)
-    format_name = fmt.get("type")
-    if not isinstance(format_name, str):
-        problems.append(f"{where}.format.type: required, a string naming the format")
-        return None
-    try:
-        mapper_config = mapper_class(format_name).config_class.model_validate(fmt)
-    except PluginError as exc:
-        problems.append(f"{where}.format: {exc}")
-        return None
-    except ValidationError as exc:
-        problems.extend(_describe(exc, f"{where}.format"))
-        return None
-    return OutputSpec(config=config, format=mapper_config)
+    return model
 
 
 def _describe(exc: ValidationError, prefix: str = "") -> Iterable[str]:
