@@ -1,0 +1,1 @@
+"""Tests against real receivers started by the tests (rsyslogd): the formats proven end to end."""

@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites: real receivers started by the tests themselves."""
