@@ -1,0 +1,425 @@
+"""HTTP plumbing shared by the HTTP outputs (Splunk HEC, Elasticsearch): one place for it all.
+
+- `HttpOutputConfig`: URLs, TLS, timeouts, gzip and the request size cap every HTTP output has.
+- `HttpClient`: one aiohttp session per output (TLS context, timeouts, a cookie jar so load
+  balancer stickiness survives, redirects never followed) over `Endpoints` failover. A request
+  returns an `HttpAnswer` or a `Retry` saying what went wrong on the wire; it never raises.
+- `classify_status`: the generic status table (2xx delivered; 408, 429 and 5xx but 501 retried
+  with Retry-After; 401 and 403 need an operator; 413 too large; other 4xx rejected).
+- `encode_batch` / `spread_result`: a batch into one request body (refusing what cannot be
+  encoded, checking the size), and the result for the records sent back onto the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import math
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from multidict import CIMultiDictProxy
+from pydantic import Field, field_validator
+from yarl import URL
+
+from forwarder import __version__
+from forwarder.mappers.base import Record
+from forwarder.outputs._failover import Endpoints
+from forwarder.outputs._tls import TlsClientConfig
+from forwarder.outputs.base import (
+    Delivered,
+    OutputConfig,
+    Partial,
+    Reject,
+    Retry,
+    SendResult,
+    TooLarge,
+)
+
+__all__ = [
+    "EncodedBatch",
+    "HttpAnswer",
+    "HttpClient",
+    "HttpOutputConfig",
+    "answer_error_text",
+    "classify_status",
+    "encode_batch",
+    "endpoint_name",
+    "gzip_body",
+    "is_retryable_status",
+    "parse_base_url",
+    "parse_retry_after",
+    "spread_result",
+]
+
+log = structlog.get_logger("forwarder.outputs.http")
+
+USER_AGENT = f"canary-forwarder/{__version__}"
+# Compressing a few hundred kilobytes takes milliseconds; above this it moves off the event loop
+# so ingest keeps answering the console meanwhile.
+_GZIP_IN_THREAD_BYTES = 256 * 1024
+_MESSAGE_CHARS = 300
+# Event batches repeat the same keys and values: level 1 already shrinks them about 25 times,
+# at a third of the CPU of the default level 6 for a few percent more bytes.
+_GZIP_LEVEL = 1
+
+
+class HttpOutputConfig(OutputConfig):
+    """Options of every HTTP output. `url` takes one base URL or a list of them (a cluster)."""
+
+    url: tuple[str, ...] = ()
+    """Base URL(s) of the destination: scheme, host, port and an optional path prefix for a
+    reverse proxy. With several, sends go round-robin and a failing node is benched for a while."""
+    tls: TlsClientConfig = TlsClientConfig()
+    connect_timeout_secs: float = Field(default=10.0, gt=0, le=300)
+    """Most time to open a TCP and TLS connection to one node."""
+    request_timeout_secs: float = Field(default=30.0, gt=0, le=600)
+    """Most time for one whole request, from connecting to the last byte of the answer."""
+    gzip: bool = True
+    """Send request bodies with `Content-Encoding: gzip`."""
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    """Largest uncompressed request body sent; a bigger batch is split, a bigger record refused."""
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _valid_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(parse_base_url(url)) for url in value)
+
+
+def parse_base_url(text: str) -> URL:
+    """A base URL without credentials, query or trailing slash; ValueError saying what is wrong."""
+    try:
+        url = URL(text.strip())
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{text!r} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{text!r} is not an http:// or https:// URL with a host")
+    if url.user is not None or url.password is not None:
+        # Credentials in a URL end up in logs and error messages; they have their own options.
+        raise ValueError(f"{url.with_user(None)}: put credentials in their own options")
+    if url.query_string or url.fragment:
+        # Not echoed: a query may hold a token.
+        bare = url.with_query(None).with_fragment(None)
+        raise ValueError(f"{bare}: a base URL takes no query or fragment")
+    return url.with_path(url.path.rstrip("/"))
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a server asked us to wait: delay-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def is_retryable_status(status: int) -> bool:
+    """408, 429 and 5xx other than 501: the node may answer differently later."""
+    return status in (408, 429) or (500 <= status <= 599 and status != 501)
+
+
+def classify_status(
+    status: int, headers: Mapping[str, str], message: str, *, where: str = ""
+) -> SendResult:
+    """The generic meaning of an HTTP status for a batch that was sent whole."""
+    prefix = f"{where}: " if where else ""
+    reason = f"{prefix}HTTP {status}" + (f": {message}" if message else "")
+    if 200 <= status <= 299:
+        return Delivered()
+    if is_retryable_status(status):
+        return Retry(reason, retry_after=parse_retry_after(headers.get("Retry-After")))
+    if status in (401, 403):
+        return Retry(f"{reason} (check the credentials)", operator_action=True)
+    if status == 413:
+        return TooLarge(reason)
+    if 300 <= status <= 399:
+        # Following a redirect would replay a POST as a GET or leak the credentials to another
+        # host; a moved destination is a configuration change.
+        location = headers.get("Location", "?")
+        return Retry(f"{reason}; redirected to {location}: fix the URL", operator_action=True)
+    return Reject(reason)
+
+
+def spread_result(
+    result: SendResult, sent: Sequence[int], refused: Mapping[int, Reject]
+) -> SendResult:
+    """Map a result about the records sent (positions 0..n-1) back onto batch positions.
+
+    `sent[i]` is the batch position of the i-th record in the request; `refused` holds the
+    records the output refused before sending (unencodable, too large alone).
+    """
+    if not refused and list(sent) == list(range(len(sent))):
+        return result
+    if isinstance(result, TooLarge):
+        return result
+    per_record: dict[int, Retry | Reject] = dict(refused)
+    if isinstance(result, Retry | Reject):
+        per_record.update(dict.fromkeys(sent, result))
+    elif isinstance(result, Partial):
+        per_record.update({sent[index]: item for index, item in result.results.items()})
+    return Partial(per_record) if per_record else Delivered()
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBatch:
+    """A request body, and where the records in it sit in the batch."""
+
+    body: bytes
+    sent: list[int]
+    refused: dict[int, Reject]
+
+    def spread(self, result: SendResult) -> SendResult:
+        """The result of sending `body`, as a result for the whole batch."""
+        return spread_result(result, self.sent, self.refused)
+
+
+def encode_batch(
+    batch: Sequence[Record], encode: Callable[[Record], bytes], max_bytes: int
+) -> EncodedBatch | SendResult:
+    """The request body of `batch`, or the batch's result when there is nothing to send.
+
+    A record that `encode` refuses (ValueError, or TypeError from the JSON encoder) is rejected
+    on its own. A body over `max_bytes` is too large, or rejected when it holds one record.
+    """
+    if not batch:
+        return Delivered()
+    parts: list[bytes] = []
+    sent: list[int] = []
+    refused: dict[int, Reject] = {}
+    for index, record in enumerate(batch):
+        try:
+            parts.append(encode(record))
+        except TypeError as exc:
+            refused[index] = Reject(f"record cannot be encoded as JSON: {exc}")
+            continue
+        except ValueError as exc:
+            refused[index] = Reject(str(exc))
+            continue
+        sent.append(index)
+    if not sent:
+        return Partial(refused)
+    body = b"".join(parts)
+    if len(body) > max_bytes:
+        if len(sent) > 1:
+            return TooLarge(f"{len(body)} bytes > max_request_bytes")
+        reason = f"record of {len(body)} bytes > max_request_bytes"
+        return spread_result(Reject(reason), sent, refused)
+    return EncodedBatch(body, sent, refused)
+
+
+async def gzip_body(body: bytes) -> bytes:
+    """gzip with a fixed mtime, so the same batch always compresses to the same bytes."""
+    if len(body) < _GZIP_IN_THREAD_BYTES:
+        return gzip.compress(body, compresslevel=_GZIP_LEVEL, mtime=0)
+    return await asyncio.to_thread(gzip.compress, body, _GZIP_LEVEL, mtime=0)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    """What a node answered."""
+
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    endpoint: URL
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
+
+    def text(self) -> str:
+        """The body as one short line, for reasons and logs."""
+        text = " ".join(self.body.decode("utf-8", "replace").split())
+        return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 1] + "…"
+
+
+class HttpClient:
+    """Requests to one destination's nodes, with failover. One per output; the HTTP session is
+    opened by `start` (or the first request) and opened again, with fresh TLS files, by `reopen`."""
+
+    def __init__(
+        self,
+        config: HttpOutputConfig,
+        base_urls: Sequence[URL],
+        headers: Mapping[str, str],
+    ) -> None:
+        self._config = config
+        self._endpoints: Endpoints[URL] = Endpoints(base_urls)
+        self._base_urls = tuple(base_urls)
+        self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def base_urls(self) -> tuple[URL, ...]:
+        return self._base_urls
+
+    def pick(self) -> URL:
+        """The node the next request goes to (round-robin, benched nodes skipped)."""
+        return self._endpoints.pick()
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        ssl_context: ssl.SSLContext | bool = False
+        if any(url.scheme == "https" for url in self._base_urls):
+            ssl_context = self._config.tls.context()
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl_context, limit=16),
+            timeout=aiohttp.ClientTimeout(
+                total=self._config.request_timeout_secs,
+                sock_connect=self._config.connect_timeout_secs,
+            ),
+            # Load balancers in front of HEC pin an ack channel to one indexer with a cookie;
+            # `unsafe` keeps cookies from nodes addressed by IP too.
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            headers=self._headers,
+            auto_decompress=True,
+        )
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = self._new_session()
+
+    async def reopen(self) -> None:
+        """A new session: certificates and keys are read again."""
+        old, self._session = self._session, self._new_session()
+        if old is not None:
+            await old.close()
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        endpoint: URL | None = None,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        compress: bool = False,
+        timeout_secs: float | None = None,
+    ) -> HttpAnswer | Retry:
+        """One request to `endpoint` (or the next node in turn); never raises for I/O errors.
+
+        A node that cannot be reached or answers 408, 429 or 5xx is benched, so the next
+        request goes to another node; the caller classifies the answer itself.
+        """
+        if self._session is None:
+            try:
+                await self.start()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                return Retry(f"cannot set up TLS: {exc}: fix the tls options", operator_action=True)
+        session = self._session
+        assert session is not None  # noqa: S101 - start() sets it
+        node = endpoint if endpoint is not None else self._endpoints.pick()
+        url = node.with_path(node.path.rstrip("/") + path)
+        send_headers = dict(headers or {})
+        if body is not None and compress:
+            body = await gzip_body(body)
+            send_headers["Content-Encoding"] = "gzip"
+        timeout = None
+        if timeout_secs is not None:
+            timeout = aiohttp.ClientTimeout(
+                total=timeout_secs,
+                sock_connect=min(timeout_secs, self._config.connect_timeout_secs),
+            )
+        started = time.monotonic()
+        try:
+            async with session.request(
+                method,
+                url,
+                data=body,
+                headers=send_headers,
+                params=params,
+                allow_redirects=False,
+                timeout=timeout if timeout is not None else session.timeout,
+                server_hostname=self._config.tls.server_name if url.scheme == "https" else None,
+            ) as response:
+                answer = HttpAnswer(response.status, response.headers, await response.read(), node)
+        except Exception as exc:  # every failure on the wire becomes a Retry
+            self._endpoints.failed(node)
+            return _wire_failure(exc, node, time.monotonic() - started)
+        if is_retryable_status(answer.status):
+            self._endpoints.failed(node)
+        else:
+            self._endpoints.succeeded(node)
+        return answer
+
+
+def _wire_failure(exc: BaseException, node: URL, elapsed: float) -> Retry:
+    where = endpoint_name(node)
+    match exc:
+        case aiohttp.ClientConnectorCertificateError():
+            return Retry(
+                f"{where}: TLS certificate not trusted: {exc.certificate_error}; "
+                "set tls.ca_file or tls.server_name",
+                operator_action=True,
+            )
+        case aiohttp.ClientSSLError():
+            return Retry(f"{where}: TLS handshake failed: {exc}", operator_action=True)
+        case aiohttp.ConnectionTimeoutError():
+            return Retry(f"{where}: no connection within {elapsed:.1f} s")
+        case TimeoutError():
+            return Retry(f"{where}: no answer within {elapsed:.1f} s")
+        case aiohttp.ClientConnectorDNSError():
+            return Retry(f"{where}: cannot resolve the host name: {exc.os_error}")
+        case aiohttp.ClientConnectorError():
+            return Retry(f"{where}: cannot connect: {exc.os_error}")
+        case aiohttp.ServerDisconnectedError():
+            return Retry(f"{where}: connection closed before an answer came")
+        case aiohttp.ClientOSError():
+            return Retry(f"{where}: connection failed: {exc.strerror or exc}")
+        case aiohttp.ClientError() | OSError():
+            return Retry(f"{where}: {type(exc).__name__}: {exc}")
+        case _:
+            # Anything else is a bug here or in aiohttp; keep the events and say what it was.
+            log.warning("Unexpected error in an HTTP request.", endpoint=where, exc_info=exc)
+            return Retry(f"{where}: unexpected {type(exc).__name__}: {exc}")
+
+
+def answer_error_text(answer: HttpAnswer) -> str:
+    """The body's message, preferring the common JSON shapes (`text`, `error.reason`)."""
+    data = answer.json()
+    if isinstance(data, dict):
+        for key in ("text", "message"):
+            if isinstance(data.get(key), str):
+                return str(data[key])
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("reason"), str):
+            return f"{error.get('type', 'error')}: {error['reason']}"
+        if isinstance(error, str):
+            return error
+    return answer.text()
+
+
+def endpoint_name(url: URL) -> str:
+    return f"{url.host}:{url.port}"

@@ -1,0 +1,331 @@
+"""`elasticsearch`: records as documents, one `_bulk` request per batch (Elasticsearch, OpenSearch).
+
+Every record becomes a `create` action with `_id` = the event's fingerprint, so sending a batch
+again never duplicates a document: Elasticsearch answers 409 for one it already has, and that
+counts as delivered. The default target is the data stream `logs-thinkst_canary.alert-default`.
+Text records (CEF, LEEF, syslog lines) become `{"@timestamp", "message"}` documents, and a
+document without `@timestamp` gets the event's, as data streams require.
+
+The bulk answer is read item by item (docs/outputs-http.md has the table): 429 and 5xx items are
+sent again on their own, 400-class items go to dead letters with the error type and reason, and
+a missing index or data stream keeps the events and asks an operator. The request uses plain
+`application/x-ndjson` and no compatibility media types, so OpenSearch takes it too; `refresh`
+is never set.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Self
+
+import aiohttp
+import orjson
+from pydantic import Field, SecretStr, field_validator, model_validator
+from yarl import URL
+
+from forwarder.mappers.base import Record
+from forwarder.outputs._http import (
+    EncodedBatch,
+    HttpAnswer,
+    HttpClient,
+    HttpOutputConfig,
+    answer_error_text,
+    classify_status,
+    encode_batch,
+    endpoint_name,
+    parse_base_url,
+    parse_retry_after,
+)
+from forwarder.outputs.base import (
+    Delivered,
+    HealthcheckError,
+    Output,
+    Partial,
+    Reject,
+    Retry,
+    SendResult,
+)
+
+__all__ = [
+    "DEFAULT_INDEX",
+    "ElasticsearchConfig",
+    "ElasticsearchOutput",
+    "bulk_item_result",
+    "decode_cloud_id",
+    "es_document",
+]
+
+DEFAULT_INDEX = "logs-thinkst_canary.alert-default"
+BULK_PATH = "/_bulk"
+# One entry per item survives this filter (every item has a status), so items still line up
+# with the request; filtering on `items.*.error` alone would drop the successful ones.
+FILTER_PATH = ",".join(
+    [
+        "errors",
+        "items.*.status",
+        "items.*.error.type",
+        "items.*.error.reason",
+        "items.*.error.caused_by.type",
+        "items.*.error.caused_by.reason",
+    ]
+)
+HEALTHCHECK_ID = "canary-forwarder-healthcheck"
+# A JSON string is valid NDJSON but can never be a document: Elasticsearch resolves the target,
+# checks the credentials and the privileges, then refuses the item with a 400. Nothing is written.
+_HEALTHCHECK_SOURCE = b'"canary-forwarder healthcheck: not a document"\n'
+_INDEX_FORBIDDEN = re.compile(r'[\\/*?"<>| ,#:A-Z]')
+# How a node refuses the probe's source once everything before indexing it has passed.
+_PROBE_REFUSALS = ("parse_exception", "parsing_exception", "x_content_exception")
+_MISSING_PIPELINE = re.compile(r"pipeline with id \[.*\] does not exist")
+
+
+class ElasticsearchConfig(HttpOutputConfig):
+    cloud_id: str | None = None
+    """Elastic Cloud ID (`<name>:<base64>`), instead of `url`."""
+    api_key: SecretStr | None = None
+    """API key: the `encoded` value of the create-API-key answer, or `id:key`."""
+    username: str | None = Field(default=None, min_length=1)
+    """Basic auth user (with `password`); the way to authenticate to OpenSearch."""
+    password: SecretStr | None = None
+    index: str = DEFAULT_INDEX
+    """Data stream (`<type>-<dataset>-<namespace>`) or index the documents are created in."""
+    pipeline: str | None = Field(default=None, min_length=1)
+    """Ingest pipeline to run (`?pipeline=`); `_none` skips the target's default pipeline."""
+
+    @field_validator("index")
+    @classmethod
+    def _index_name(cls, value: str) -> str:
+        if (
+            not value
+            or value in (".", "..")
+            or value[0] in "-_+"
+            or _INDEX_FORBIDDEN.search(value)
+            or len(value.encode()) > 255
+        ):
+            raise ValueError(
+                f"{value!r} is not an index or data stream name: lowercase, at most 255 bytes, "
+                'none of \\ / * ? " < > | , # : or space, not starting with - _ +'
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _target_and_auth(self) -> Self:
+        if bool(self.url) == (self.cloud_id is not None):
+            raise ValueError("give either url or cloud_id")
+        if self.cloud_id is not None:
+            decode_cloud_id(self.cloud_id)
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if self.api_key is not None and self.username is not None:
+            raise ValueError("give either api_key or username and password")
+        return self
+
+    def base_urls(self) -> list[URL]:
+        if self.cloud_id is not None:
+            return [decode_cloud_id(self.cloud_id)]
+        return [URL(url) for url in self.url]
+
+    def auth_header(self) -> dict[str, str]:
+        if self.api_key is not None:
+            key = self.api_key.get_secret_value()
+            if ":" in key:  # "id:key" as printed by Kibana; the header wants it base64-encoded
+                key = base64.b64encode(key.encode()).decode()
+            return {"Authorization": f"ApiKey {key}"}
+        if self.username is not None and self.password is not None:
+            password = self.password.get_secret_value()
+            return {"Authorization": aiohttp.encode_basic_auth(self.username, password)}
+        return {}
+
+
+def decode_cloud_id(cloud_id: str) -> URL:
+    """The Elasticsearch URL in an Elastic Cloud ID.
+
+    The ID is `<name>:<base64 of "host[:port]$es_uuid$kibana_uuid">`; the URL is
+    `https://<es_uuid>.<host>:<port, default 443>`.
+    """
+    _, separator, encoded = cloud_id.strip().rpartition(":")
+    problem = "cloud_id is not <name>:<base64 of host$es_uuid$kibana_uuid>"
+    if not separator or not encoded:
+        raise ValueError(problem)
+    try:
+        decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError(problem) from None
+    parts = decoded.split("$")
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise ValueError(problem)
+    host, _, port = parts[0].rpartition(":") if ":" in parts[0] else (parts[0], "", "443")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{problem}: bad port {port!r}")
+    return parse_base_url(f"https://{parts[1]}.{host}:{port}")
+
+
+def _iso_millis(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def es_document(record: Record) -> dict[str, Any]:
+    """The document of one record: text is wrapped as `message`; `@timestamp` always present."""
+    timestamp = _iso_millis(record.event.timestamp)
+    if isinstance(record.body, str):
+        return {"@timestamp": timestamp, "message": record.body}
+    document = dict(record.body)
+    document.setdefault("@timestamp", timestamp)
+    return document
+
+
+def _error_text(error: Any) -> tuple[str, str]:
+    """(type, reason with its cause) of a bulk item error."""
+    if not isinstance(error, Mapping):
+        return "error", str(error)
+    kind = str(error.get("type", "error"))
+    reason = str(error.get("reason", ""))
+    cause = error.get("caused_by")
+    if isinstance(cause, Mapping) and cause.get("reason"):
+        reason += f" (caused by {cause.get('type', 'error')}: {cause['reason']})"
+    return kind, reason
+
+
+def bulk_item_result(
+    item: Any, index: str, retry_after: float | None = None
+) -> Retry | Reject | None:
+    """What one item of a bulk answer means; None when the document is in the index."""
+    if not isinstance(item, Mapping) or len(item) != 1:
+        return Retry(f"unreadable bulk item {item!r:.100}")
+    (outcome,) = item.values()
+    status = outcome.get("status") if isinstance(outcome, Mapping) else None
+    if not isinstance(status, int):
+        return Retry(f"bulk item without a status: {item!r:.100}")
+    if 200 <= status <= 299 or status == 409:
+        # 409 on `create`: a document with this _id exists, i.e. an earlier send arrived.
+        return None
+    kind, reason = _error_text(outcome.get("error"))
+    text = f"{status} {kind}: {reason}"
+    if status == 429 or status >= 500:
+        return Retry(text, retry_after=retry_after)
+    if status == 404 or kind == "index_not_found_exception":
+        return Retry(
+            f"missing index / data stream {index!r}: config error (create it, or an index "
+            f"template with data_stream for it): {text}",
+            operator_action=True,
+        )
+    if status in (401, 403):
+        return Retry(f"not allowed to write to {index!r}: {text}", operator_action=True)
+    if _MISSING_PIPELINE.search(reason):
+        # Every document would fail alike until the pipeline exists: not the document's fault.
+        return Retry(f"ingest pipeline missing: config error: {text}", operator_action=True)
+    return Reject(text)
+
+
+class ElasticsearchOutput(Output[ElasticsearchConfig]):
+    config_class = ElasticsearchConfig
+
+    def __init__(self, config: ElasticsearchConfig) -> None:
+        super().__init__(config)
+        self._client = HttpClient(config, config.base_urls(), config.auth_header())
+        self._params = {"filter_path": FILTER_PATH}
+        if config.pipeline is not None:
+            self._params["pipeline"] = config.pipeline
+
+    async def start(self) -> None:
+        await self._client.start()
+
+    async def reopen(self) -> None:
+        await self._client.reopen()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _action(self, doc_id: str) -> bytes:
+        return orjson.dumps({"create": {"_index": self.config.index, "_id": doc_id}}) + b"\n"
+
+    async def _bulk(self, body: bytes, endpoint: URL | None = None) -> HttpAnswer | Retry:
+        return await self._client.request(
+            "POST",
+            BULK_PATH,
+            endpoint=endpoint,
+            body=body,
+            headers={"Content-Type": "application/x-ndjson"},
+            params=self._params,
+            compress=self.config.gzip,
+        )
+
+    # Sending
+
+    async def send(self, batch: Sequence[Record]) -> SendResult:
+        encoded = encode_batch(batch, self._bulk_lines, self.config.max_request_bytes)
+        if not isinstance(encoded, EncodedBatch):
+            return encoded
+        answer = await self._bulk(encoded.body)
+        return encoded.spread(self._classify(answer, len(encoded.sent)))
+
+    def _bulk_lines(self, record: Record) -> bytes:
+        source = orjson.dumps(es_document(record))
+        return self._action(record.event.fingerprint) + source + b"\n"
+
+    def _classify(self, answer: HttpAnswer | Retry, count: int) -> SendResult:
+        if isinstance(answer, Retry):
+            return answer
+        where = endpoint_name(answer.endpoint)
+        if not 200 <= answer.status <= 299:
+            return self._request_failed(answer)
+        data = answer.json()
+        items = data.get("items") if isinstance(data, dict) else None
+        if not isinstance(items, list) or len(items) != count:
+            found = len(items) if isinstance(items, list) else "no"
+            return Retry(f"{where}: bulk answer has {found} items for {count} documents")
+        retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+        results: dict[int, Retry | Reject] = {}
+        for position, item in enumerate(items):
+            outcome = bulk_item_result(item, self.config.index, retry_after)
+            if outcome is not None:
+                results[position] = outcome
+        return Partial(results) if results else Delivered()
+
+    def _request_failed(self, answer: HttpAnswer) -> SendResult:
+        where = endpoint_name(answer.endpoint)
+        message = answer_error_text(answer)
+        if answer.status == 404 or "no handler found for uri" in message:
+            # Not about one document: a wrong URL (path prefix) or a missing target. A node
+            # answers an unknown path with 400 "no handler found", a reverse proxy with 404.
+            return Retry(
+                f"{where}: HTTP {answer.status} for {BULK_PATH}: {message}: check url and index",
+                operator_action=True,
+            )
+        return classify_status(answer.status, answer.headers, message, where=where)
+
+    # Healthcheck
+
+    async def healthcheck(self) -> None:
+        """Healthy when some node takes a bulk `create` into `index` as far as a send goes.
+
+        The probe is a real `_bulk` request (same URL, credentials, gzip, pipeline and target)
+        whose one document is a JSON string: the node answers 401 for bad credentials, a 403
+        or 404 item for missing privileges or a missing index / data stream and template, and
+        a 400 item when everything up to indexing is fine. Nothing is written.
+        """
+        problems: list[str] = []
+        body = self._action(HEALTHCHECK_ID) + _HEALTHCHECK_SOURCE
+        for endpoint in self._client.base_urls:
+            problem = self._probe_problem(await self._bulk(body, endpoint))
+            if problem is None:
+                return
+            problems.append(problem)
+        raise HealthcheckError("; ".join(problems))
+
+    def _probe_problem(self, answer: HttpAnswer | Retry) -> str | None:
+        result = self._classify(answer, 1)
+        if isinstance(result, Delivered):
+            return None
+        if not isinstance(result, Partial):
+            return result.reason
+        item = result.results.get(0)
+        if item is None:
+            return None
+        if isinstance(item, Reject) and any(kind in item.reason for kind in _PROBE_REFUSALS):
+            return None  # refused as a document, after every check a send goes through
+        return item.reason

@@ -1,0 +1,367 @@
+"""`splunk_hec`: records as HEC event envelopes, one request per batch, to Splunk's collector.
+
+A batch is the envelopes of its records concatenated (HEC takes no JSON array), gzipped, posted
+to `/services/collector/event` with `Authorization: Splunk <token>` and this output's channel.
+Every HEC status and code is classified as Splunk's table says (docs/outputs-http.md has the
+table); the one subtle row is code 6 with `invalid-event-number` N: HEC indexed the envelopes
+before N and stopped, so N is dead-lettered and only the envelopes after N are sent again.
+
+With `indexer_ack`, a 200 only counts once `/services/collector/ack` confirms its `ackId`; if
+that takes longer than `ack_timeout_secs` the batch is sent again (at least once: a duplicate is
+possible, and the indexed field `canary_fingerprint` tells duplicates apart in a search).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+from uuid import UUID, uuid4
+
+import orjson
+import structlog
+from pydantic import Field, SecretStr, model_validator
+from yarl import URL
+
+from forwarder.events import CanaryEvent
+from forwarder.mappers.base import Record
+from forwarder.mappers.splunk_console import splunk_sourcetype
+from forwarder.outputs._http import (
+    EncodedBatch,
+    HttpAnswer,
+    HttpClient,
+    HttpOutputConfig,
+    classify_status,
+    encode_batch,
+    endpoint_name,
+)
+from forwarder.outputs.base import (
+    Delivered,
+    HealthcheckError,
+    Output,
+    Partial,
+    Reject,
+    Retry,
+    SendResult,
+)
+
+__all__ = [
+    "HecReply",
+    "SplunkHecConfig",
+    "SplunkHecOutput",
+    "hec_envelope",
+    "indexed_fields",
+]
+
+log = structlog.get_logger("forwarder.outputs.splunk_hec")
+
+EVENT_PATH = "/services/collector/event"
+ACK_PATH = "/services/collector/ack"
+HEALTH_PATH = "/services/collector/health"
+CHANNEL_HEADER = "X-Splunk-Request-Channel"
+
+# 400 codes that no event is to blame for: every event would fail the same way until the
+# configuration (or the token's settings in Splunk) changes, so keep the events and alert.
+_CONFIG_CODES: Mapping[int, str] = {
+    7: "the index is not allowed for this token: fix `index` or the token's allowed indexes",
+    10: "the token requires a channel",
+    11: "the channel is not a GUID: fix `channel`",
+    14: "the token has indexer acknowledgement disabled: turn `indexer_ack` off",
+    16: "query-string tokens are disabled",
+}
+_SLOW_DOWN_CODES = frozenset({24, 25})
+_NO_DATA = 5
+
+
+class SplunkHecConfig(HttpOutputConfig):
+    token: SecretStr
+    """The HEC token (a GUID), sent as `Authorization: Splunk <token>`."""
+    source: str = Field(default="canary-forwarder", min_length=1)
+    """The `source` of every event."""
+    sourcetype: str | None = Field(default=None, min_length=1)
+    """One sourcetype for every event. Default: the console's own, by kind of event
+    (`canary_alerts`, `canary_console_audit`, `canary_test_connection`)."""
+    index: str | None = Field(default=None, min_length=1)
+    """Splunk index; must be in the token's allowed list. Default: the token's default index."""
+    host: str | None = Field(default=None, min_length=1)
+    """The `host` of every event. Default: the Canary's name, else left to HEC."""
+    channel: UUID | None = None
+    """The X-Splunk-Request-Channel GUID. Default: a new random one each time the output starts."""
+    indexer_ack: bool = False
+    """Count a batch as delivered only once the indexers acknowledge it (Splunk Enterprise)."""
+    ack_timeout_secs: float = Field(default=60.0, gt=0, le=3600)
+    """How long to wait for an acknowledgement before sending the batch again."""
+    ack_poll_interval_secs: float = Field(default=1.0, gt=0, le=60)
+    """Pause between two polls of /services/collector/ack."""
+    max_request_bytes: int = Field(default=900_000, ge=1024)
+    """Largest uncompressed request. Splunk Cloud refuses requests over 1 MB."""
+
+    @model_validator(mode="after")
+    def _base_url(self) -> Self:
+        if not self.url:
+            raise ValueError("url: at least one HEC URL is needed, e.g. https://splunk:8088")
+        for url in self.url:
+            if "/services/collector" in url:
+                raise ValueError(
+                    f"url: {url}: give the base URL (scheme, host, port), "
+                    "without /services/collector"
+                )
+        return self
+
+
+def indexed_fields(event: CanaryEvent) -> dict[str, str]:
+    """Index-time fields (flat strings, as HEC requires) to search and dedupe on."""
+    fields = {
+        "canary_event_id": event.id,
+        "canary_fingerprint": event.fingerprint,
+        "canary_kind": event.kind.value,
+    }
+    if event.log_type is not None:
+        fields["canary_log_type"] = str(event.log_type)
+    return fields
+
+
+def hec_envelope(record: Record, config: SplunkHecConfig) -> dict[str, Any]:
+    """The HEC event envelope of one record."""
+    event = record.event
+    envelope: dict[str, Any] = {
+        # Epoch seconds with milliseconds, as a number: HEC's `time`.
+        "time": round(event.timestamp.timestamp(), 3),
+        "source": config.source,
+        "sourcetype": config.sourcetype or splunk_sourcetype(event),
+    }
+    host = config.host or event.canary_name
+    if host:
+        envelope["host"] = host
+    if config.index:
+        envelope["index"] = config.index
+    envelope["fields"] = indexed_fields(event)
+    body = record.body
+    envelope["event"] = body if isinstance(body, str | dict) else dict(body)
+    return envelope
+
+
+@dataclass(frozen=True, slots=True)
+class HecReply:
+    """HEC's JSON answer: `{"text", "code", "ackId"?, "invalid-event-number"?}`."""
+
+    code: int | None
+    text: str
+    ack_id: int | None = None
+    invalid_event_number: int | None = None
+
+    @classmethod
+    def of(cls, answer: HttpAnswer) -> HecReply:
+        data = answer.json()
+        if not isinstance(data, dict):
+            return cls(None, answer.text())
+        return cls(
+            code=_integer(data.get("code")),
+            text=str(data.get("text", "")) or answer.text(),
+            ack_id=_integer(data.get("ackId")),
+            invalid_event_number=_integer(data.get("invalid-event-number")),
+        )
+
+    def describe(self) -> str:
+        return f"HEC code {self.code}: {self.text}" if self.code is not None else self.text
+
+
+def _config_hint(code: int | None) -> str | None:
+    return None if code is None else _CONFIG_CODES.get(code)
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class SplunkHecOutput(Output[SplunkHecConfig]):
+    config_class = SplunkHecConfig
+
+    def __init__(self, config: SplunkHecConfig) -> None:
+        super().__init__(config)
+        self.channel = str(config.channel or uuid4())
+        self._client = HttpClient(
+            config,
+            [URL(url) for url in config.url],
+            {
+                "Authorization": f"Splunk {config.token.get_secret_value()}",
+                CHANNEL_HEADER: self.channel,
+            },
+        )
+        self._warned_ack_off = False
+
+    async def start(self) -> None:
+        await self._client.start()
+
+    async def reopen(self) -> None:
+        await self._client.reopen()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # Sending
+
+    async def send(self, batch: Sequence[Record]) -> SendResult:
+        encoded = encode_batch(batch, self._envelope_line, self.config.max_request_bytes)
+        if not isinstance(encoded, EncodedBatch):
+            return encoded
+        answer = await self._client.request(
+            "POST",
+            EVENT_PATH,
+            body=encoded.body,
+            headers={"Content-Type": "application/json"},
+            compress=self.config.gzip,
+        )
+        return encoded.spread(await self._classify(answer, len(encoded.sent)))
+
+    def _envelope_line(self, record: Record) -> bytes:
+        if isinstance(record.body, str) and not record.body.strip():
+            raise ValueError("blank record: HEC refuses an empty event (code 13)")
+        return orjson.dumps(hec_envelope(record, self.config)) + b"\n"
+
+    async def _classify(self, answer: HttpAnswer | Retry, count: int) -> SendResult:
+        if isinstance(answer, Retry):
+            return answer
+        reply = HecReply.of(answer)
+        where = endpoint_name(answer.endpoint)
+        if 200 <= answer.status <= 299:
+            if reply.code in _SLOW_DOWN_CODES:
+                log.warning("Splunk asks senders to slow down.", output=self.name, hec=reply.text)
+            unconfirmed = await self._await_ack(answer.endpoint, reply.ack_id)
+            return unconfirmed or Delivered()
+        bad = reply.invalid_event_number
+        if answer.status == 400 and bad is not None and 0 <= bad < count:
+            return await self._split_at(bad, count, reply, answer.endpoint)
+        hint = _config_hint(reply.code)
+        if answer.status == 400 and hint is not None:
+            return Retry(f"{where}: {reply.describe()}: {hint}", operator_action=True)
+        return classify_status(answer.status, answer.headers, reply.describe(), where=where)
+
+    async def _split_at(self, bad: int, count: int, reply: HecReply, endpoint: URL) -> Partial:
+        """HEC indexed the envelopes before `bad`, refused `bad` and did not read the rest."""
+        where = endpoint_name(endpoint)
+        results: dict[int, Retry | Reject] = {}
+        hint = _config_hint(reply.code)
+        if hint is not None:
+            results[bad] = Retry(f"{where}: {reply.describe()}: {hint}", operator_action=True)
+        else:
+            results[bad] = Reject(f"{where}: {reply.describe()} (HEC refused this event)")
+        skipped = Retry(f"{where}: not indexed: HEC stopped at an invalid event before this one")
+        results.update(dict.fromkeys(range(bad + 1, count), skipped))
+        if bad > 0:
+            unconfirmed = await self._await_ack(endpoint, reply.ack_id)
+            if unconfirmed is not None:
+                results.update(dict.fromkeys(range(bad), unconfirmed))
+        return Partial(results)
+
+    async def _await_ack(self, endpoint: URL, ack_id: int | None) -> Retry | None:
+        """None once the indexers acknowledged `ack_id` (or acks are off); Retry on timeout."""
+        if not self.config.indexer_ack:
+            return None
+        if ack_id is None:
+            self._warn_ack_off("HEC answers without an ackId")
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.ack_timeout_secs
+        body = orjson.dumps({"acks": [ack_id]})
+        last = "no answer yet"
+        while True:
+            remaining = deadline - loop.time()
+            answer = await self._client.request(
+                "POST",
+                ACK_PATH,
+                endpoint=endpoint,  # ack ids belong to the node (and channel) that issued them
+                body=body,
+                headers={"Content-Type": "application/json"},
+                params={"channel": self.channel},
+                timeout_secs=max(0.001, min(remaining, self.config.request_timeout_secs)),
+            )
+            if isinstance(answer, Retry):
+                last = answer.reason
+            else:
+                acked, last = self._ack_state(answer, ack_id)
+                if acked:
+                    return None
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return Retry(
+                    f"{endpoint_name(endpoint)}: ackId {ack_id} not acknowledged within "
+                    f"{self.config.ack_timeout_secs:g} s ({last}); sending again"
+                )
+            # The one sleep in an output: HEC's ack protocol is a poll.
+            await asyncio.sleep(min(self.config.ack_poll_interval_secs, remaining))
+
+    def _ack_state(self, answer: HttpAnswer, ack_id: int) -> tuple[bool, str]:
+        """(acknowledged?, what the poll said). Ack switched off on the token counts as done."""
+        data = answer.json()
+        if answer.status == 200 and isinstance(data, dict) and isinstance(data.get("acks"), dict):
+            return data["acks"].get(str(ack_id)) is True, "not acknowledged yet"
+        reply = HecReply.of(answer)
+        if reply.code == 14:
+            self._warn_ack_off(reply.describe())
+            return True, reply.describe()
+        return False, f"ack poll answered HTTP {answer.status}: {reply.describe()}"
+
+    def _warn_ack_off(self, sign: str) -> None:
+        if not self._warned_ack_off:
+            self._warned_ack_off = True
+            log.warning(
+                "indexer_ack is on but the token has acknowledgement off; trusting the 200.",
+                output=self.name,
+                sign=sign,
+            )
+
+    # Healthcheck
+
+    async def healthcheck(self) -> None:
+        """Healthy when some node answers the health endpoint and accepts the token.
+
+        The token check posts an empty body: HEC answers code 5 "No data" to a valid token and
+        401/403 to a bad one, so nothing is indexed. With `indexer_ack`, an empty ack poll
+        checks that the token really has acknowledgement on.
+        """
+        problems: list[str] = []
+        for endpoint in self._client.base_urls:
+            problem = await self._check(endpoint)
+            if problem is None:
+                return
+            problems.append(problem)
+        raise HealthcheckError("; ".join(problems))
+
+    async def _check(self, endpoint: URL) -> str | None:
+        where = endpoint_name(endpoint)
+        health = await self._client.request("GET", HEALTH_PATH, endpoint=endpoint)
+        if isinstance(health, Retry):
+            return health.reason
+        if health.status != 200:
+            return f"{where}: health: HTTP {health.status}: {HecReply.of(health).describe()}"
+        probe = await self._client.request(
+            "POST",
+            EVENT_PATH,
+            endpoint=endpoint,
+            body=b"",
+            headers={"Content-Type": "application/json"},
+        )
+        if isinstance(probe, Retry):
+            return probe.reason
+        reply = HecReply.of(probe)
+        if not (200 <= probe.status <= 299 or (probe.status == 400 and reply.code == _NO_DATA)):
+            hint = _config_hint(reply.code) or ""
+            return f"{where}: probe send: HTTP {probe.status}: {reply.describe()} {hint}".strip()
+        if self.config.indexer_ack:
+            poll = await self._client.request(
+                "POST",
+                ACK_PATH,
+                endpoint=endpoint,
+                body=b'{"acks":[]}',
+                headers={"Content-Type": "application/json"},
+                params={"channel": self.channel},
+            )
+            if isinstance(poll, Retry):
+                return poll.reason
+            if poll.status != 200:
+                reply = HecReply.of(poll)
+                hint = _config_hint(reply.code) or ""
+                return f"{where}: ack poll: HTTP {poll.status}: {reply.describe()} {hint}".strip()
+        return None
