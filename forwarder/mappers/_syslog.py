@@ -107,7 +107,10 @@ def rfc3164_header(
     stamp = timestamp.astimezone(UTC)
     when = f"{_MONTHS[stamp.month - 1]} {stamp.day:2d} {stamp:%H:%M:%S}"
     # RFC 3164 hostnames carry no domain part; an address is kept whole.
-    short = hostname if is_ip(hostname) else (hostname or "").split(".")[0]
-    host = header_field(short, 255)
+    name = hostname or ""
+    short = name if is_ip(name) else name.split(".")[0]
+    # rsyslog takes HOSTNAME only as letters, digits and "._-" ending in a letter or digit;
+    # anything else (an attacker's CanaryName, an IPv6 address) it reads as the TAG: forged.
+    host = header_field(_NOT_TAG.sub("_", short)[:255].rstrip("_.-"), 255)
     clean_tag = _NOT_TAG.sub("_", tag or "")[:32] or "canary-forwarder"
     return f"{pri(facility, severity)}{when} {host} {clean_tag}:"

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from forwarder.events import CanaryEvent
-from forwarder.mappers.base import Mapper, MapperConfig, Record
+from forwarder.mappers._severity import SeverityConfig
+from forwarder.mappers.base import Mapper, Record
 
 __all__ = ["JsonConfig", "JsonMapper"]
 
 
-class JsonConfig(MapperConfig):
+class JsonConfig(SeverityConfig):
     include_payload: bool = True
     """Add the console's payload, as it was posted, under `payload`."""
 
@@ -22,4 +23,4 @@ class JsonMapper(Mapper[JsonConfig]):
         body: dict[str, Any] = event.to_dict()
         if self.config.include_payload:
             body["payload"] = event.payload
-        return Record(event=event, body=body)
+        return Record(event=event, body=body, severity=self.config.severity.of(event))

@@ -1,0 +1,181 @@
+"""Escaping for every text format, in one place, so no attacker-typed value can add a field,
+a record or a line in any of them.
+
+"One line" here means more than "no LF": carriage returns, the other C0 and C1 controls, DEL and
+the Unicode line and paragraph separators are all things some receiver (or `str.splitlines`)
+treats as a break or a field separator. Each format turns CR and LF into what its spec allows
+(an escape, or the two characters `\\r` / `\\n` where the spec has none) and every other such
+character into a space.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+import orjson
+
+__all__ = [
+    "cef_header",
+    "cef_value",
+    "cef_values",
+    "json_text",
+    "leef_header",
+    "leef_key",
+    "leef_value",
+    "leef_values",
+    "one_line",
+    "sd_name",
+    "sd_value",
+    "sd_values",
+    "unique",
+]
+
+# Characters that break a line or a field somewhere, other than CR and LF themselves.
+_BREAKERS = [
+    *range(0x00, 0x09 + 1),
+    0x0B,
+    0x0C,
+    *range(0x0E, 0x1F + 1),
+    0x7F,
+    *range(0x80, 0x9F + 1),
+    0x2028,
+    0x2029,
+]
+_SPACES = dict.fromkeys(_BREAKERS, " ")
+_FLAT = {**_SPACES, ord("\r"): " ", ord("\n"): " "}
+_LITERAL_BREAKS = {**_SPACES, ord("\r"): "\\r", ord("\n"): "\\n"}
+
+
+class _Translation:
+    """`str.translate` with a table, skipped for text that holds none of its characters.
+
+    Almost every value is clean, and a regex search is far cheaper than a translation.
+    """
+
+    __slots__ = ("_table", "needed")
+
+    def __init__(self, table: dict[int, str]) -> None:
+        self._table = str.maketrans(table)
+        pattern = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(table)) + "]")
+        self.needed = pattern.search
+        """A match (truthy) when the text holds a character of the table."""
+
+    def __call__(self, text: str) -> str:
+        return text.translate(self._table) if self.needed(text) else text
+
+
+_CEF_HEADER = _Translation({**_FLAT, ord("\\"): "\\\\", ord("|"): "\\|"})
+_CEF_VALUE = _Translation({**_LITERAL_BREAKS, ord("\\"): "\\\\", ord("="): "\\="})
+# RFC 5424 §6.3.3: `"`, `\` and `]` are escaped; CR and LF become the two characters `\r` and
+# `\n`, whose backslash is itself escaped, so a receiver reads back `\r` / `\n` as text.
+_SD_VALUE = _Translation(
+    {
+        **_SPACES,
+        ord("\\"): "\\\\",
+        ord('"'): '\\"',
+        ord("]"): "\\]",
+        ord("\r"): "\\\\r",
+        ord("\n"): "\\\\n",
+    }
+)
+_ONE_LINE = _Translation(_LITERAL_BREAKS)
+_LEEF_HEADER = _Translation({**_FLAT, ord("|"): " "})
+_LEEF_VALUE = _Translation(_FLAT)
+# JSON leaves these raw inside strings; as \u escapes they stay lossless and on one line.
+_JSON_RAW = _Translation({c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)})
+
+_NOT_SD_NAME = re.compile(r'[^\x21-\x7e]|[=\]"]')
+_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: CR and LF as the two characters `\\r` / `\\n`, other breaks as spaces.
+
+    For a syslog MSG, which has no escape mechanism: a backslash already in the text stays as it
+    is, so `\\n` in the output means either a line break or those two characters.
+    """
+    return _ONE_LINE(text)
+
+
+def cef_header(text: str, limit: int) -> str:
+    """A CEF header field: at most `limit` characters of `text`, `\\` and `|` escaped, no breaks.
+
+    The limit applies before escaping so an escape is never cut in half.
+    """
+    return _CEF_HEADER(text[:limit])
+
+
+def cef_value(text: str) -> str:
+    """A CEF extension value: `\\`, `=`, CR and LF escaped, leading and trailing spaces removed.
+
+    Parsers drop trailing spaces of the last value and differ on leading ones, so none are sent.
+    """
+    return _CEF_VALUE(text).strip(" ")
+
+
+def cef_values(texts: list[str]) -> list[str]:
+    """`cef_value` of each text. One scan of them all usually shows none needs escaping."""
+    if _CEF_VALUE.needed("".join(texts)):
+        return [_CEF_VALUE(text).strip(" ") for text in texts]
+    return [text.strip(" ") for text in texts]
+
+
+def leef_header(text: str, limit: int) -> str:
+    """A LEEF header field: no `|` and no line breaks (LEEF has no escape), at most `limit`."""
+    return _LEEF_HEADER(text)[:limit]
+
+
+def leef_value(text: str, delimiter: str) -> str:
+    """A LEEF attribute value: the delimiter, CR, LF and other breaks become spaces."""
+    return _LEEF_VALUE(text).replace(delimiter, " ")
+
+
+def leef_values(texts: list[str], delimiter: str) -> list[str]:
+    """`leef_value` of each text. One scan of them all usually shows none needs cleaning."""
+    joined = "".join(texts)
+    if _LEEF_VALUE.needed(joined) or delimiter in joined:
+        return [leef_value(text, delimiter) for text in texts]
+    return texts
+
+
+def leef_key(text: str) -> str:
+    """A LEEF attribute name: the words of `text` in CamelCase, letters and digits only."""
+    words = _NOT_ALNUM.split(text)
+    return "".join(word[:1].upper() + word[1:] for word in words) or "Key"
+
+
+def sd_value(text: str) -> str:
+    """An RFC 5424 PARAM-VALUE (without its quotes)."""
+    return _SD_VALUE(text)
+
+
+def sd_values(texts: list[str]) -> list[str]:
+    """`sd_value` of each text. One scan of them all usually shows none needs escaping."""
+    if _SD_VALUE.needed("".join(texts)):
+        return [_SD_VALUE(text) for text in texts]
+    return texts
+
+
+def sd_name(text: str) -> str:
+    """An RFC 5424 SD-NAME from any text: spaces removed (as Thinkst's syslog does), other
+    characters outside PRINTUSASCII or `=`, `]`, `"` replaced by `_`, at most 32 characters."""
+    return _NOT_SD_NAME.sub("_", text.replace(" ", ""))[:32] or "_"
+
+
+def unique(names: Iterable[str], limit: int = 32, separator: str = "_") -> Iterator[str]:
+    """`names` with repeats made distinct (`key`, `key_2`, `key_3`, ...), each at most `limit`."""
+    seen: set[str] = set()
+    for name in names:
+        candidate, number = name, 1
+        while candidate in seen:
+            number += 1
+            suffix = f"{separator}{number}"
+            candidate = name[: limit - len(suffix)] + suffix
+        seen.add(candidate)
+        yield candidate
+
+
+def json_text(value: object) -> str:
+    """Compact JSON of `value` that is guaranteed to be one line and to survive any escaping."""
+    return _JSON_RAW(orjson.dumps(value).decode())

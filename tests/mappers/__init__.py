@@ -1,0 +1,1 @@
+"""Tests of the formats (forwarder.mappers) and the helpers they share."""

@@ -1,0 +1,350 @@
+"""ECS: every field of every document checked against the ECS 9.4.0 field table in the project."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+
+from forwarder.events import CanaryEvent
+from forwarder.mappers.ecs import ECS_VERSION, EcsConfig, EcsMapper, categorisation
+
+from .helpers import event_from, events, sample_event, sample_names
+
+TABLE: dict[str, Any] = json.loads(
+    resources.files("forwarder").joinpath("data/ecs_fields.json").read_text("utf-8")
+)
+FIELDS: Mapping[str, str] = TABLE["fields"]
+OWN_NAMESPACE = "thinkst_canary"
+
+_TEXT = {"keyword", "constant_keyword", "wildcard", "match_only_text", "text"}
+_INTEGER = {"long", "integer", "short", "byte", "unsigned_long"}
+_FLOAT = {"float", "double", "scaled_float", "half_float"}
+
+
+def _type_problem(base: str, value: Any) -> str | None:
+    if base in _TEXT:
+        return None if isinstance(value, str) else "not a string"
+    if base == "ip":
+        try:
+            ipaddress.ip_address(value)
+        except (TypeError, ValueError):
+            return "not an IP address"
+        return None
+    if base == "date":
+        try:
+            datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return "not an ISO 8601 date"
+        return None if isinstance(value, str) else "not a string"
+    if base in _INTEGER:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "not an integer"
+    if base in _FLOAT:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else "not a number"
+    if base == "boolean":
+        return None if isinstance(value, bool) else "not a boolean"
+    if base in ("object", "flattened"):
+        return None if isinstance(value, dict) else "not an object"
+    return f"type {base} is not produced by this project"
+
+
+def ecs_violations(doc: Mapping[str, Any]) -> list[str]:
+    """Every way `doc` breaks ECS 9.4.0: unknown names, wrong types, arrays, allowed values."""
+    problems: list[str] = []
+    _walk(doc, "", problems)
+    if doc.get("@timestamp") is None:
+        problems.append("@timestamp: required")
+    if doc.get("ecs", {}).get("version") != TABLE["ecs_version"]:
+        problems.append("ecs.version: required, the table's version")
+    event = doc.get("event", {})
+    for event_type in event.get("type", []):
+        for category in event.get("category", []):
+            if event_type not in TABLE["expected_event_types"].get(category, []):
+                problems.append(f"event.type {event_type!r} is not expected for {category!r}")
+    return problems
+
+
+def _walk(node: Mapping[str, Any], prefix: str, problems: list[str]) -> None:
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if path == OWN_NAMESPACE:
+            continue
+        declared = FIELDS.get(path)
+        if declared is None:
+            if isinstance(value, dict):
+                _walk(value, f"{path}.", problems)
+            else:
+                problems.append(f"{path}: not an ECS field")
+            continue
+        _check(path, declared, value, problems)
+
+
+def _check(path: str, declared: str, value: Any, problems: list[str]) -> None:
+    base = declared.removesuffix("[]")
+    if declared.endswith("[]"):
+        if not isinstance(value, list) or not value:
+            problems.append(f"{path}: ECS declares an array, got {value!r}")
+            return
+        items = value
+    elif isinstance(value, list):
+        problems.append(f"{path}: ECS declares a single {base}, got a list")
+        return
+    else:
+        items = [value]
+    for item in items:
+        problem = _type_problem(base, item)
+        if problem:
+            problems.append(f"{path}: {problem}: {item!r}")
+        allowed = TABLE["allowed_values"].get(path)
+        if allowed is not None and item not in allowed:
+            problems.append(f"{path}: {item!r} is not an allowed value")
+        if path.endswith(".port") and isinstance(item, int) and not 0 <= item <= 65535:
+            problems.append(f"{path}: {item} is not a port")
+
+
+def ecs(event: CanaryEvent, **options: Any) -> dict[str, Any]:
+    body = EcsMapper(EcsConfig(type="ecs", **options)).map(event).body
+    assert isinstance(body, dict)
+    return body
+
+
+# --- the validator itself catches what it must ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"event": {"kind": "incident"}}, "not an allowed value"),
+        ({"source": {"ip": "abc.example"}}, "not an IP address"),
+        ({"source": {"port": "22"}}, "not an integer"),
+        ({"source": {"port": 70000}}, "not a port"),
+        ({"related": {"ip": "10.0.0.1"}}, "declares an array"),
+        ({"user": {"name": ["a"]}}, "declares a single"),
+        ({"user": {"nickname": "a"}}, "not an ECS field"),
+        ({"event": {"category": ["authentication"], "type": ["info", "denied"]}}, "not expected"),
+        ({"@timestamp": "yesterday"}, "not an ISO 8601 date"),
+    ],
+)
+def test_the_validator_rejects_what_ecs_forbids(change: dict[str, Any], problem: str) -> None:
+    doc = ecs(sample_event("incident_ssh_login"))
+    for group, values in change.items():
+        if isinstance(values, dict):
+            doc.setdefault(group, {}).update(values)
+        else:
+            doc[group] = values
+    assert any(problem in found for found in ecs_violations(doc)), ecs_violations(doc)
+
+
+def test_the_field_table_holds_the_fields_this_project_uses() -> None:
+    assert TABLE["ecs_version"] == ECS_VERSION
+    assert FIELDS["related.ip"] == "ip[]"
+    assert FIELDS["event.category"] == "keyword[]"
+    assert FIELDS["source.port"] == "long"
+    assert "alert" in TABLE["allowed_values"]["event.kind"]
+    assert TABLE["expected_event_types"]["intrusion_detection"] == ["allowed", "denied", "info"]
+
+
+# --- every document ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sample_names())
+def test_every_sample_is_a_valid_ecs_document(name: str) -> None:
+    assert ecs_violations(ecs(sample_event(name))) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(events)
+def test_every_hostile_event_is_a_valid_ecs_document(event: CanaryEvent) -> None:
+    doc = ecs(event)
+    assert ecs_violations(doc) == []
+    assert json.loads(json.dumps(doc)) == doc
+
+
+# --- the mapping ---------------------------------------------------------------------------------
+
+
+def test_ssh_login_alert() -> None:
+    event = sample_event("incident_ssh_login")
+    doc = ecs(event)
+    assert doc["@timestamp"] == "2026-03-05T08:00:01.000Z"
+    assert doc["message"] == event.intro
+    assert doc["event"]["kind"] == "alert"
+    assert doc["event"]["category"] == ["intrusion_detection", "network", "authentication"]
+    assert doc["event"]["type"] == ["info"]
+    assert doc["event"]["action"] == "ssh-login-attempt"
+    assert doc["event"]["code"] == "4002"
+    assert doc["event"]["id"] == "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    assert doc["event"]["severity"] == 8
+    assert doc["event"]["original"] == event.raw.decode()
+    assert doc["observer"] == {
+        "vendor": "Thinkst",
+        "product": "Canary",
+        "type": "honeypot",
+        "name": "web-dmz-02",
+        "ip": ["10.20.30.42"],
+        "serial_number": "00034d476a2c9f22",
+    }
+    assert doc["source"] == {
+        "address": "10.99.0.7",
+        "ip": "10.99.0.7",
+        "domain": "jump01.corp.example",
+    }
+    assert doc["destination"] == {"address": "10.20.30.42", "ip": "10.20.30.42", "port": 22}
+    assert doc["user"] == {"name": "root"}
+    assert doc["related"] == {
+        "ip": ["10.99.0.7", "10.20.30.42"],
+        "user": ["root"],
+        "hosts": ["jump01.corp.example", "web-dmz-02"],
+    }
+    canary = doc["thinkst_canary"]
+    assert canary["details"][0] == {"key": "Username", "value": "root"}
+    assert canary["canary"]["location"] == "DMZ rack 3"
+    assert json.loads(canary["annotations"])["trufflehog_scan"][0].startswith("This looks")
+
+
+def test_hostname_in_an_address_field_goes_to_domain() -> None:
+    doc = ecs(sample_event("incident_settings_changed"))
+    assert doc["destination"] == {"address": "abc123.canary.tools", "domain": "abc123.canary.tools"}
+    assert doc["observer"]["hostname"] == "abc123.canary.tools"
+    assert "ip" not in doc["observer"]
+    assert (doc["event"]["kind"], doc["event"]["category"], doc["event"]["type"]) == (
+        "event",
+        ["configuration"],
+        ["change"],
+    )
+
+
+def test_dns_token_names_the_question() -> None:
+    doc = ecs(sample_event("canarytoken_dns"))
+    assert doc["dns"]["question"]["name"] == "zyxwvutsrqponmlkjihgfedcb.canarytokens.example"
+    assert doc["event"]["category"] == ["intrusion_detection", "network"]
+    assert "name" not in doc["observer"]  # the console, not a bird, saw it
+
+
+def test_web_bug_token_has_the_user_agent_and_url_domain() -> None:
+    doc = ecs(sample_event("canarytoken_web_bug"))
+    assert doc["user_agent"]["original"] == "Mozilla/5.0 ..."
+    assert doc["url"]["domain"] == "example.com"
+    assert doc["source"]["port"] == 64487
+    assert doc["destination"]["port"] == 80
+    assert doc["event"]["severity"] == 9
+
+
+SHARE_PATH = "\\\\srv\\share\\Sales 2017.pdf"
+
+
+def test_file_name_and_path_are_split() -> None:
+    event = event_from(
+        {
+            "Description": "Shared File Opened",
+            "AlertType": "CanaryIncident",
+            "CanaryID": "x",
+            "LogType": "5000",
+            "AdditionalDetails": [
+                ["User", "guest"],
+                ["Filename", SHARE_PATH],
+            ],
+        }
+    )
+    doc = ecs(event)
+    assert doc["file"] == {"name": "Sales 2017.pdf", "path": SHARE_PATH}
+    assert "file" in doc["event"]["category"]
+
+
+def test_disconnect_and_reconnect_are_host_end_and_start() -> None:
+    assert ecs(sample_event("operational_disconnected"))["event"]["type"] == ["end"]
+    reconnected = ecs(sample_event("operational_reconnected"))["event"]
+    assert (reconnected["category"], reconnected["type"]) == (["host"], ["start"])
+
+
+def test_audit_login_is_authentication_by_the_console_user() -> None:
+    doc = ecs(sample_event("audit_user_login"))
+    assert doc["event"]["kind"] == "event"
+    assert doc["event"]["category"] == ["authentication"]
+    assert doc["event"]["type"] == ["start"]
+    assert doc["event"]["outcome"] == "success"
+    assert doc["event"]["action"] == "user_login"
+    assert doc["event"]["dataset"] == "thinkst_canary.audit"
+    assert doc["user"] == {"name": "example@thinkst.com", "email": "example@thinkst.com"}
+    assert doc["source"]["ip"] == "1.1.1.1"
+    assert "code" not in doc["event"]
+
+
+@pytest.mark.parametrize(
+    ("action", "category", "event_type"),
+    [
+        ("canarytoken_create", "configuration", "creation"),
+        ("user_logout", "authentication", "end"),
+        ("user_delete", "iam", "deletion"),
+        ("user_assign_to_flock", "iam", "change"),
+        ("flock_move", "configuration", "change"),
+        ("device_schedule_reboot", "configuration", "change"),
+    ],
+)
+def test_audit_actions_get_an_iam_configuration_or_authentication_category(
+    action: str, category: str, event_type: str
+) -> None:
+    event = event_from({"type": "console-audit", "payload": {"action_type": action}})
+    kind, categories, types, _ = categorisation(event)
+    assert (kind, categories, types) == ("event", [category], [event_type])
+
+
+def test_test_event_is_an_event_of_lowest_severity() -> None:
+    doc = ecs(sample_event("test_event"))
+    assert doc["event"]["kind"] == "event"
+    assert doc["event"]["severity"] == 0
+
+
+def test_original_can_be_left_out() -> None:
+    assert (
+        "original" not in ecs(sample_event("incident_ssh_login"), include_original=False)["event"]
+    )
+
+
+# --- the table's derivation ----------------------------------------------------------------------
+
+
+def _derive_script() -> Any:
+    path = Path(__file__).parents[2] / "scripts" / "derive_ecs_fields.py"
+    spec = importlib.util.spec_from_file_location("derive_ecs_fields", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_derivation_keeps_types_arrays_and_allowed_values() -> None:
+    flat = {
+        "event.kind": {
+            "type": "keyword",
+            "normalize": [],
+            "allowed_values": [{"name": "alert"}, {"name": "event"}],
+        },
+        "event.category": {
+            "type": "keyword",
+            "normalize": ["array"],
+            "allowed_values": [{"name": "web", "expected_event_types": ["access", "info"]}],
+        },
+        "labels": {"type": "object", "normalize": [], "object_type": "keyword"},
+        "related.ip": {"type": "ip", "normalize": ["array"]},
+    }
+    table = _derive_script().derive(flat, "9.4.0", "0" * 64)
+    assert table["ecs_version"] == "9.4.0"
+    assert table["fields"] == {
+        "event.category": "keyword[]",
+        "event.kind": "keyword",
+        "labels": "object",
+        "related.ip": "ip[]",
+    }
+    assert table["object_types"] == {"labels": "keyword"}
+    assert table["allowed_values"] == {"event.category": ["web"], "event.kind": ["alert", "event"]}
+    assert table["expected_event_types"] == {"web": ["access", "info"]}
