@@ -9,6 +9,7 @@ payloads captured by other integrations (see docs/canary-payloads.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -289,7 +290,9 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
         raise PayloadError(f"body is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise PayloadError(f"body is JSON {type(payload).__name__}, not an object")
-    if _too_deep(payload, MAX_NESTING):
+    # A body cannot nest deeper than it has brackets; counting them is cheap, walking is not.
+    openers = raw.count(b"[") + raw.count(b"{")
+    if openers > MAX_NESTING and _too_deep(payload, MAX_NESTING):
         raise PayloadError(f"body nests arrays and objects more than {MAX_NESTING} deep")
     return payload
 
@@ -528,7 +531,9 @@ def _details(value: Any, quirks: list[str]) -> tuple[Detail, ...]:
         return (Detail("AdditionalDetails", _detail_value(value)),)
     details: list[Detail] = []
     for index, entry in enumerate(value):
-        if isinstance(entry, list | tuple) and len(entry) == 2:
+        if type(entry) is list and len(entry) == 2 and type(entry[0]) is type(entry[1]) is str:
+            details.append(Detail(entry[0], entry[1]))  # the usual shape, fast
+        elif isinstance(entry, list | tuple) and len(entry) == 2:
             details.append(Detail(_detail_value(entry[0]), _detail_value(entry[1])))
         elif isinstance(entry, list | tuple) and len(entry) == 1:
             quirks.append(f"AdditionalDetails[{index}] has a key and no value")
@@ -571,6 +576,7 @@ def _annotations(value: Any, quirks: list[str]) -> Mapping[str, Any]:
 
 # Formats without a zone are UTC: that is what the console and OpenCanary write. (No `%Z`:
 # strptime would also accept the local zone's name and then drop it.)
+_CONSOLE_STAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} \(UTC\)")
 _TIMESTAMP_FORMATS = (
     "%Y-%m-%d %H:%M:%S (UTC)",
     "%Y-%m-%d %H:%M:%S UTC%z",
@@ -585,17 +591,23 @@ def parse_timestamp(text: str) -> datetime | None:
     """Every timestamp shape the console uses, as an aware UTC datetime; None if unreadable."""
     text = text.strip()
     try:
+        if _CONSOLE_STAMP.fullmatch(text):  # the incident format, by far the most common
+            return datetime.fromisoformat(text[:19]).replace(tzinfo=UTC)
         if _EPOCH_SECONDS.fullmatch(text):
             return datetime.fromtimestamp(float(text), tz=UTC)
         if _EPOCH_MILLISECONDS.fullmatch(text):
             return datetime.fromtimestamp(float(text) / 1000, tz=UTC)
+        # ISO 8601 (audit records) first: C-fast, and the strptime shapes below never parse
+        # as ISO, so the order changes nothing but the cost.
+        with contextlib.suppress(ValueError):
+            return _utc(datetime.fromisoformat(text))
         for fmt in _TIMESTAMP_FORMATS:
             try:
                 parsed = datetime.strptime(text, fmt)
             except ValueError:
                 continue
             return _utc(parsed)
-        return _utc(datetime.fromisoformat(text))
+        return None
     except (ValueError, OverflowError, OSError):
         # OverflowError: a valid stamp next to year 1 or 9999 whose offset moves it out of range.
         return None
