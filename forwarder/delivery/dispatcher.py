@@ -169,9 +169,10 @@ class Dispatcher:
         await self._settle(outcome)
 
     def _map(self, stored: StoredEvent) -> Record:
-        event = parse_event(
-            stored.body, received_at=datetime.fromtimestamp(stored.received_at, UTC)
-        )
+        event = self.outbox.parsed(stored.seq)
+        if event is None:
+            received_at = datetime.fromtimestamp(stored.received_at, UTC)
+            event = parse_event(stored.body, received_at=received_at)
         return self.mapper.map(event)
 
     async def _send(self, items: list[tuple[int, Record]], outcome: _Outcome) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ log = structlog.get_logger("forwarder.store")
 T = TypeVar("T")
 
 _MAX_GROUP = 1000
+# Recently committed events kept parsed for the dispatchers: a few batches' worth.
+_PARSED_CACHE_SIZE = 2048
+# What `probe` writes to prove the store can take posts: a few typical events' worth.
+PROBE_BYTES = 16 * 1024
 
 
 class StoreFull(Exception):
@@ -49,6 +54,7 @@ class StoreUnavailable(Exception):
 @dataclass(slots=True)
 class _Pending:
     event: NewEvent
+    parsed: CanaryEvent
     done: asyncio.Future[int | None]
 
 
@@ -64,6 +70,7 @@ class Outbox:
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._parsed: OrderedDict[int, CanaryEvent] = OrderedDict()
         self.bytes = 0
         self.events = 0
         self.healthy = False
@@ -126,6 +133,19 @@ class Outbox:
         """Call `listener` after each commit that stored new events (wakes the dispatchers)."""
         self._listeners.append(listener)
 
+    def _remember(self, seq: int, event: CanaryEvent) -> None:
+        self._parsed[seq] = event
+        while len(self._parsed) > _PARSED_CACHE_SIZE:
+            self._parsed.popitem(last=False)
+
+    def parsed(self, seq: int) -> CanaryEvent | None:
+        """The event as ingest parsed it, while it is recent; saves delivery a second parse.
+
+        Bounded, so a backlog (an outage) costs disk, not memory: older events are parsed again
+        from their stored bytes, which gives the same event.
+        """
+        return self._parsed.get(seq)
+
     def remove_listener(self, listener: Callable[[], None]) -> None:
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
@@ -149,6 +169,7 @@ class Outbox:
                 received_at=event.received_at.timestamp(),
                 body=event.raw,
             ),
+            event,
             asyncio.get_running_loop().create_future(),
         )
         self._pending.append(pending)
@@ -182,6 +203,7 @@ class Outbox:
                 stored = True
                 self.bytes += len(pending.event.body)
                 self.events += 1
+                self._remember(seq, pending.parsed)
             if not pending.done.done():
                 pending.done.set_result(seq)
         if stored:
@@ -205,6 +227,7 @@ class Outbox:
                 stats = await self.stats()
                 self.bytes, self.events = stats.bytes, stats.events
             await self.forget_old()
+            await self._with_db(lambda db: db.check_writable(PROBE_BYTES))
         except Exception as exc:
             self._mark_unhealthy(exc)
             return False

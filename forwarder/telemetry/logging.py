@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import orjson
 import structlog
 
 __all__ = ["configure_logging"]
+
+
+def _orjson_text(value: Any, **_: Any) -> str:
+    # orjson renders a line several times faster than json.dumps: one line per accepted event.
+    return orjson.dumps(value, default=str).decode()
 
 
 class _StderrLogger(structlog.WriteLogger):
@@ -28,7 +35,7 @@ class _StderrLoggerFactory:
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     as_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_orjson_text)
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
