@@ -127,9 +127,13 @@ class AuditRecord:
     flock_name: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CanaryEvent:
-    """One Canary post, classified and normalised.
+    """One Canary post, classified and normalised. Read-only by contract.
+
+    Not a frozen dataclass on purpose: a frozen one takes twice as long to build, and one is
+    built per post at ingest. The same instance is handed to every output's mapper, so a mapper
+    must never modify it (tests/mappers/test_purity.py checks every built-in one).
 
     `id` is the Canary identity of the event (IncidentHash, else IncidentKey, else a content
     hash); `fingerprint` is the hash of the canonical payload, so two posts of the same incident

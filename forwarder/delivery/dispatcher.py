@@ -33,7 +33,7 @@ from forwarder.outputs.base import (
     TooLarge,
 )
 from forwarder.store.database import StoredEvent
-from forwarder.store.outbox import Outbox
+from forwarder.store.outbox import Outbox, StoreUnavailable
 from forwarder.telemetry import metrics
 
 __all__ = ["Dispatcher", "backoff_secs"]
@@ -129,34 +129,74 @@ class Dispatcher:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _run(self) -> None:
+    async def _fetch(self, exclude: set[int]) -> list[StoredEvent]:
+        """The oldest queued events for this output that are not in the send in flight."""
         batch_config = self.config.batch
-        while not self._stopping.is_set():
-            self._wakeup.clear()
-            try:
-                batch = await self.outbox.fetch(
-                    self.name, batch_config.max_events, batch_config.max_bytes
-                )
-            except Exception as exc:
-                log.warning("Cannot read the store.", output=self.name, error=str(exc))
-                await self._pause(IDLE_POLL_SECS, wake_early=False)
-                continue
-            if not batch:
-                await self._pause(IDLE_POLL_SECS, wake_early=True)
-                continue
-            if len(batch) < batch_config.max_events and batch_config.timeout_secs > 0:
-                # Let a batch fill for a moment: SIEMs prefer fewer, larger requests.
-                await self._pause(batch_config.timeout_secs, wake_early=False)
-                if self._stopping.is_set():
-                    break
-                batch = await self.outbox.fetch(
-                    self.name, batch_config.max_events, batch_config.max_bytes
-                )
-            await self._deliver_batch(batch)
+        rows = await self.outbox.fetch(
+            self.name, batch_config.max_events + len(exclude), batch_config.max_bytes
+        )
+        return [row for row in rows if row.seq not in exclude][: batch_config.max_events]
+
+    async def _run(self) -> None:
+        """Fetch and map the next batch while the previous one is being sent.
+
+        The output still sees one send at a time, in order; only the store reads and the
+        mapping overlap with the network round trip. A batch prepared behind a send that has
+        to be retried is dropped and fetched again after the backoff, oldest events first.
+        """
+        batch_config = self.config.batch
+        in_flight: asyncio.Task[_Outcome] | None = None
+        in_flight_seqs: set[int] = set()
+        try:
+            while not self._stopping.is_set():
+                self._wakeup.clear()
+                try:
+                    batch = await self._fetch(in_flight_seqs)
+                except StoreUnavailable:
+                    # The pipeline logs and probes the store; nothing to send meanwhile.
+                    batch = []
+                except Exception as exc:
+                    log.warning("Cannot read the store.", output=self.name, error=str(exc))
+                    batch = []
+                if not batch and in_flight is None:
+                    await self._pause(IDLE_POLL_SECS, wake_early=True)
+                    continue
+                filling = in_flight is None and len(batch) < batch_config.max_events
+                if batch and filling and batch_config.timeout_secs > 0:
+                    # Let a batch fill for a moment: SIEMs prefer fewer, larger requests.
+                    await self._pause(batch_config.timeout_secs, wake_early=False)
+                    if self._stopping.is_set():
+                        break
+                    batch = await self._fetch(in_flight_seqs)
+                outcome, sendable = self._prepare(batch)
+                previous: _Outcome | None = None
+                previous_seqs: set[int] = set()
+                if in_flight is not None:
+                    previous, previous_seqs = await in_flight, in_flight_seqs
+                    in_flight, in_flight_seqs = None, set()
+                    if previous.retry is not None:
+                        await self._settle(previous)
+                        continue  # the prepared batch is fetched again, after the backoff
+                if sendable or outcome.rejected:
+                    in_flight = asyncio.create_task(self._send_all(sendable, outcome))
+                    in_flight_seqs = {seq for seq, _ in sendable} | set(outcome.rejected)
+                if previous is not None:
+                    # Acked while the next batch is on the wire; its rows stay excluded from
+                    # fetches until then.
+                    in_flight_seqs |= previous_seqs
+                    await self._settle(previous)
+                    in_flight_seqs -= previous_seqs
+            if in_flight is not None:
+                await self._settle(await in_flight)
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await in_flight
 
     # One batch
 
-    async def _deliver_batch(self, batch: Sequence[StoredEvent]) -> None:
+    def _prepare(self, batch: Sequence[StoredEvent]) -> tuple[_Outcome, list[tuple[int, Record]]]:
         outcome = _Outcome()
         sendable: list[tuple[int, Record]] = []
         for stored in batch:
@@ -164,9 +204,12 @@ class Dispatcher:
                 sendable.append((stored.seq, self._map(stored)))
             except (MappingError, PayloadError) as exc:
                 outcome.rejected[stored.seq] = f"cannot map to {self.mapper.config.type}: {exc}"
+        return outcome, sendable
+
+    async def _send_all(self, sendable: list[tuple[int, Record]], outcome: _Outcome) -> _Outcome:
         if sendable:
             await self._send(sendable, outcome)
-        await self._settle(outcome)
+        return outcome
 
     def _map(self, stored: StoredEvent) -> Record:
         event = self.outbox.parsed(stored.seq)
@@ -212,7 +255,8 @@ class Dispatcher:
                     else:
                         outcome.rejected[seq] = item.reason
 
-    async def _settle(self, outcome: _Outcome) -> None:
+    async def _settle(self, outcome: _Outcome) -> bool:
+        """Ack, dead-letter and back off as the outcome says; True if it backed off."""
         name = self.name
         if outcome.delivered:
             await self.outbox.ack(name, outcome.delivered)
@@ -232,11 +276,12 @@ class Dispatcher:
             if self.failures:
                 log.info("Output delivers again.", output=name, after_failures=self.failures)
             self.failures, self.failing_since, self.last_error = 0, None, None
-            return
+            return False
         await self.outbox.retry_later(name, outcome.retried)
         metrics.output_retried.labels(name).inc(len(outcome.retried))
         metrics.output_failed.labels(name, "retry").inc()
         await self._back_off(outcome.retry, len(outcome.retried))
+        return True
 
     async def _back_off(self, retry: Retry, count: int) -> None:
         self.failures += 1

@@ -60,4 +60,7 @@ class Mapper(ABC, Generic[ConfigT]):
 
     @abstractmethod
     def map(self, event: CanaryEvent) -> Record:
-        """One record for one event; raise `MappingError` for an event this format cannot carry."""
+        """One record for one event; raise `MappingError` for an event this format cannot carry.
+
+        The event is shared with the other outputs' mappers: read it, never modify it.
+        """

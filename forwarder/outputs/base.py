@@ -40,7 +40,7 @@ class BatchConfig(BaseModel):
     """Most records in one send."""
     max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     """Most bytes of stored payload in one send."""
-    timeout_secs: float = Field(default=0.2, ge=0, le=60)
+    timeout_secs: float = Field(default=0.05, ge=0, le=60)
     """How long a partly filled batch may wait for more events before it is sent anyway."""
 
 

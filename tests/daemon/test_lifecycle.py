@@ -150,8 +150,14 @@ async def test_sigterm_finishes_in_flight_request_closes_store_and_keeps_queue(
         reader, writer = await asyncio.open_connection(HOST, daemon.port)
         head = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
         writer.write(head.encode())
-        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
-        await reader.readexactly(len(json.dumps({"status": "alive"})))
+        head_lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+        assert head_lines[0].startswith("HTTP/1.1 200")
+        length = next(
+            int(line.split(":", 1)[1])
+            for line in head_lines
+            if line.lower().startswith("content-length:")
+        )
+        assert json.loads(await reader.readexactly(length)) == {"status": "alive"}
         writer.write(
             f"POST /canary HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n".encode()
