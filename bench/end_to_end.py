@@ -231,6 +231,12 @@ def main() -> int:
                 {e["fields"]["canary_event_id"] for e in arrivals(hec)}
             )
             rows.append(("duplicates at the receiver over the whole run", str(duplicates)))
+        failures = [
+            json.loads(line).get("reason", "")
+            for line in (workdir / "daemon.log").read_text().splitlines()
+            if '"Send failed; will retry."' in line
+        ]
+        rows.append(("failed sends (retried) over the whole run", f"{len(failures)} {sorted(set(failures))[:3]}"))
 
     print("| measure | value |\n|---|---|")
     for name, value in rows:
