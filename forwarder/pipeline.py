@@ -51,6 +51,7 @@ class Pipeline:
         self.dispatchers = dispatchers
         self.started_at = time.time()
         self._sweeper: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
 
     @classmethod
@@ -67,6 +68,7 @@ class Pipeline:
         for dispatcher in dispatchers:
             dispatcher.start()
         pipeline._sweeper = asyncio.create_task(pipeline._sweep_forever(), name="store-sweep")
+        pipeline._prober = asyncio.create_task(pipeline._probe_forever(), name="store-probe")
         return pipeline
 
     async def reload(self, settings: Settings, graceful_secs: float) -> None:
@@ -87,10 +89,11 @@ class Pipeline:
             log.info("Configuration reloaded.", outputs=[d.name for d in fresh])
 
     async def stop(self, graceful_secs: float) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._prober):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await _stop_all(self.dispatchers, graceful_secs)
         await self.outbox.aclose()
 
@@ -130,6 +133,14 @@ class Pipeline:
                 count=len(seqs),
             )
         await self.outbox.forget_old()
+
+    async def _probe_forever(self) -> None:
+        """Open or re-check a store that cannot commit every few seconds, so it recovers
+        unattended once the disk has room again (without waiting for a post or /readyz)."""
+        while True:
+            await asyncio.sleep(STORE_PROBE_SECS)
+            if not self.outbox.healthy:
+                await self.outbox.probe()
 
     async def _sweep_forever(self) -> None:
         while True:

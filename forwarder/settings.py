@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,10 +353,20 @@ def _interpolate(value: Any, environ: Mapping[str, str], where: str, problems: l
     return _REFERENCE.sub(replace, value)
 
 
+_MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
 def _read_secret(path: Path, where: str, problems: list[str]) -> str:
     try:
-        return path.read_text("utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
+        # Only a regular file of sane size: a FIFO would block the start, /dev/zero never ends.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ValueError("not a regular file")
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_SECRET_FILE_BYTES + 1)
+        if len(data) > _MAX_SECRET_FILE_BYTES:
+            raise ValueError(f"larger than {_MAX_SECRET_FILE_BYTES} bytes")
+        return data.decode("utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: also a NUL in the path
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         problems.append(f"{where}: cannot read secret file {path}: {reason}")
         return ""

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import ssl
 from pathlib import Path
@@ -27,6 +28,11 @@ from forwarder.telemetry.logging import configure_logging
 __all__ = ["configure", "main", "serve"]
 
 log = structlog.get_logger("forwarder")
+
+# How long a connection may take to send a request's headers, or sit idle between requests.
+HEADER_TIMEOUT_SECS = 15.0
+# Open files the daemon asks for at start (each connection is one).
+FD_LIMIT = 65536
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +58,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     json_logs = {"auto": None, "json": True, "console": False}[args.log_format]
     configure_logging(args.log_level, json=json_logs)
+    _raise_fd_limit()
     settings = settings_from_args(args)
     return asyncio.run(serve(settings, args.config, args.graceful_timeout))
+
+
+def _raise_fd_limit(wanted: int = FD_LIMIT) -> None:
+    """Raise the soft limit on open files towards the hard one (systemd's soft default is 1024,
+    which a thousand idle connections would use up, stalling accept() for everyone)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _status_line(pipeline: Pipeline) -> str:
@@ -76,14 +93,24 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     app = build_app(pipeline)
     # The graceful wait for in-flight requests happens below, before cleanup; by then aiohttp
     # only closes idle connections, so its own shutdown timeout can be short.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=1.0,
+        # Bounds the wait for a request's headers too (aiohttp starts this timer when a
+        # connection opens): a client sending them byte by byte cannot hold a connection.
+        keepalive_timeout=HEADER_TIMEOUT_SECS,
+        # Compressed bodies are refused with 415; never inflate one, not even to discard it.
+        auto_decompress=False,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(
             runner, listen.host, listen.port, ssl_context=_server_tls(settings), backlog=1024
         )
         await site.start()
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a NUL in a path
         log.error("Cannot listen.", host=listen.host, port=listen.port, error=str(exc))
         await runner.cleanup()
         await pipeline.stop(graceful_secs)

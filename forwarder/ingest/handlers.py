@@ -8,8 +8,12 @@ so nothing the console sent is silently gone.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,14 +33,22 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 LIMITER = web.AppKey("limiter", FailureLimiter)
 
 STORE_FULL_RETRY_AFTER_SECS = 30
+# The whole body must arrive within this long once the headers are in.
+BODY_TIMEOUT_SECS = 30.0
 # An output failing this long makes /readyz fail, so an orchestrator can alert on it.
 READY_OUTPUT_FAILING_SECS = 300.0
 _JSON_TYPES = ("application/json",)
 
 
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
 def _error(status: int, error: str, **headers: str) -> web.Response:
     metrics.rejected.labels(error).inc()
-    return web.json_response({"error": error}, status=status, headers=headers or None)
+    return _json({"error": error}, status=status, headers=headers or None)
 
 
 async def webhook(request: web.Request) -> web.Response:
@@ -62,9 +74,15 @@ async def webhook(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > listen.max_body_bytes:
         return _error(413, "body_too_large")
     try:
-        body = await request.read()
+        async with asyncio.timeout(BODY_TIMEOUT_SECS):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _error(413, "body_too_large")
+    except TimeoutError:
+        # A client trickling its body must not hold the connection (slowloris).
+        response = _error(408, "body_timeout")
+        response.force_close()
+        return response
     if request.content_type not in _JSON_TYPES and not request.content_type.endswith("+json"):
         return await _refuse(request, client, 415, "content_type_not_json", body)
     received_at = datetime.now(UTC)
@@ -82,10 +100,10 @@ async def webhook(request: web.Request) -> web.Response:
     if not stored:
         metrics.duplicates.inc()
         log.info("Duplicate event ignored.", event_id=event.id, kind=event.kind.value)
-        return web.json_response({"status": "duplicate", "id": event.id})
+        return _json({"status": "duplicate", "id": event.id})
     metrics.accepted.labels(event.kind.value).inc()
     log.info("Event accepted.", event_id=event.id, kind=event.kind.value, client=client)
-    return web.json_response({"status": "stored", "id": event.id, "kind": event.kind.value})
+    return _json({"status": "stored", "id": event.id, "kind": event.kind.value})
 
 
 async def _refuse(
@@ -98,11 +116,11 @@ async def _refuse(
     log.warning("Post refused; its body is kept in quarantine.", client=client, error=error)
     metrics.rejected.labels(error).inc()
     payload = {"error": error, "detail": detail} if detail else {"error": error}
-    return web.json_response(payload, status=status)
+    return _json(payload, status=status)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
+    return _json({"status": "alive"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -113,8 +131,8 @@ async def readyz(request: web.Request) -> web.Response:
     for name, error in pipeline.failing_outputs(READY_OUTPUT_FAILING_SECS).items():
         problems[f"output {name}"] = error
     if problems:
-        return web.json_response({"status": "not_ready", "problems": problems}, status=503)
-    return web.json_response({"status": "ready"})
+        return _json({"status": "not_ready", "problems": problems}, status=503)
+    return _json({"status": "ready"})
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

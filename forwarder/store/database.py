@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 __all__ = [
     "DB_NAME",
@@ -62,6 +63,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     dead_at REAL NOT NULL,
     attempts INTEGER NOT NULL,
     reason TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS probe (
     body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -150,10 +154,14 @@ class Database:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite may have rolled back already (it does on SQLITE_FULL and I/O errors); a
+            # second ROLLBACK would fail and hide the real error ("database or disk is full").
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -164,12 +172,11 @@ class Database:
     def salvage(self, broken: Path, outputs: Sequence[str]) -> tuple[int, int]:
         """Copy the readable events and deliveries of a corrupt outbox into this one.
 
-        Rows are read until SQLite hits the damage; an event whose delivery rows could not be
-        read is queued for every output in `outputs` (at least once beats not at all).
+        Events are read in `seq` order, stepping over damaged pages; deliveries are read until
+        SQLite hits the damage, and an event whose delivery rows could not be read is queued
+        for every output in `outputs` (at least once beats not at all).
         """
-        events = _readable_rows(
-            broken, "SELECT seq, event_id, fingerprint, kind, received_at, size, body FROM events"
-        )
+        events = _readable_events(broken)
         deliveries = _readable_rows(broken, "SELECT output, seq, attempts FROM deliveries")
         known = {row[1] for row in deliveries}
         with self._transaction() as db:
@@ -232,6 +239,16 @@ class Database:
                     )
                 results.append(seq)
         return results
+
+    def check_writable(self, size: int) -> None:
+        """Commit `size` bytes and remove them again; raises what a post of that size would.
+
+        A transaction that writes nothing commits even on a full disk, so only a real write
+        tells whether the store can take posts again.
+        """
+        with self._transaction() as db:
+            db.execute("INSERT INTO probe (body) VALUES (zeroblob(?))", (size,))
+            db.execute("DELETE FROM probe")
 
     def forget_before(self, cutoff: float) -> None:
         """Drop dedupe memory older than `cutoff`."""
@@ -438,6 +455,72 @@ def _readable_rows(path: Path, query: str) -> list[tuple[object, ...]]:
     finally:
         source.close()
     return rows
+
+
+_EVENT_COLUMNS = "seq, event_id, fingerprint, kind, received_at, size, body"
+
+
+def _readable_events(path: Path) -> list[tuple[object, ...]]:
+    """Every events row SQLite can still read, stepping over damaged pages by `seq`.
+
+    A plain scan stops at the first damaged page and would drop every event after it; here the
+    scan resumes just past the damage, so only the rows on the damaged pages are lost.
+    """
+    rows: list[tuple[object, ...]] = []
+    try:
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return rows
+    scan = f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq >= ? ORDER BY seq"  # noqa: S608
+    start: int | None = 0
+    try:
+        while start is not None:
+            try:
+                for row in source.execute(scan, (start,)):
+                    rows.append(tuple(row))
+                    start = int(row[0]) + 1
+                break
+            except sqlite3.Error:
+                start = _step_over_damage(source, start, rows)
+    finally:
+        source.close()
+    return rows
+
+
+def _step_over_damage(
+    source: sqlite3.Connection, start: int, rows: list[tuple[object, ...]]
+) -> int | None:
+    """Read rows one by one up to the damage, then find where reading can resume.
+
+    (A scan reads one row ahead, so the row before the damage is read again here.) Returns
+    the smallest `seq` past the damage from which a row reads again, or None at the end.
+    """
+    one = f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq >= ? ORDER BY seq LIMIT 1"  # noqa: S608
+
+    def first(at: int) -> list[tuple[object, ...]] | None:
+        try:
+            return [tuple(row) for row in source.execute(one, (at,))]
+        except sqlite3.Error:
+            return None
+
+    while (found := first(start)) is not None:
+        if not found:
+            return None
+        rows.append(found[0])
+        start = cast(int, found[0][0]) + 1
+    step = 1
+    while first(start + step) is None:
+        step *= 2
+        if step > 1 << 62:
+            return None
+    low, high = start + step // 2, start + step  # first(high) reads; first(low) fails
+    while high - low > 1:
+        middle = (low + high) // 2
+        if first(middle) is None:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def _looks_corrupt(exc: sqlite3.OperationalError) -> bool:

@@ -39,6 +39,9 @@ T = TypeVar("T")
 _MAX_GROUP = 1000
 # Recently committed events kept parsed for the dispatchers: a few batches' worth.
 _PARSED_CACHE_SIZE = 2048
+# ... and at most this many raw bytes of them (a parsed event takes about three times its raw
+# size): 2048 events of up to 1 MiB each would otherwise hold gigabytes during an outage.
+_PARSED_CACHE_BYTES = 2 * 1024 * 1024
 # What `probe` writes to prove the store can take posts: a few typical events' worth.
 PROBE_BYTES = 16 * 1024
 
@@ -71,6 +74,7 @@ class Outbox:
         self._committer: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._parsed: OrderedDict[int, CanaryEvent] = OrderedDict()
+        self._parsed_bytes = 0
         self.bytes = 0
         self.events = 0
         self.healthy = False
@@ -135,8 +139,10 @@ class Outbox:
 
     def _remember(self, seq: int, event: CanaryEvent) -> None:
         self._parsed[seq] = event
-        while len(self._parsed) > _PARSED_CACHE_SIZE:
-            self._parsed.popitem(last=False)
+        self._parsed_bytes += len(event.raw)
+        while len(self._parsed) > _PARSED_CACHE_SIZE or self._parsed_bytes > _PARSED_CACHE_BYTES:
+            _, dropped = self._parsed.popitem(last=False)
+            self._parsed_bytes -= len(dropped.raw)
 
     def parsed(self, seq: int) -> CanaryEvent | None:
         """The event as ingest parsed it, while it is recent; saves delivery a second parse.
@@ -196,7 +202,7 @@ class Outbox:
                 if not pending.done.done():
                     pending.done.set_exception(StoreUnavailable(str(exc)))
             return
-        self.healthy, self.last_error = True, None
+        self._mark_healthy()
         stored = False
         for pending, seq in zip(group, seqs, strict=True):
             if seq is not None:
@@ -209,6 +215,13 @@ class Outbox:
         if stored:
             for listener in list(self._listeners):
                 listener()
+
+    def _mark_healthy(self) -> None:
+        # A post's commit can be the first to succeed (while a probe is still running), so
+        # both paths say so: the operator who saw the ERROR also sees the recovery.
+        if not self.healthy and self.last_error != "not opened yet":
+            log.warning("Store can commit again.")
+        self.healthy, self.last_error = True, None
 
     def _mark_unhealthy(self, exc: BaseException) -> None:
         if self.healthy or self.last_error == "not opened yet":
@@ -231,9 +244,7 @@ class Outbox:
         except Exception as exc:
             self._mark_unhealthy(exc)
             return False
-        if not self.healthy and self.last_error != "not opened yet":
-            log.warning("Store can commit again.")
-        self.healthy, self.last_error = True, None
+        self._mark_healthy()
         return True
 
     # Delivery
