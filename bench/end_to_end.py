@@ -185,12 +185,21 @@ def main() -> int:
             done_at = wait_for_count(hec, accepted, 300)
             listed = arrivals(hec)
             in_window = sum(1 for e in listed if window_start <= e["arrived"] <= window_end)
-            rows += [  # fmt: skip
-                ("sustained: posts answered 200 per second (wrk)", f"{result.ok / (result.duration_us / 1e6):,.0f}"),
-                ("sustained: events delivered per second during the window", f"{in_window / (window_end - window_start):,.0f}"),
+            rows += [
+                (
+                    "sustained: posts answered 200 per second (wrk)",
+                    f"{result.ok / (result.duration_us / 1e6):,.0f}",
+                ),
+                (
+                    "sustained: events delivered per second during the window",
+                    f"{in_window / (window_end - window_start):,.0f}",
+                ),
                 ("sustained: store depth every 2 s", ", ".join(map(str, sampler.samples))),
-                ("sustained: all accepted events delivered", f"{len(listed):,} of {accepted:,}, {done_at - window_end:.1f} s after the load stopped"),
-            ]  # fmt: skip
+                (
+                    "sustained: all accepted events delivered",
+                    f"{len(listed):,} of {accepted:,}, {done_at - window_end:.1f} s after the load stopped",
+                ),
+            ]
 
             # 2. latency at a fixed offered rate
             offset = len(listed)
@@ -203,11 +212,14 @@ def main() -> int:
                 if e["fields"].get("canary_event_id") in answered
             ]
             rows += [
-                (f"latency at {args.latency_rate:g}/s offered: events", f"{len(late):,} of {len(answered):,} answered 200"),
+                (
+                    f"latency at {args.latency_rate:g}/s offered: events",
+                    f"{len(late):,} of {len(answered):,} answered 200",
+                ),
                 ("latency: 200 to arrival p50 ms", f"{1000 * statistics.median(late):.1f}"),
                 ("latency: 200 to arrival p99 ms", f"{1000 * percentile(late, 0.99):.1f}"),
                 ("latency: 200 to arrival max ms", f"{1000 * max(late):.1f}"),
-            ]  # fmt: skip
+            ]
 
             # 3. backlog drain after an outage
             before = received_count(hec)
@@ -223,10 +235,16 @@ def main() -> int:
             first, last = min(backlog_arrivals), max(backlog_arrivals)
             rows += [
                 ("drain: backlog queued while the receiver was down", f"{depth:,} events"),
-                ("drain: events per second from first to last arrival", f"{len(backlog_arrivals) / max(last - first, 1e-9):,.0f}"),
+                (
+                    "drain: events per second from first to last arrival",
+                    f"{len(backlog_arrivals) / max(last - first, 1e-9):,.0f}",
+                ),
                 ("drain: seconds from receiver back to backlog delivered", f"{last - up_at:.1f}"),
-                ("RSS MiB before backlog / with backlog queued / peak (VmHWM)", f"{rss_before / 1024:.1f} / {rss_backlog / 1024:.1f} / {peak_rss_kib(daemon.pid) / 1024:.1f}"),
-            ]  # fmt: skip
+                (
+                    "RSS MiB before backlog / with backlog queued / peak (VmHWM)",
+                    f"{rss_before / 1024:.1f} / {rss_backlog / 1024:.1f} / {peak_rss_kib(daemon.pid) / 1024:.1f}",
+                ),
+            ]
             duplicates = received_count(hec) - len(
                 {e["fields"]["canary_event_id"] for e in arrivals(hec)}
             )
@@ -236,7 +254,12 @@ def main() -> int:
             for line in (workdir / "daemon.log").read_text().splitlines()
             if '"Send failed; will retry."' in line
         ]
-        rows.append(("failed sends (retried) over the whole run", f"{len(failures)} {sorted(set(failures))[:3]}"))
+        rows.append(
+            (
+                "failed sends (retried) over the whole run",
+                f"{len(failures)} {sorted(set(failures))[:3]}",
+            )
+        )
 
     print("| measure | value |\n|---|---|")
     for name, value in rows:

@@ -174,5 +174,3 @@ def test_schema_lists_every_output_and_format(capsys: pytest.CaptureFixture[str]
     types = {b["properties"]["type"]["const"] for b in branches}
     assert {"file", "memory"} <= types
     assert schema["additionalProperties"] is False
-
-
