@@ -21,6 +21,7 @@ from typing import cast
 
 __all__ = [
     "DB_NAME",
+    "Checkpointer",
     "Database",
     "DeadLetter",
     "NewEvent",
@@ -128,7 +129,14 @@ class StoreStats:
 class Database:
     """One SQLite connection to the outbox. Not thread-safe: use it from one thread."""
 
-    def __init__(self, directory: Path, *, sync: str = "full") -> None:
+    def __init__(
+        self, directory: Path, *, sync: str = "full", background_checkpoints: bool = False
+    ) -> None:
+        """Open or create the outbox in `directory`.
+
+        With `background_checkpoints`, this connection never copies the WAL back into the
+        database itself; a `Checkpointer` on another thread does, so commits never wait for it.
+        """
         self.path = directory / DB_NAME
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
@@ -136,6 +144,8 @@ class Database:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self._db.execute("PRAGMA busy_timeout=5000")
+            if background_checkpoints:
+                self._db.execute("PRAGMA wal_autocheckpoint=0")
             ok = self._db.execute("PRAGMA quick_check").fetchone()
             if ok is None or ok[0] != "ok":
                 raise StoreCorrupt(f"{self.path}: integrity check failed: {ok}")
@@ -439,6 +449,34 @@ class Database:
                 (limit,),
             )
         ]
+
+
+class Checkpointer:
+    """Copies the WAL back into the database from a connection of its own.
+
+    A checkpoint copies and fsyncs megabytes; done by the committing connection (SQLite's
+    default), every commit behind it waits. A PASSIVE checkpoint from here never blocks a
+    writer; only when the WAL has grown past `max_wal_bytes` (writers never left it a gap) does
+    it insist with TRUNCATE, which waits for the writer briefly and resets the file.
+    """
+
+    def __init__(self, path: Path, *, sync: str = "full", max_wal_bytes: int = 64 << 20):
+        self.path = path
+        self.max_wal_bytes = max_wal_bytes
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+        self._db.execute("PRAGMA busy_timeout=5000")
+
+    def checkpoint(self) -> None:
+        try:
+            wal_bytes = os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return
+        mode = "TRUNCATE" if wal_bytes > self.max_wal_bytes else "PASSIVE"
+        self._db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def _readable_rows(path: Path, query: str) -> list[tuple[object, ...]]:

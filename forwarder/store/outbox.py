@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import structlog
@@ -22,6 +23,7 @@ from forwarder.events import CanaryEvent
 from forwarder.settings import StoreConfig
 from forwarder.store.database import (
     DB_NAME,
+    Checkpointer,
     Database,
     DeadLetter,
     NewEvent,
@@ -37,6 +39,7 @@ log = structlog.get_logger("forwarder.store")
 T = TypeVar("T")
 
 _MAX_GROUP = 1000
+CHECKPOINT_INTERVAL_SECS = 1.0
 # Recently committed events kept parsed for the dispatchers: a few batches' worth.
 _PARSED_CACHE_SIZE = 2048
 # ... and at most this many raw bytes of them (a parsed event takes about three times its raw
@@ -72,6 +75,7 @@ class Outbox:
         self._pending: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._parsed: OrderedDict[int, CanaryEvent] = OrderedDict()
         self._parsed_bytes = 0
@@ -98,10 +102,10 @@ class Outbox:
     def _connect(self) -> Database:
         path = self.config.path
         try:
-            return Database(path, sync=self.config.sync)
+            return Database(path, sync=self.config.sync, background_checkpoints=True)
         except StoreCorrupt as exc:
             moved = move_aside(path / DB_NAME, time.time())
-            database = Database(path, sync=self.config.sync)
+            database = Database(path, sync=self.config.sync, background_checkpoints=True)
             events, deliveries = database.salvage(moved, self._outputs)
             log.error(
                 "Store was corrupt; moved it aside, started a fresh one and copied what was "
@@ -237,6 +241,9 @@ class Outbox:
         try:
             if self._db is None:
                 self._db = await self._run(self._connect)
+                self._checkpoints = asyncio.create_task(
+                    self._checkpoint_forever(self._db.path), name="store-checkpoint"
+                )
                 stats = await self.stats()
                 self.bytes, self.events = stats.bytes, stats.events
             await self.forget_old()
@@ -246,6 +253,22 @@ class Outbox:
             return False
         self._mark_healthy()
         return True
+
+    async def _checkpoint_forever(self, path: Path) -> None:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") as thread:
+            checkpointer = await loop.run_in_executor(
+                thread, lambda: Checkpointer(path, sync=self.config.sync)
+            )
+            try:
+                while True:
+                    await asyncio.sleep(CHECKPOINT_INTERVAL_SECS)
+                    try:
+                        await loop.run_in_executor(thread, checkpointer.checkpoint)
+                    except Exception as exc:
+                        log.warning("WAL checkpoint failed.", error=str(exc))
+            finally:
+                await asyncio.shield(loop.run_in_executor(thread, checkpointer.close))
 
     # Delivery
 
@@ -304,6 +327,11 @@ class Outbox:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._committer
             self._committer = None
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+            self._checkpoints = None
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None

@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from forwarder.store.database import DB_NAME, Database, NewEvent, StoreCorrupt, move_aside
+from forwarder.store.database import (
+    DB_NAME,
+    Checkpointer,
+    Database,
+    NewEvent,
+    StoreCorrupt,
+    move_aside,
+)
 
 
 def new_event(n: int, received_at: float = 1000.0, body: bytes | None = None) -> NewEvent:
@@ -135,3 +142,20 @@ def test_unwritable_directory_is_not_called_corrupt(tmp_path: Path) -> None:
     blocked.write_text("")
     with pytest.raises((OSError, sqlite3.OperationalError)):
         Database(blocked / "state")
+
+
+def test_background_checkpoints_leave_the_wal_to_the_checkpointer(tmp_path: Path) -> None:
+    database = Database(tmp_path, background_checkpoints=True)
+    wal = tmp_path / f"{DB_NAME}-wal"
+    for batch in range(10):
+        database.append(
+            [new_event(batch * 100 + n, body=b"x" * 5000) for n in range(100)], ["a"], 0
+        )
+    grown = wal.stat().st_size
+    assert grown > 4 * 1024 * 1024  # past SQLite's own autocheckpoint size: nobody copied it
+    checkpointer = Checkpointer(database.path, max_wal_bytes=1024)
+    checkpointer.checkpoint()  # over the bound: TRUNCATE resets the file
+    assert wal.stat().st_size == 0
+    assert database.stats().events == 1000
+    checkpointer.close()
+    database.close()
