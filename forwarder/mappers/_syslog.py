@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 BOM = "\ufeff"
+RFC3164_FALLBACK_HOST = "canary-forwarder"
 
 FACILITIES: dict[str, int] = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
@@ -111,6 +112,8 @@ def rfc3164_header(
     short = name if is_ip(name) else name.split(".")[0]
     # rsyslog takes HOSTNAME only as letters, digits and "._-" ending in a letter or digit;
     # anything else (an attacker's CanaryName, an IPv6 address) it reads as the TAG: forged.
-    host = header_field(_NOT_TAG.sub("_", short)[:255].rstrip("_.-"), 255)
+    # RFC 3164 has no NILVALUE: a "-" would be read as the TAG, so an event without a Canary
+    # (Canarytokens, audit records) names the relay instead.
+    host = _NOT_TAG.sub("_", short)[:255].rstrip("_.-") or RFC3164_FALLBACK_HOST
     clean_tag = _NOT_TAG.sub("_", tag or "")[:32] or "canary-forwarder"
     return f"{pri(facility, severity)}{when} {host} {clean_tag}:"
