@@ -21,6 +21,7 @@ from aiohttp import web
 from forwarder import __version__, systemd
 from forwarder.app import IN_FLIGHT, build_app
 from forwarder.cli._common import add_config_argument, settings_from_args
+from forwarder.ingest.tls import reload_certificates, server_context
 from forwarder.pipeline import Pipeline, ReloadError
 from forwarder.settings import ConfigError, Settings, default_settings, load_settings
 from forwarder.telemetry.logging import configure_logging
@@ -106,9 +107,8 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     )
     await runner.setup()
     try:
-        site = web.TCPSite(
-            runner, listen.host, listen.port, ssl_context=_server_tls(settings), backlog=1024
-        )
+        server_tls = server_context(listen)
+        site = web.TCPSite(runner, listen.host, listen.port, ssl_context=server_tls, backlog=1024)
         await site.start()
     except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a NUL in a path
         log.error("Cannot listen.", host=listen.host, port=listen.port, error=str(exc))
@@ -131,6 +131,8 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     async def reload() -> None:
         try:
             await _reload(pipeline, config_path, graceful_secs)
+            if server_tls is not None:
+                _reload_certificates(server_tls, pipeline)
         finally:
             # systemd waits for READY=1 after RELOADING=1, whether the reload worked or not.
             notifier.ready(status=_status_line(pipeline))
@@ -204,11 +206,10 @@ async def _reload(pipeline: Pipeline, config_path: Path | None, graceful_secs: f
         log.error("New outputs could not start; the old ones keep running.", error=str(exc))
 
 
-def _server_tls(settings: Settings) -> ssl.SSLContext | None:
-    tls = settings.listen.tls
-    if tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(tls.cert), str(tls.key))
-    return context
+def _reload_certificates(context: ssl.SSLContext, pipeline: Pipeline) -> None:
+    try:
+        reload_certificates(context, pipeline.settings.listen)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("Cannot reload the listener's certificate; the old one stays.", error=str(exc))
+    else:
+        log.info("Listener certificate reloaded.")
