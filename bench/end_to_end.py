@@ -228,8 +228,13 @@ def main() -> int:
                 ("latency: 200 to arrival max ms", f"{1000 * max(late):.1f}"),
             ]
 
-            # 3. backlog drain after an outage
-            before = received_count(hec)
+            # 3. backlog drain after an outage (the receiver emptied again, as before phase 2)
+            latency_events = arrivals(hec)
+            duplicates += len(latency_events) - len(
+                {e["fields"]["canary_event_id"] for e in latency_events}
+            )
+            post_json(f"{hec}/_fake/reset", {})
+            before = 0
             rss_before = rss_kib(daemon.pid)
             post_json(f"{hec}/_fake/down", {"down": True})
             answered = asyncio.run(paced_posts(f"{base}/canary", 1e9, args.backlog, "bl"))
