@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+from forwarder.outputs.base import Output
 from forwarder.outputs.memory import MemoryOutput
 from forwarder.pipeline import Pipeline
 
@@ -22,3 +27,34 @@ def memory_output(pipeline: Pipeline, name: str = "mem") -> MemoryOutput:
             assert isinstance(dispatcher.output, MemoryOutput)
             return dispatcher.output
     raise LookupError(name)
+
+
+def closed_port_url() -> str:
+    """A URL on which nothing listens: connecting is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+OutputT = TypeVar("OutputT", bound=Output[Any])
+
+
+@contextlib.asynccontextmanager
+async def started_outputs(
+    make: Callable[..., OutputT],
+) -> AsyncIterator[Callable[..., Awaitable[OutputT]]]:
+    """`build(...)` makes an output with `make(...)` and starts it; all are closed at the end."""
+    outputs: list[OutputT] = []
+
+    async def build(*args: Any, **options: Any) -> OutputT:
+        output = make(*args, **options)
+        await output.start()
+        outputs.append(output)
+        return output
+
+    try:
+        yield build
+    finally:
+        for output in outputs:
+            await output.aclose()

@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -384,6 +384,28 @@ class Daemon:
 
 DaemonFactory = Callable[..., Daemon]
 """The `daemons` fixture (tests/daemon/conftest.py): `daemons(config, **options)` -> Daemon."""
+
+DaemonT = TypeVar("DaemonT", bound=Daemon)
+
+
+@contextlib.contextmanager
+def daemon_factory(
+    cls: Callable[..., DaemonT], directory: Path
+) -> Iterator[Callable[..., DaemonT]]:
+    """`make(config, **options)` builds a daemon (not started) under `directory`; every one is
+    closed (killed if still running) when the block ends, so none outlives its test."""
+    made: list[DaemonT] = []
+
+    def make(config: Mapping[str, Any], **options: Any) -> DaemonT:
+        daemon = cls(directory / f"daemon{len(made)}", config, **options)
+        made.append(daemon)
+        return daemon
+
+    try:
+        yield make
+    finally:
+        for daemon in made:
+            daemon.close()
 
 
 async def drained(daemon: Daemon, session: aiohttp.ClientSession) -> bool:

@@ -4,7 +4,6 @@ request, every row of the per-item and whole-request tables, auth, failover and 
 from __future__ import annotations
 
 import base64
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -30,6 +29,7 @@ from forwarder.outputs.elasticsearch import (
     decode_cloud_id,
     es_document,
 )
+from tests.helpers import closed_port_url, started_outputs
 from tests.peers._server import Delay, Reset, Respond
 from tests.peers.fake_es import FakeEs, ItemError, encode_api_key
 from tests.peers.records import make_records, sample_records
@@ -56,24 +56,12 @@ def es_config(url: str | list[str] | None = None, **options: Any) -> Elasticsear
 @pytest.fixture
 async def connect(fake_es: FakeEs) -> AsyncIterator[Connect]:
     """Build and start outputs (to the fake unless `url` is given); closed after the test."""
-    outputs: list[ElasticsearchOutput] = []
 
-    async def build(url: str | list[str] | None = None, **options: Any) -> ElasticsearchOutput:
-        output = ElasticsearchOutput(es_config(url or fake_es.url, **options))
-        await output.start()
-        outputs.append(output)
-        return output
+    def make(url: str | list[str] | None = None, **options: Any) -> ElasticsearchOutput:
+        return ElasticsearchOutput(es_config(url or fake_es.url, **options))
 
-    yield build
-    for output in outputs:
-        await output.aclose()
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    async with started_outputs(make) as build:
+        yield build
 
 
 def assert_retry(result: SendResult | Retry | Reject, *, operator: bool = False) -> Retry:

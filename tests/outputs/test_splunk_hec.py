@@ -4,7 +4,6 @@ indexer acknowledgement, failover, faults on the wire and the healthcheck."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ from forwarder.outputs.splunk_hec import (
     SplunkHecOutput,
     hec_envelope,
 )
-from tests.helpers import sample
+from tests.helpers import closed_port_url, sample, started_outputs
 from tests.peers._server import Delay, Reset, Respond
 from tests.peers.fake_hec import DEFAULT_TOKEN, FakeHec
 from tests.peers.records import RECEIVED, make_records, sample_records
@@ -54,25 +53,12 @@ def hec_config(url: str | list[str], **options: Any) -> SplunkHecConfig:
 @pytest.fixture
 async def connect(fake_hec: FakeHec) -> AsyncIterator[Connect]:
     """Build and start outputs (to the fake HEC unless `url` is given); closed after the test."""
-    outputs: list[SplunkHecOutput] = []
 
-    async def build(url: str | list[str] | None = None, **options: Any) -> SplunkHecOutput:
-        output = SplunkHecOutput(hec_config(url or fake_hec.url, **options))
-        await output.start()
-        outputs.append(output)
-        return output
+    def make(url: str | list[str] | None = None, **options: Any) -> SplunkHecOutput:
+        return SplunkHecOutput(hec_config(url or fake_hec.url, **options))
 
-    yield build
-    for output in outputs:
-        await output.aclose()
-
-
-def closed_port_url() -> str:
-    """A URL on which nothing listens: connecting is refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    async with started_outputs(make) as build:
+        yield build
 
 
 def assert_retry(result: SendResult, *, operator: bool = False) -> Retry:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.daemon.harness import daemon_factory
 from tests.reliability._support import FaultyDaemon
 
 DaemonFactory = Callable[..., FaultyDaemon]
@@ -16,13 +16,5 @@ DaemonFactory = Callable[..., FaultyDaemon]
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[DaemonFactory]:
     """`daemons(config, patches=..., **options)`: a FaultyDaemon in tmp_path (not started)."""
-    made: list[FaultyDaemon] = []
-
-    def make(config: Mapping[str, Any], **options: Any) -> FaultyDaemon:
-        daemon = FaultyDaemon(tmp_path / f"daemon{len(made)}", config, **options)
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        daemon.close()
+    with daemon_factory(FaultyDaemon, tmp_path) as make:
+        yield make
