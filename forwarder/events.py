@@ -191,9 +191,40 @@ class CanaryEvent:
         """AdditionalDetails as a mapping; a key seen more than once maps to a list of values."""
         return merge_details(self.details)
 
+    def canary_fields(self) -> dict[str, Any]:
+        """The bird's fields, as `to_dict` and the ECS format's `thinkst_canary` name them."""
+        return {
+            "name": self.canary_name,
+            "id": self.canary_id,
+            "ip": self.canary_ip,
+            "public_ip": self.canary_public_ip,
+            "location": self.canary_location,
+            "port": self.canary_port,
+            "flock": self.flock,
+        }
+
+    def token_fields(self) -> dict[str, Any]:
+        return {"id": self.token, "reminder": self.reminder, "triggered": self.triggered}
+
+    def audit_fields(self) -> dict[str, Any] | None:
+        audit = self.audit
+        if audit is None:
+            return None
+        return {
+            "action_type": audit.action_type,
+            "message": audit.message,
+            "user": audit.user,
+            "user_ip": audit.user_ip,
+            "user_agent": audit.user_agent,
+            "user_language": audit.user_language,
+            "access_route": audit.access_route,
+            "flock_id": audit.flock_id,
+            "flock_name": audit.flock_name,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The normalised event as plain JSON-ready data (the `json` format's body)."""
-        data: dict[str, Any] = {
+        return {
             "id": self.id,
             "fingerprint": self.fingerprint,
             "kind": self.kind.value,
@@ -205,39 +236,17 @@ class CanaryEvent:
             "alert_type": self.alert_type,
             "description": self.description,
             "intro": self.intro,
-            "canary": {
-                "name": self.canary_name,
-                "id": self.canary_id,
-                "ip": self.canary_ip,
-                "public_ip": self.canary_public_ip,
-                "location": self.canary_location,
-                "port": self.canary_port,
-                "flock": self.flock,
-            },
+            "canary": self.canary_fields(),
             "source": {"ip": self.source_ip, "reverse_dns": self.reverse_dns},
             "incident_hash": self.incident_hash,
             "incident_key": self.incident_key,
-            "token": {"id": self.token, "reminder": self.reminder, "triggered": self.triggered},
+            "token": self.token_fields(),
             "details": self.details_dict(),
             "annotations": dict(self.annotations),
-            "audit": None,
+            "audit": self.audit_fields(),
             "extra": dict(self.extra),
             "quirks": list(self.quirks),
         }
-        if self.audit is not None:
-            audit = self.audit
-            data["audit"] = {
-                "action_type": audit.action_type,
-                "message": audit.message,
-                "user": audit.user,
-                "user_ip": audit.user_ip,
-                "user_agent": audit.user_agent,
-                "user_language": audit.user_language,
-                "access_route": audit.access_route,
-                "flock_id": audit.flock_id,
-                "flock_name": audit.flock_name,
-            }
-        return data
 
 
 def merge_details(details: Iterable[Detail]) -> dict[str, str | list[str]]:

@@ -176,7 +176,7 @@ def _canary(event: CanaryEvent) -> dict[str, Any]:
     """The Canary event under the `json` format's names, less what the ECS fields already say
     (id, times, intro) and in forms that cannot create mapping fields: AdditionalDetails as
     `{key, value}` objects, annotations and unknown keys as JSON text."""
-    audit = event.audit
+    audit = event.audit_fields()
     return _present(
         fingerprint=event.fingerprint,
         kind=event.kind.value,
@@ -185,35 +185,14 @@ def _canary(event: CanaryEvent) -> dict[str, Any]:
         log_type_name=event.log_type_name,
         alert_type=event.alert_type,
         description=event.description,
-        canary=_present(
-            name=event.canary_name,
-            id=event.canary_id,
-            ip=event.canary_ip,
-            public_ip=event.canary_public_ip,
-            location=event.canary_location,
-            port=event.canary_port,
-            flock=event.flock,
-        )
-        or None,
+        canary=_present(**event.canary_fields()) or None,
         source=_present(ip=event.source_ip, reverse_dns=event.reverse_dns) or None,
         incident_hash=event.incident_hash,
         incident_key=event.incident_key,
-        token=_present(id=event.token, reminder=event.reminder, triggered=event.triggered) or None,
+        token=_present(**event.token_fields()) or None,
         details=[{"key": item.key, "value": item.value} for item in event.details] or None,
         annotations=json_text(event.annotations) if event.annotations else None,
-        audit=None
-        if audit is None
-        else _present(
-            action_type=audit.action_type,
-            message=audit.message,
-            user=audit.user,
-            user_ip=audit.user_ip,
-            user_agent=audit.user_agent,
-            user_language=audit.user_language,
-            access_route=audit.access_route,
-            flock_id=audit.flock_id,
-            flock_name=audit.flock_name,
-        ),
+        audit=None if audit is None else _present(**audit),
         extra=json_text(event.extra) if event.extra else None,
         quirks=list(event.quirks) or None,
     )
