@@ -147,6 +147,7 @@ class Dispatcher:
         batch_config = self.config.batch
         in_flight: asyncio.Task[_Outcome] | None = None
         in_flight_seqs: set[int] = set()
+        store_error_logged = False
         try:
             while not self._stopping.is_set():
                 self._wakeup.clear()
@@ -156,8 +157,12 @@ class Dispatcher:
                     # The pipeline logs and probes the store; nothing to send meanwhile.
                     batch = []
                 except Exception as exc:
-                    log.warning("Cannot read the store.", output=self.name, error=str(exc))
+                    if not store_error_logged:  # once per streak, not every poll
+                        log.warning("Cannot read the store.", output=self.name, error=str(exc))
+                        store_error_logged = True
                     batch = []
+                else:
+                    store_error_logged = False
                 if not batch and in_flight is None:
                     await self._pause(IDLE_POLL_SECS, wake_early=True)
                     continue

@@ -227,3 +227,31 @@ def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
     assert all(backoff_secs(1, config) <= 1 for _ in range(50))
     assert backoff_secs(1, config, retry_after=12) >= 12
     assert backoff_secs(1, config, retry_after=3600) == 30
+
+
+async def test_store_read_errors_are_logged_once_per_streak(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forwarder.delivery import dispatcher as module
+
+    monkeypatch.setattr(module, "IDLE_POLL_SECS", 0.01)
+    real_fetch = outbox.fetch
+    failures = 0
+
+    async def flaky_fetch(*args: Any) -> Any:
+        nonlocal failures
+        if failures < 5:
+            failures += 1
+            raise OSError(5, "Input/output error")
+        return await real_fetch(*args)
+
+    monkeypatch.setattr(outbox, "fetch", flaky_fetch)
+    output = ScriptedOutput([])
+    with structlog.testing.capture_logs() as logs:
+        dispatcher = await run(outbox, output, 2)
+        await output.wait_until(lambda: len(output.delivered) == 2)
+        await dispatcher.stop(5)
+    assert failures == 5
+    assert [e["event"] for e in logs if e["event"] == "Cannot read the store."] == [
+        "Cannot read the store."
+    ]
