@@ -124,6 +124,22 @@ async def raw_exchange(port: int, data: bytes, *, drip: float = 0.0) -> bytes:
         writer.close()
 
 
+def attacker_connections(port: int) -> int:
+    """Established TCP connections from ATTACKER to `port`, as the kernel lists them.
+
+    Counting the daemon's open files instead would also count its own keep-alive connections
+    (the harness's readiness polls), which may close in the middle of the wait.
+    """
+    attacker = "".join(f"{int(part):02X}" for part in reversed(ATTACKER.split(".")))
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if int(local.split(":")[1], 16) == port and remote.startswith(attacker) and state == "01":
+            count += 1
+    return count
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -148,11 +164,10 @@ async def test_slow_headers_are_cut_off_while_others_are_served(
         answer = await raw_exchange(daemon.port, head, drip=0.02)
         return answer, time.monotonic() - began
 
-    before = open_fds(daemon.pid)
     attacks = [asyncio.create_task(slowloris()) for _ in range(20)]
-    # Served in the middle of the attack: once the daemon holds all 20 connections.
+    # Served in the middle of the attack: once all 20 slow connections are established.
     await wait_until(
-        lambda: open_fds(daemon.pid) >= before + 20 or None, timeout=5, what="20 slow clients"
+        lambda: attacker_connections(daemon.port) >= 20 or None, timeout=5, what="20 slow clients"
     )
     await assert_serving(daemon, client)
     for answer, took in await asyncio.gather(*attacks):
