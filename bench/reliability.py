@@ -156,11 +156,11 @@ async def bench_poison(work: Path, args: argparse.Namespace) -> Rows:
             await wait_drained(daemon, timeout=60)
             flowed = time.monotonic() - began
             listing = await asyncio.to_thread(
-                _cli, daemon, "dead-letters", "list", "--limit", "100000"
+                daemon.cli_output, "dead-letters", "list", "--limit", "100000"
             )
             dead = {json.loads(line)["event_id"] for line in listing.splitlines() if line.strip()}
             hec.poison.clear()
-            replayed = await asyncio.to_thread(_cli, daemon, "dead-letters", "replay", "--all")
+            replayed = await asyncio.to_thread(daemon.cli_output, "dead-letters", "replay", "--all")
             await wait_until(
                 lambda: poison <= set(hec.values("canary_event_id")) or None,
                 timeout=60,
@@ -183,18 +183,6 @@ async def bench_poison(work: Path, args: argparse.Namespace) -> Rows:
         (name, "`dead-letters replay --all`", replayed.strip()),
         (name, "every event delivered after the replay", str(set(delivered) == set(ids))),
     ]
-
-
-def _cli(daemon: FaultyDaemon, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "forwarder", *args, "-c", str(daemon.config_path)],
-        cwd=daemon.workdir,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    return done.stdout + done.stderr
 
 
 # Store faults

@@ -107,6 +107,22 @@ class FaultyDaemon(Daemon):
         # [python, -m, forwarder, run, ...] -> [python, -c, BOOT, root, patches, run, ...]
         return boot_command(self.patches) + command[3:]
 
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """`canary-forwarder <args> -c CONFIG`, beside the running daemon."""
+        return subprocess.run(
+            [sys.executable, "-m", "forwarder", *args, "-c", str(self.config_path)],
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def cli_output(self, *args: str) -> str:
+        """What `cli(*args)` printed, stdout then stderr."""
+        done = self.cli(*args)
+        return done.stdout + done.stderr
+
     def error_logs(self) -> list[dict[str, Any]]:
         return [line for line in self.logs() if line.get("level") == "error"]
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -43,20 +41,8 @@ EVENTS = 40
 EVERY = 8  # one poison per batch of this many
 
 
-def cli(daemon: FaultyDaemon, *args: str) -> subprocess.CompletedProcess[str]:
-    """`canary-forwarder <args> -c CONFIG`, beside the running daemon."""
-    return subprocess.run(
-        [sys.executable, "-m", "forwarder", *args, "-c", str(daemon.config_path)],
-        cwd=daemon.workdir,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 async def dead_letters(daemon: FaultyDaemon) -> list[dict[str, Any]]:
-    done = await asyncio.to_thread(cli, daemon, "dead-letters", "list")
+    done = await asyncio.to_thread(daemon.cli, "dead-letters", "list")
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
@@ -123,7 +109,7 @@ async def test_hec_poison_is_dead_lettered_the_rest_flows_and_replay_delivers_it
 
         # The receiver now accepts them: replay delivers them and empties the dead letters.
         hec.poison.clear()
-        done = await asyncio.to_thread(cli, daemon, "dead-letters", "replay", "--all")
+        done = await asyncio.to_thread(daemon.cli, "dead-letters", "replay", "--all")
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == f"replayed {len(poison)}"
         await wait_until(
@@ -186,7 +172,7 @@ async def test_elasticsearch_poison_item_is_dead_lettered_and_replayed(
             assert "document_parsing_exception" in letter["reason"], letter
         assert delivered() == good
         es.poison.clear()
-        done = await asyncio.to_thread(cli, daemon, "dead-letters", "replay", "--all")
+        done = await asyncio.to_thread(daemon.cli, "dead-letters", "replay", "--all")
         assert done.stdout.strip() == f"replayed {len(poison)}", done.stderr
         await wait_until(
             lambda: delivered() == set(fingerprints) or None, timeout=20, what="the replayed"

@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,6 @@ from forwarder.settings import load_settings
 from tests.peers.fake_es import FakeEs, encode_api_key
 from tests.peers.fake_hec import FakeHec
 from tests.reliability._support import (
-    FaultyDaemon,
     fast_retry,
     incident_body,
     session,
@@ -87,18 +84,6 @@ def config(workdir: Path, hec: FakeHec, es: FakeEs, hec_wrong_token: str) -> dic
             {"name": "file", "type": "file", "path": str(workdir / "out.jsonl"), **quick},
         ],
     }
-
-
-def cli(daemon: FaultyDaemon, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "forwarder", *args, "-c", str(daemon.config_path)],
-        cwd=daemon.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return done.stdout + done.stderr
 
 
 def encoded_forms(secret: str) -> list[str]:
@@ -175,9 +160,9 @@ async def test_no_secret_or_token_appears_in_any_log(
             timeout=20,
             what="the refused output to fail again after the reload",
         )
-        tools = await asyncio.to_thread(cli, daemon, "validate", "--healthcheck")
+        tools = await asyncio.to_thread(daemon.cli_output, "validate", "--healthcheck")
         assert "hec_refused: UNHEALTHY" in tools
-        tools += await asyncio.to_thread(cli, daemon, "dead-letters", "list")
+        tools += await asyncio.to_thread(daemon.cli_output, "dead-letters", "list")
         assert await daemon.stop() == 0
 
     logs = "\n".join(
