@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+import orjson
+
 __all__ = [
     "DB_NAME",
     "Checkpointer",
@@ -78,6 +80,33 @@ CREATE TABLE IF NOT EXISTS quarantine (
     body BLOB NOT NULL
 );
 """
+
+
+# Rows per multi-row INSERT: 7 values each stays far below SQLite's 32,766 bound parameters.
+_ROWS_PER_INSERT = 500
+_INSERT_EVENTS = (
+    "INSERT INTO events (seq, event_id, fingerprint, kind, received_at, size, body) VALUES "
+)
+_EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?)"
+
+
+def _json_list(values: Sequence[object]) -> str:
+    """A list for `json_each`, so one statement carries every row of a group."""
+    return orjson.dumps(values).decode()
+
+
+def _seen_since(
+    db: sqlite3.Connection, fingerprints: Sequence[str], dedupe_window: float
+) -> dict[str, float]:
+    """When each of `fingerprints` was last stored, for those the dedupe memory holds."""
+    if dedupe_window <= 0 or not fingerprints:
+        return {}
+    rows = db.execute(
+        "SELECT fingerprint, seen_at FROM recent"
+        " WHERE fingerprint IN (SELECT value FROM json_each(?))",
+        (_json_list(fingerprints),),
+    ).fetchall()
+    return {fingerprint: seen_at for fingerprint, seen_at in rows}
 
 
 class StoreCorrupt(Exception):
@@ -214,40 +243,63 @@ class Database:
     def append(
         self, events: Sequence[NewEvent], outputs: Sequence[str], dedupe_window: float
     ) -> list[int | None]:
-        """Store events in one transaction; a duplicate within the window gives None."""
-        results: list[int | None] = []
+        """Store events in one transaction; a duplicate within the window gives None.
+
+        A handful of statements per group, whatever its size: the sqlite3 module lets go of the
+        GIL at every step of every statement, and under load each step costs the store thread a
+        wait for the busy event loop to hand the GIL back. So rows go in as one multi-row
+        INSERT or a `json_each` list, never one statement per event.
+        """
         with self._transaction() as db:
+            seen = _seen_since(db, [e.fingerprint for e in events], dedupe_window)
+            results: list[int | None] = []
+            fresh: list[NewEvent] = []
+            # Explicit seqs, so one INSERT serves the group; never below what AUTOINCREMENT has
+            # handed out, so a seq is never reused even after the table was emptied.
+            (high,) = db.execute(
+                "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
+                " COALESCE((SELECT MAX(seq) FROM events), 0))"
+            ).fetchone()
             for event in events:
-                seen = db.execute(
-                    "SELECT seen_at FROM recent WHERE fingerprint = ?", (event.fingerprint,)
-                ).fetchone()
-                if seen is not None and seen[0] >= event.received_at - dedupe_window:
-                    results.append(None)
-                    continue
-                cursor = db.execute(
-                    "INSERT INTO events (event_id, fingerprint, kind, received_at, size, body)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        event.event_id,
-                        event.fingerprint,
-                        event.kind,
-                        event.received_at,
-                        len(event.body),
-                        event.body,
-                    ),
-                )
-                seq = cursor.lastrowid
-                assert seq is not None  # noqa: S101 - an INSERT always sets it
-                db.executemany(
-                    "INSERT INTO deliveries (output, seq) VALUES (?, ?)",
-                    [(output, seq) for output in outputs],
-                )
                 if dedupe_window > 0:
-                    db.execute(
-                        "INSERT OR REPLACE INTO recent (fingerprint, seen_at) VALUES (?, ?)",
-                        (event.fingerprint, event.received_at),
-                    )
-                results.append(seq)
+                    # Also catches the same event twice in one group (two webhooks at once).
+                    last = seen.get(event.fingerprint)
+                    if last is not None and last >= event.received_at - dedupe_window:
+                        results.append(None)
+                        continue
+                    seen[event.fingerprint] = event.received_at
+                high += 1
+                fresh.append(event)
+                results.append(high)
+            seqs = [seq for seq in results if seq is not None]
+            for start in range(0, len(fresh), _ROWS_PER_INSERT):
+                chunk = fresh[start : start + _ROWS_PER_INSERT]
+                first = seqs[start]
+                db.execute(
+                    _INSERT_EVENTS + ",".join([_EVENT_ROW] * len(chunk)),
+                    [
+                        value
+                        for offset, e in enumerate(chunk)
+                        for value in (
+                            first + offset, e.event_id, e.fingerprint, e.kind, e.received_at,
+                            len(e.body), e.body,
+                        )
+                    ],
+                )  # fmt: skip
+            if seqs and outputs:
+                db.execute(
+                    "INSERT INTO deliveries (output, seq)"
+                    " SELECT o.value, s.value FROM json_each(?) o, json_each(?) s",
+                    (_json_list(outputs), _json_list(seqs)),
+                )
+            if fresh and dedupe_window > 0:
+                db.execute(
+                    "INSERT OR REPLACE INTO recent (fingerprint, seen_at)"
+                    " SELECT f.value, t.value FROM json_each(?) f JOIN json_each(?) t"
+                    " ON t.key = f.key",
+                    (_json_list([e.fingerprint for e in fresh]),
+                     _json_list([e.received_at for e in fresh])),
+                )  # fmt: skip
         return results
 
     def check_writable(self, size: int) -> None:
@@ -318,23 +370,22 @@ class Database:
     def _drop_deliveries(
         self, db: sqlite3.Connection, output: str, seqs: Sequence[int]
     ) -> tuple[int, int]:
-        db.executemany(
-            "DELETE FROM deliveries WHERE output = ? AND seq = ?", [(output, s) for s in seqs]
+        listed = _json_list(seqs)
+        db.execute(
+            "DELETE FROM deliveries WHERE output = ? AND seq IN (SELECT value FROM json_each(?))",
+            (output, listed),
         )
         # An event row goes once no output waits for it any more.
-        events = size = 0
-        for start in range(0, len(seqs), 500):
-            chunk = seqs[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            orphans = db.execute(
-                f"SELECT seq, size FROM events WHERE seq IN ({marks})"  # noqa: S608 - only marks
-                " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.seq = events.seq)",
-                chunk,
-            ).fetchall()
-            db.executemany("DELETE FROM events WHERE seq = ?", [(row[0],) for row in orphans])
-            events += len(orphans)
-            size += sum(row[1] for row in orphans)
-        return events, size
+        orphans = (
+            " FROM events WHERE seq IN (SELECT value FROM json_each(?))"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.seq = events.seq)"
+        )
+        events, size = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0)" + orphans, (listed,)
+        ).fetchone()
+        if events:
+            db.execute("DELETE" + orphans, (listed,))
+        return int(events), int(size)
 
     def expired(self, cutoff: float) -> dict[str, list[int]]:
         """Deliveries of events received before `cutoff`, by output."""

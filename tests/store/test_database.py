@@ -56,6 +56,25 @@ def test_duplicate_within_window_is_stored_once(db: Database) -> None:
     assert db.stats().queued == {"a": 2}
 
 
+def test_seq_is_never_reused_after_the_table_empties(db: Database) -> None:
+    [first] = db.append([new_event(1)], ["a"], dedupe_window=0)
+    assert first is not None
+    db.ack("a", [first])
+    assert db.stats().events == 0
+    [second] = db.append([new_event(2)], ["a"], dedupe_window=0)
+    assert second is not None and second > first
+
+
+def test_a_group_larger_than_one_insert_keeps_order_and_every_delivery(db: Database) -> None:
+    events = [new_event(n) for n in range(1234)]
+    seqs = db.append(events, ["a", "b"], dedupe_window=600)
+    assert seqs == list(range(seqs[0] or 0, (seqs[0] or 0) + 1234))
+    assert db.stats().queued == {"a": 1234, "b": 1234}
+    fetched = db.fetch("b", 2000, 10**9)
+    assert [e.event_id for e in fetched] == [e.event_id for e in events]
+    assert db.append([new_event(1233, received_at=1001.0)], ["a"], dedupe_window=600) == [None]
+
+
 def test_duplicates_inside_one_group_commit(db: Database) -> None:
     seqs = db.append([new_event(1), new_event(1)], ["a"], dedupe_window=60)
     assert seqs[0] is not None and seqs[1] is None
