@@ -58,6 +58,14 @@ def backoff_secs(attempt: int, config: RetryConfig, retry_after: float | None = 
     return delay
 
 
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    """Stop a store read that is no longer wanted; its result or failure does not matter."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 @dataclass(slots=True)
 class _Outcome:
     delivered: list[int] = field(default_factory=list)
@@ -132,27 +140,29 @@ class Dispatcher:
     async def _fetch(self, exclude: set[int]) -> list[StoredEvent]:
         """The oldest queued events for this output that are not in the send in flight."""
         batch_config = self.config.batch
-        rows = await self.outbox.fetch(
-            self.name, batch_config.max_events + len(exclude), batch_config.max_bytes
+        return await self.outbox.fetch(
+            self.name, batch_config.max_events, batch_config.max_bytes, exclude
         )
-        return [row for row in rows if row.seq not in exclude][: batch_config.max_events]
 
     async def _run(self) -> None:
         """Fetch and map the next batch while the previous one is being sent.
 
         The output still sees one send at a time, in order; only the store reads and the
-        mapping overlap with the network round trip. A batch prepared behind a send that has
-        to be retried is dropped and fetched again after the backoff, oldest events first.
+        mapping overlap with the network round trip. While a backlog lasts (full batches), the
+        batch after the next is read from the store while the next is mapped. A batch prepared
+        or read behind a send that has to be retried is dropped and fetched again after the
+        backoff, oldest events first.
         """
         batch_config = self.config.batch
         in_flight: asyncio.Task[_Outcome] | None = None
         in_flight_seqs: set[int] = set()
+        ahead: asyncio.Task[list[StoredEvent]] | None = None
         store_error_logged = False
         try:
             while not self._stopping.is_set():
                 self._wakeup.clear()
                 try:
-                    batch = await self._fetch(in_flight_seqs)
+                    batch = await (ahead or self._fetch(in_flight_seqs))
                 except StoreUnavailable:
                     # The pipeline logs and probes the store; nothing to send meanwhile.
                     batch = []
@@ -163,6 +173,7 @@ class Dispatcher:
                     batch = []
                 else:
                     store_error_logged = False
+                ahead = None
                 if not batch and in_flight is None:
                     await self._pause(IDLE_POLL_SECS, wake_early=True)
                     continue
@@ -173,6 +184,10 @@ class Dispatcher:
                     if self._stopping.is_set():
                         break
                     batch = await self._fetch(in_flight_seqs)
+                if len(batch) >= batch_config.max_events:
+                    ahead = asyncio.create_task(
+                        self._fetch(in_flight_seqs | {stored.seq for stored in batch})
+                    )
                 outcome, sendable = self._prepare(batch)
                 previous: _Outcome | None = None
                 previous_seqs: set[int] = set()
@@ -180,6 +195,8 @@ class Dispatcher:
                     previous, previous_seqs = await in_flight, in_flight_seqs
                     in_flight, in_flight_seqs = None, set()
                     if previous.retry is not None:
+                        await _cancel(ahead)
+                        ahead = None
                         await self._settle(previous)
                         continue  # the prepared batch is fetched again, after the backoff
                 if sendable or outcome.rejected:
@@ -194,6 +211,7 @@ class Dispatcher:
             if in_flight is not None:
                 await self._settle(await in_flight)
         finally:
+            await _cancel(ahead)
             if in_flight is not None and not in_flight.done():
                 in_flight.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

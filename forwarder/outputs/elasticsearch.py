@@ -30,6 +30,7 @@ from yarl import URL
 from forwarder.mappers.base import Record
 from forwarder.outputs._http import (
     EncodedBatch,
+    EncodedRequest,
     HttpAnswer,
     HttpClient,
     HttpOutputConfig,
@@ -260,8 +261,10 @@ class ElasticsearchOutput(Output[ElasticsearchConfig]):
         encoded = encode_batch(batch, self._bulk_lines, self.config.max_request_bytes)
         if not isinstance(encoded, EncodedBatch):
             return encoded
-        answer = await self._bulk(encoded.body)
-        return encoded.spread(self._classify(answer, len(encoded.sent)))
+        return await encoded.send(self._send_request)
+
+    async def _send_request(self, request: EncodedRequest) -> SendResult:
+        return self._classify(await self._bulk(request.body), len(request.sent))
 
     def _bulk_lines(self, record: Record) -> bytes:
         source = orjson.dumps(es_document(record))

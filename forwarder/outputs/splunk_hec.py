@@ -29,6 +29,7 @@ from forwarder.mappers.base import Record
 from forwarder.mappers.splunk_console import splunk_sourcetype
 from forwarder.outputs._http import (
     EncodedBatch,
+    EncodedRequest,
     HttpAnswer,
     HttpClient,
     HttpOutputConfig,
@@ -206,14 +207,17 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         encoded = encode_batch(batch, self._envelope_line, self.config.max_request_bytes)
         if not isinstance(encoded, EncodedBatch):
             return encoded
+        return await encoded.send(self._send_request)
+
+    async def _send_request(self, request: EncodedRequest) -> SendResult:
         answer = await self._client.request(
             "POST",
             EVENT_PATH,
-            body=encoded.body,
+            body=request.body,
             headers={"Content-Type": "application/json"},
             compress=self.config.gzip,
         )
-        return encoded.spread(await self._classify(answer, len(encoded.sent)))
+        return await self._classify(answer, len(request.sent))
 
     def _envelope_line(self, record: Record) -> bytes:
         if isinstance(record.body, str) and not record.body.strip():

@@ -14,7 +14,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -319,13 +319,17 @@ class Database:
 
     # Delivery
 
-    def fetch(self, output: str, limit: int, max_bytes: int) -> list[StoredEvent]:
-        """The oldest events queued for `output`: at most `limit` and about `max_bytes`."""
+    def fetch(
+        self, output: str, limit: int, max_bytes: int, exclude: Collection[int] = ()
+    ) -> list[StoredEvent]:
+        """The oldest events queued for `output`, leaving out the seqs in `exclude` (a send in
+        flight): at most `limit` and about `max_bytes`."""
         rows = self._db.execute(
             "SELECT e.seq, e.event_id, e.kind, e.received_at, d.attempts, e.body"
             " FROM deliveries d JOIN events e ON e.seq = d.seq"
-            " WHERE d.output = ? ORDER BY d.seq LIMIT ?",
-            (output, limit),
+            " WHERE d.output = ? AND d.seq NOT IN (SELECT value FROM json_each(?))"
+            " ORDER BY d.seq LIMIT ?",
+            (output, _json_list(list(exclude)), limit),
         ).fetchall()
         batch: list[StoredEvent] = []
         total = 0

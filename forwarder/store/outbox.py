@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,8 +272,10 @@ class Outbox:
 
     # Delivery
 
-    async def fetch(self, output: str, limit: int, max_bytes: int) -> list[StoredEvent]:
-        return await self._with_db(lambda db: db.fetch(output, limit, max_bytes))
+    async def fetch(
+        self, output: str, limit: int, max_bytes: int, exclude: Collection[int] = ()
+    ) -> list[StoredEvent]:
+        return await self._with_db(lambda db: db.fetch(output, limit, max_bytes, exclude))
 
     async def ack(self, output: str, seqs: Sequence[int]) -> None:
         self._release(await self._with_db(lambda db: db.ack(output, seqs)))

@@ -115,6 +115,20 @@ async def test_retry_keeps_events_and_sends_them_again(outbox: Outbox) -> None:
     assert dispatcher.failures == 0 and dispatcher.failing_since is None
 
 
+async def test_a_retry_inside_a_backlog_resends_in_order_without_duplicates(
+    outbox: Outbox,
+) -> None:
+    # Full batches: the dispatcher maps one and reads the next while one is on the wire.
+    output = ScriptedOutput([lambda b: Delivered(), lambda b: Retry("503 busy")])
+    dispatcher = await run(outbox, output, 50)
+    await output.wait_until(lambda: len(output.delivered) == 50)
+    await dispatcher.stop(5)
+    tens = [[str(n) for n in range(start, start + 10)] for start in range(0, 50, 10)]
+    assert output.delivered == [str(n) for n in range(50)]
+    assert output.batches == [tens[0], tens[1], *tens[1:]]
+    assert (await outbox.stats()).events == 0
+
+
 async def test_reject_dead_letters_with_reason(outbox: Outbox) -> None:
     output = ScriptedOutput([lambda b: Reject("400 malformed")])
     dispatcher = await run(outbox, output, 2)

@@ -388,15 +388,18 @@ async def test_a_request_over_http_max_content_length_is_413_too_large(connect: 
         assert isinstance(result, TooLarge) and "HTTP 413" in result.reason
 
 
-async def test_a_batch_over_max_request_bytes_is_split_or_refused_before_sending(
+async def test_a_batch_over_max_request_bytes_is_packed_or_refused_before_sending(
     fake_es: FakeEs, connect: Connect
 ) -> None:
     output = await connect(max_request_bytes=4096)
-    assert isinstance(await output.send(make_records(5)), TooLarge)
     big = Record(event=make_records(1)[0].event, body="x" * 5000)
     result = await output.send([big])
-    assert isinstance(result, Reject) and "max_request_bytes" in result.reason
+    assert isinstance(result, Partial) and "max_request_bytes" in result.results[0].reason
     assert fake_es.requests == []
+    assert await output.send(make_records(5)) == Delivered()
+    assert len(fake_es.requests) > 1
+    assert all(len(request.body) <= 4096 for request in fake_es.requests)
+    assert len(fake_es.docs(DEFAULT_INDEX)) == 5
 
 
 async def test_a_429_storm_honours_retry_after_and_then_delivers_once(

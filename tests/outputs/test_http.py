@@ -7,7 +7,7 @@ import asyncio
 import gzip
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from yarl import URL
 from forwarder.mappers.base import Record
 from forwarder.outputs._http import (
     EncodedBatch,
+    EncodedRequest,
     HttpAnswer,
     HttpClient,
     HttpOutputConfig,
@@ -151,13 +152,22 @@ def batch_of(*bodies: str) -> list[Record]:
 def test_encode_batch_builds_one_body_and_remembers_positions() -> None:
     encoded = encode_batch(batch_of("a", "refuse", "b", "unencodable"), encode_unless_marked, 1024)
     assert isinstance(encoded, EncodedBatch)
-    assert (encoded.body, encoded.sent) == (b"a\nb\n", [0, 2])
+    assert encoded.requests == [EncodedRequest(b"a\nb\n", [0, 2])]
     assert encoded.refused == {
         1: Reject("refused by the encoder"),
         3: Reject("record cannot be encoded as JSON: Type is not JSON serializable: set"),
     }
-    assert encoded.spread(Partial({1: Retry("busy")})) == Partial(
-        {1: encoded.refused[1], 2: Retry("busy"), 3: encoded.refused[3]}
+
+
+async def test_one_request_spreads_its_result_over_the_batch() -> None:
+    encoded = encode_batch(batch_of("a", "refuse", "b"), encode_unless_marked, 1024)
+    assert isinstance(encoded, EncodedBatch)
+
+    async def busy_second(request: EncodedRequest) -> SendResult:
+        return Partial({1: Retry("busy")})
+
+    assert await encoded.send(busy_second) == Partial(
+        {1: Reject("refused by the encoder"), 2: Retry("busy")}
     )
 
 
@@ -166,13 +176,72 @@ def test_encode_batch_answers_when_there_is_nothing_to_send() -> None:
     assert encode_batch(batch_of("refuse"), encode_unless_marked, 1024) == Partial(
         {0: Reject("refused by the encoder")}
     )
-    assert isinstance(
-        encode_batch(batch_of("a" * 800, "b" * 800), encode_unless_marked, 1024), TooLarge
-    )
     alone = encode_batch(batch_of("refuse", "a" * 2000), encode_unless_marked, 1024)
     assert alone == Partial(
         {0: Reject("refused by the encoder"), 1: Reject("record of 2001 bytes > max_request_bytes")}
     )
+
+
+def test_a_batch_over_the_request_bound_is_packed_into_several_requests_in_order() -> None:
+    calls: list[Record] = []
+
+    def counting(record: Record) -> bytes:
+        calls.append(record)
+        return encode_unless_marked(record)
+
+    batch = batch_of("a" * 500, "b" * 500, "c" * 2000, "d" * 500, "e")
+    encoded = encode_batch(batch, counting, 1024)
+    assert isinstance(encoded, EncodedBatch)
+    assert [r.sent for r in encoded.requests] == [[0, 1], [3, 4]]
+    assert all(len(r.body) <= 1024 for r in encoded.requests)
+    assert encoded.refused == {2: Reject("record of 2001 bytes > max_request_bytes")}
+    assert len(calls) == len(batch)  # each record encoded once
+
+
+def packed(count: int) -> EncodedBatch:
+    encoded = encode_batch(batch_of(*["x" * 600] * count), encode_unless_marked, 1024)
+    assert isinstance(encoded, EncodedBatch) and len(encoded.requests) == count
+    return encoded
+
+
+def answering(*results: SendResult) -> tuple[list[list[int]], Callable[..., Any]]:
+    seen: list[list[int]] = []
+    pending = list(results)
+
+    async def send_one(request: EncodedRequest) -> SendResult:
+        seen.append(request.sent)
+        return pending.pop(0)
+
+    return seen, send_one
+
+
+async def test_requests_all_delivered_deliver_the_batch() -> None:
+    seen, send_one = answering(Delivered(), Delivered(), Delivered())
+    assert await packed(3).send(send_one) == Delivered()
+    assert seen == [[0], [1], [2]]
+
+
+async def test_a_retry_stops_the_requests_after_it() -> None:
+    seen, send_one = answering(Delivered(), Retry("busy", retry_after=5))
+    result = await packed(3).send(send_one)
+    assert seen == [[0], [1]]
+    assert result == Partial({1: Retry("busy", retry_after=5), 2: Retry("busy", retry_after=5)})
+
+
+async def test_a_rejected_request_does_not_stop_the_next() -> None:
+    seen, send_one = answering(Reject("HTTP 400"), Partial({0: Reject("bad doc")}), Delivered())
+    result = await packed(3).send(send_one)
+    assert seen == [[0], [1], [2]]
+    assert result == Partial({0: Reject("HTTP 400"), 1: Reject("bad doc")})
+
+
+async def test_too_large_first_lets_the_dispatcher_split_later_retries_the_rest() -> None:
+    _, send_one = answering(TooLarge("HTTP 413"))
+    assert await packed(2).send(send_one) == TooLarge("HTTP 413")
+    seen, send_one = answering(Delivered(), TooLarge("HTTP 413"))
+    result = await packed(3).send(send_one)
+    again = Retry("HTTP 413; sent again in smaller requests")
+    assert seen == [[0], [1]] and result == Partial({1: again, 2: again})
 
 
 def test_spread_result_leaves_a_whole_batch_alone() -> None:

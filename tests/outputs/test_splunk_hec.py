@@ -296,18 +296,28 @@ async def test_a_request_over_max_content_length_is_413_too_large(
     assert fake_hec.events == []
 
 
-async def test_a_batch_over_max_request_bytes_is_too_large_before_sending(
+async def test_a_batch_over_max_request_bytes_goes_in_several_requests_under_it(
     fake_hec: FakeHec, connect: Connect
 ) -> None:
     output = await connect(max_request_bytes=4096)
-    assert isinstance(await output.send(make_records(5)), TooLarge)
-    alone = await output.send(
-        [Record(event=make_records(1)[0].event, body="x" * 5000), *make_records(1, start=9)]
-    )
-    assert isinstance(alone, TooLarge)
-    result = await output.send([Record(event=make_records(1)[0].event, body="x" * 5000)])
-    assert isinstance(result, Reject) and "5280 bytes > max_request_bytes" in result.reason
-    assert fake_hec.requests == []
+    records = make_records(12)
+    assert await output.send(records) == Delivered()
+    assert len(fake_hec.requests) > 1
+    assert all(len(request.body) <= 4096 for request in fake_hec.requests)
+    assert fake_hec.values("canary_event_id") == [r.event.id for r in records]
+
+
+async def test_a_record_over_max_request_bytes_alone_is_refused_and_the_rest_sent(
+    fake_hec: FakeHec, connect: Connect
+) -> None:
+    output = await connect(max_request_bytes=4096)
+    big = Record(event=make_records(1)[0].event, body="x" * 5000)
+    result = await output.send([big, *make_records(1, start=9)])
+    assert isinstance(result, Partial) and list(result.results) == [0]
+    assert "5280 bytes > max_request_bytes" in result.results[0].reason
+    assert len(fake_hec.events) == 1
+    assert await output.send([big]) == Partial(result.results)
+    assert len(fake_hec.requests) == 1
 
 
 # The status and code table: every row, as HEC would answer it

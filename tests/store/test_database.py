@@ -88,6 +88,14 @@ def test_fetch_respects_limit_and_bytes(db: Database) -> None:
     assert len(db.fetch("a", 10, 10)) == 1
 
 
+def test_fetch_leaves_out_the_send_in_flight(db: Database) -> None:
+    seqs = db.append([new_event(n, body=b"x" * 100) for n in range(6)], ["a"], dedupe_window=0)
+    in_flight = {seq for seq in seqs[:3] if seq is not None}
+    assert [e.seq for e in db.fetch("a", 2, 10_000, exclude=in_flight)] == seqs[3:5]
+    # Only the rows it returns count against the byte bound.
+    assert len(db.fetch("a", 10, 250, exclude=in_flight)) == 2
+
+
 def test_dead_letter_replay_and_purge(db: Database) -> None:
     seqs = db.append([new_event(1), new_event(2)], ["a", "b"], dedupe_window=0)
     db.retry_later("a", [s for s in seqs if s is not None])
