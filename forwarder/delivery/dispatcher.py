@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from tenacity import RetryCallState, Retrying, wait_random_exponential
@@ -43,6 +43,10 @@ log = structlog.get_logger("forwarder.delivery")
 # How often an idle dispatcher looks at the store even when nobody woke it: picks up events
 # queued by another process, such as `canary-forwarder dead-letters replay`.
 IDLE_POLL_SECS = 1.0
+# How often a dispatcher tries again to record a send's result the store could not write.
+STORE_RETRY_SECS = 1.0
+
+_Result = TypeVar("_Result")  # the seqs to ack or retry, or the reasons to dead-letter
 
 
 def backoff_secs(attempt: int, config: RetryConfig, retry_after: float | None = None) -> float:
@@ -281,12 +285,10 @@ class Dispatcher:
     async def _settle(self, outcome: _Outcome) -> bool:
         """Ack, dead-letter and back off as the outcome says; True if it backed off."""
         name = self.name
-        if outcome.delivered:
-            await self.outbox.ack(name, outcome.delivered)
+        if outcome.delivered and await self._record(self.outbox.ack, outcome.delivered):
             metrics.output_sent.labels(name).inc(len(outcome.delivered))
             metrics.output_last_success.labels(name).set(time.time())
-        if outcome.rejected:
-            await self.outbox.dead_letter(name, outcome.rejected)
+        if outcome.rejected and await self._record(self.outbox.dead_letter, outcome.rejected):
             metrics.output_dead_lettered.labels(name, "rejected").inc(len(outcome.rejected))
             metrics.output_failed.labels(name, "reject").inc()
             log.error(
@@ -300,11 +302,42 @@ class Dispatcher:
                 log.info("Output delivers again.", output=name, after_failures=self.failures)
             self.failures, self.failing_since, self.last_error = 0, None, None
             return False
-        await self.outbox.retry_later(name, outcome.retried)
+        await self._record(self.outbox.retry_later, outcome.retried)
         metrics.output_retried.labels(name).inc(len(outcome.retried))
         metrics.output_failed.labels(name, "retry").inc()
         await self._back_off(outcome.retry, len(outcome.retried))
         return True
+
+    async def _record(
+        self, write: Callable[[str, _Result], Awaitable[None]], seqs: _Result
+    ) -> bool:
+        """Write a send's result to the store, trying again until it works; False if the
+        dispatcher stops first.
+
+        Sending again instead would duplicate every event of the batch at the destination, once
+        per attempt, for as long as the store cannot write (a full disk). Given up on stop, the
+        events stay queued and go again after the restart: at least once.
+        """
+        failing = False
+        while True:
+            try:
+                await write(self.name, seqs)
+            except Exception as exc:
+                if not failing:
+                    log.warning(
+                        "Cannot record a send's result in the store; trying again, and sending "
+                        "nothing more meanwhile.",
+                        output=self.name,
+                        error=str(exc),
+                    )
+                    failing = True
+                if self._stopping.is_set():
+                    return False
+                await self._pause(STORE_RETRY_SECS, wake_early=False)
+                continue
+            if failing:
+                log.info("Recorded the send's result in the store.", output=self.name)
+            return True
 
     async def _back_off(self, retry: Retry, count: int) -> None:
         self.failures += 1

@@ -25,7 +25,7 @@ from forwarder.outputs.base import (
     TooLarge,
 )
 from forwarder.settings import StoreConfig
-from forwarder.store.outbox import Outbox
+from forwarder.store.outbox import Outbox, StoreUnavailable
 
 
 class ScriptedOutput(Output[OutputConfig]):
@@ -269,3 +269,75 @@ async def test_store_read_errors_are_logged_once_per_streak(
     assert [e["event"] for e in logs if e["event"] == "Cannot read the store."] == [
         "Cannot read the store."
     ]
+
+
+def failing_first(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch, method: str, times: int
+) -> list[Any]:
+    """Make `outbox.<method>` fail `times` times (a full disk), then work; returns its calls."""
+    from forwarder.delivery import dispatcher as module
+
+    monkeypatch.setattr(module, "STORE_RETRY_SECS", 0.01)
+    real = getattr(outbox, method)
+    calls: list[Any] = []
+
+    async def flaky(name: str, seqs: Any) -> None:
+        calls.append(seqs)
+        if len(calls) <= times:
+            raise StoreUnavailable("database or disk is full")
+        await real(name, seqs)
+
+    monkeypatch.setattr(outbox, method, flaky)
+    return calls
+
+
+RECORD_FAILED = (
+    "Cannot record a send's result in the store; trying again, and sending nothing more meanwhile."
+)
+
+
+async def test_an_ack_the_store_cannot_write_is_retried_not_the_send(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = failing_first(outbox, monkeypatch, "ack", times=3)
+    output = ScriptedOutput([])
+    with structlog.testing.capture_logs() as logs:
+        dispatcher = await run(outbox, output, 3)
+        await output.wait_until(lambda: len(output.delivered) == 3)
+        for n in range(3, 6):
+            await outbox.append(event(n))
+        await output.wait_until(lambda: len(output.delivered) == 6)
+        await dispatcher.stop(5)
+    # Each event reached the destination once: the batch was not sent again while the ack
+    # could not be written, and delivery went on once it could.
+    assert output.delivered == [str(n) for n in range(6)]
+    assert calls[:4] == [calls[0]] * 4
+    assert (await outbox.stats()).events == 0
+    assert [e["event"] for e in logs].count(RECORD_FAILED) == 1
+
+
+async def test_dead_letters_and_retries_the_store_cannot_write_are_retried(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = failing_first(outbox, monkeypatch, "dead_letter", times=2)
+    later = failing_first(outbox, monkeypatch, "retry_later", times=2)
+    output = ScriptedOutput([lambda b: Reject("400 malformed"), lambda b: Retry("503 busy")])
+    dispatcher = await run(outbox, output, 2)
+    await outbox.append(event(2))
+    await output.wait_until(lambda: output.delivered == ["2"])
+    await dispatcher.stop(5)
+    assert len(dead) == 3 and len(later) == 3
+    assert [d.event_id for d in await outbox.dead_letters()] == [event(0).id, event(1).id]
+    assert (await outbox.stats()).events == 0
+
+
+async def test_stop_while_the_store_cannot_record_keeps_the_events_queued(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = failing_first(outbox, monkeypatch, "ack", times=10**6)
+    output = ScriptedOutput([])
+    dispatcher = await run(outbox, output, 2)
+    await output.wait_until(lambda: len(output.delivered) == 2)
+    await asyncio.wait_for(dispatcher.stop(5), 2)
+    assert calls, "the ack was tried"
+    assert (await outbox.stats()).queued == {"scripted": 2}  # sent again after a restart
