@@ -43,6 +43,8 @@ log = structlog.get_logger("forwarder.delivery")
 # How often an idle dispatcher looks at the store even when nobody woke it: picks up events
 # queued by another process, such as `canary-forwarder dead-letters replay`.
 IDLE_POLL_SECS = 1.0
+# How long a dispatcher that failed unexpectedly waits before it starts again.
+RESTART_SECS = 1.0
 # How often a dispatcher tries again to record a send's result the store could not write.
 STORE_RETRY_SECS = 1.0
 
@@ -107,7 +109,7 @@ class Dispatcher:
 
     def start(self) -> None:
         self.outbox.on_append(self.wake)
-        self._task = asyncio.create_task(self._run(), name=f"dispatch-{self.name}")
+        self._task = asyncio.create_task(self._run_until_stopped(), name=f"dispatch-{self.name}")
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -147,6 +149,22 @@ class Dispatcher:
         return await self.outbox.fetch(
             self.name, batch_config.max_events, batch_config.max_bytes, exclude
         )
+
+    async def _run_until_stopped(self) -> None:
+        """Run the loop below; if a bug ends it, log it and start it again after a pause, so one
+        output never stops delivering silently. What was in flight stays queued (resent)."""
+        while True:
+            try:
+                await self._run()
+                return
+            except Exception:
+                log.exception(
+                    "Dispatcher failed unexpectedly; restarting it. Its events stay queued.",
+                    output=self.name,
+                )
+            await self._pause(RESTART_SECS, wake_early=False)
+            if self._stopping.is_set():
+                return
 
     async def _run(self) -> None:
         """Fetch and map the next batch while the previous one is being sent.
@@ -231,6 +249,12 @@ class Dispatcher:
                 sendable.append((stored.seq, self._map(stored)))
             except (MappingError, PayloadError) as exc:
                 outcome.rejected[stored.seq] = f"cannot map to {self.mapper.config.type}: {exc}"
+            except Exception as exc:
+                # A mapper bug on one odd payload must not hold back every event after it.
+                log.exception("Mapper failed on an event.", output=self.name, seq=stored.seq)
+                outcome.rejected[stored.seq] = (
+                    f"{self.mapper.config.type} mapper failed: {type(exc).__name__}: {exc}"
+                )
         return outcome, sendable
 
     async def _send_all(self, sendable: list[tuple[int, Record]], outcome: _Outcome) -> _Outcome:

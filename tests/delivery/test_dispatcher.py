@@ -341,3 +341,52 @@ async def test_stop_while_the_store_cannot_record_keeps_the_events_queued(
     await asyncio.wait_for(dispatcher.stop(5), 2)
     assert calls, "the ack was tried"
     assert (await outbox.stats()).queued == {"scripted": 2}  # sent again after a restart
+
+
+class BuggyMapper(Mapper[MapperConfig]):
+    def map(self, event: CanaryEvent) -> Record:
+        if event.payload["N"] == 1:
+            raise KeyError("SourceIP")  # a bug, not a MappingError
+        return Record(event=event, body="ok")
+
+
+async def test_a_mapper_bug_dead_letters_that_event_and_the_rest_flow(outbox: Outbox) -> None:
+    output = ScriptedOutput([])
+    mapper = BuggyMapper(MapperConfig(type="buggy"))
+    with structlog.testing.capture_logs() as logs:
+        dispatcher = await run(outbox, output, 3, mapper)
+        await output.wait_until(lambda: output.delivered == ["0", "2"])
+        await dispatcher.stop(5)
+    [letter] = await outbox.dead_letters()
+    assert letter.event_id == event(1).id
+    assert letter.reason == "buggy mapper failed: KeyError: 'SourceIP'"
+    assert [e["log_level"] for e in logs if e["event"] == "Mapper failed on an event."] == ["error"]
+
+
+async def test_a_dispatcher_that_fails_unexpectedly_starts_again(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forwarder.delivery import dispatcher as module
+
+    monkeypatch.setattr(module, "RESTART_SECS", 0.01)
+    output = ScriptedOutput([])
+    dispatcher = await run(outbox, output, 0)
+    real_prepare = dispatcher._prepare
+    failures = 0
+
+    def buggy_prepare(batch: Any) -> Any:
+        nonlocal failures
+        if failures == 0:
+            failures += 1
+            raise RuntimeError("a bug")
+        return real_prepare(batch)
+
+    monkeypatch.setattr(dispatcher, "_prepare", buggy_prepare)
+    with structlog.testing.capture_logs() as logs:
+        for n in range(3):
+            await outbox.append(event(n))
+        await output.wait_until(lambda: len(output.delivered) == 3)
+        await dispatcher.stop(5)
+    assert failures == 1 and output.delivered == ["0", "1", "2"]
+    restarted = "Dispatcher failed unexpectedly; restarting it. Its events stay queued."
+    assert [e["event"] for e in logs].count(restarted) == 1
