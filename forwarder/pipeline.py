@@ -29,6 +29,8 @@ log = structlog.get_logger("forwarder.pipeline")
 
 SWEEP_INTERVAL_SECS = 60.0
 STORE_PROBE_SECS = 5.0
+# What closing an output may still take when the graceful budget is spent.
+OUTPUT_CLOSE_MIN_SECS = 0.5
 
 
 class ReloadError(Exception):
@@ -167,9 +169,23 @@ async def _start_outputs(specs: Sequence[OutputSpec], outbox: Outbox) -> list[Di
 
 
 async def _stop_all(dispatchers: Sequence[Dispatcher], graceful_secs: float) -> None:
+    """Stop the dispatchers and close their outputs, all within one graceful budget.
+
+    Closing can wait on the peer too (a TLS close_notify to a receiver that no longer reads);
+    what is left of the budget, at least OUTPUT_CLOSE_MIN_SECS, bounds it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + graceful_secs
     await asyncio.gather(*(d.stop(graceful_secs) for d in dispatchers))
     for dispatcher in dispatchers:
+        left = max(OUTPUT_CLOSE_MIN_SECS, deadline - loop.time())
         try:
-            await dispatcher.output.aclose()
+            async with asyncio.timeout(left):
+                await dispatcher.output.aclose()
+        except TimeoutError:
+            log.warning(
+                "Output did not close within the graceful timeout; left open.",
+                output=dispatcher.name,
+            )
         except Exception as exc:
             log.warning("Output did not close cleanly.", output=dispatcher.name, error=str(exc))

@@ -89,3 +89,23 @@ async def test_events_for_an_unconfigured_output_are_reported(
         pipeline = await Pipeline.start(make_settings())
     assert any(e.get("output") == "old" and e["log_level"] == "warning" for e in logs)
     await pipeline.stop(1)
+
+
+async def test_stop_bounds_an_output_that_never_finishes_closing(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = await Pipeline.start(make_settings())
+    never = asyncio.Event()
+
+    async def hang() -> None:
+        await never.wait()  # a peer that never answers the close
+
+    monkeypatch.setattr(memory_output(pipeline), "aclose", hang)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with structlog.testing.capture_logs() as logs:
+        await asyncio.wait_for(pipeline.stop(0.2), 10)
+    assert loop.time() - started < 3.0  # graceful 0.2 s + the 0.5 s floor, with slack
+    assert "Output did not close within the graceful timeout; left open." in [
+        e["event"] for e in logs
+    ]
