@@ -65,7 +65,8 @@ def backoff_secs(attempt: int, config: RetryConfig, retry_after: float | None = 
 
 
 async def _cancel(task: asyncio.Task[Any] | None) -> None:
-    """Stop a store read that is no longer wanted; its result or failure does not matter."""
+    """Stop a store read or a send that is no longer wanted; its result or failure does not
+    matter (what it did not ack stays queued)."""
     if task is not None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -234,10 +235,7 @@ class Dispatcher:
                 await self._settle(await in_flight)
         finally:
             await _cancel(ahead)
-            if in_flight is not None and not in_flight.done():
-                in_flight.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await in_flight
+            await _cancel(in_flight)
 
     # One batch
 
