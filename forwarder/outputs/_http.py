@@ -58,6 +58,7 @@ __all__ = [
     "is_retryable_status",
     "parse_base_url",
     "parse_retry_after",
+    "send_packed",
     "spread_result",
 ]
 
@@ -271,6 +272,20 @@ def encode_batch(
     if not requests:
         return Partial(refused)
     return EncodedBatch(requests, refused)
+
+
+async def send_packed(
+    batch: Sequence[Record],
+    encode: Callable[[Record], bytes],
+    max_bytes: int,
+    send_one: Callable[[EncodedRequest], Awaitable[SendResult]],
+) -> SendResult:
+    """Encode `batch` once, pack it into requests of at most `max_bytes` and send them in order
+    with `send_one`; the result for the whole batch."""
+    encoded = encode_batch(batch, encode, max_bytes)
+    if not isinstance(encoded, EncodedBatch):
+        return encoded
+    return await encoded.send(send_one)
 
 
 async def gzip_body(body: bytes) -> bytes:

@@ -29,17 +29,16 @@ from yarl import URL
 
 from forwarder.mappers.base import Record
 from forwarder.outputs._http import (
-    EncodedBatch,
     EncodedRequest,
     HttpAnswer,
     HttpClient,
     HttpOutputConfig,
     answer_error_text,
     classify_status,
-    encode_batch,
     endpoint_name,
     parse_base_url,
     parse_retry_after,
+    send_packed,
 )
 from forwarder.outputs.base import (
     Delivered,
@@ -258,10 +257,9 @@ class ElasticsearchOutput(Output[ElasticsearchConfig]):
     # Sending
 
     async def send(self, batch: Sequence[Record]) -> SendResult:
-        encoded = encode_batch(batch, self._bulk_lines, self.config.max_request_bytes)
-        if not isinstance(encoded, EncodedBatch):
-            return encoded
-        return await encoded.send(self._send_request)
+        return await send_packed(
+            batch, self._bulk_lines, self.config.max_request_bytes, self._send_request
+        )
 
     async def _send_request(self, request: EncodedRequest) -> SendResult:
         return self._classify(await self._bulk(request.body), len(request.sent))

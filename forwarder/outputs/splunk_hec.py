@@ -28,14 +28,13 @@ from forwarder.events import CanaryEvent
 from forwarder.mappers.base import Record
 from forwarder.mappers.splunk_console import splunk_sourcetype
 from forwarder.outputs._http import (
-    EncodedBatch,
     EncodedRequest,
     HttpAnswer,
     HttpClient,
     HttpOutputConfig,
     classify_status,
-    encode_batch,
     endpoint_name,
+    send_packed,
 )
 from forwarder.outputs.base import (
     Delivered,
@@ -204,10 +203,9 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
     # Sending
 
     async def send(self, batch: Sequence[Record]) -> SendResult:
-        encoded = encode_batch(batch, self._envelope_line, self.config.max_request_bytes)
-        if not isinstance(encoded, EncodedBatch):
-            return encoded
-        return await encoded.send(self._send_request)
+        return await send_packed(
+            batch, self._envelope_line, self.config.max_request_bytes, self._send_request
+        )
 
     async def _send_request(self, request: EncodedRequest) -> SendResult:
         answer = await self._client.request(
