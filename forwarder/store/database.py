@@ -253,7 +253,7 @@ class Database:
         with self._transaction() as db:
             seen = _seen_since(db, [e.fingerprint for e in events], dedupe_window)
             results: list[int | None] = []
-            fresh: list[NewEvent] = []
+            fresh: list[tuple[int, NewEvent]] = []
             # Explicit seqs, so one INSERT serves the group; never below what AUTOINCREMENT has
             # handed out, so a seq is never reused even after the table was emptied.
             (high,) = db.execute(
@@ -269,36 +269,34 @@ class Database:
                         continue
                     seen[event.fingerprint] = event.received_at
                 high += 1
-                fresh.append(event)
+                fresh.append((high, event))
                 results.append(high)
-            seqs = [seq for seq in results if seq is not None]
             for start in range(0, len(fresh), _ROWS_PER_INSERT):
                 chunk = fresh[start : start + _ROWS_PER_INSERT]
-                first = seqs[start]
                 db.execute(
                     _INSERT_EVENTS + ",".join([_EVENT_ROW] * len(chunk)),
                     [
                         value
-                        for offset, e in enumerate(chunk)
+                        for seq, e in chunk
                         for value in (
-                            first + offset, e.event_id, e.fingerprint, e.kind, e.received_at,
-                            len(e.body), e.body,
+                            seq, e.event_id, e.fingerprint, e.kind, e.received_at, len(e.body),
+                            e.body,
                         )
                     ],
                 )  # fmt: skip
-            if seqs and outputs:
+            if fresh and outputs:
                 db.execute(
                     "INSERT INTO deliveries (output, seq)"
                     " SELECT o.value, s.value FROM json_each(?) o, json_each(?) s",
-                    (_json_list(outputs), _json_list(seqs)),
+                    (_json_list(outputs), _json_list([seq for seq, _ in fresh])),
                 )
             if fresh and dedupe_window > 0:
                 db.execute(
                     "INSERT OR REPLACE INTO recent (fingerprint, seen_at)"
                     " SELECT f.value, t.value FROM json_each(?) f JOIN json_each(?) t"
                     " ON t.key = f.key",
-                    (_json_list([e.fingerprint for e in fresh]),
-                     _json_list([e.received_at for e in fresh])),
+                    (_json_list([e.fingerprint for _, e in fresh]),
+                     _json_list([e.received_at for _, e in fresh])),
                 )  # fmt: skip
         return results
 
