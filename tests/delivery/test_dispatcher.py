@@ -249,46 +249,45 @@ async def test_store_read_errors_are_logged_once_per_streak(
     from forwarder.delivery import dispatcher as module
 
     monkeypatch.setattr(module, "IDLE_POLL_SECS", 0.01)
-    real_fetch = outbox.fetch
-    failures = 0
-
-    async def flaky_fetch(*args: Any) -> Any:
-        nonlocal failures
-        if failures < 5:
-            failures += 1
-            raise OSError(5, "Input/output error")
-        return await real_fetch(*args)
-
-    monkeypatch.setattr(outbox, "fetch", flaky_fetch)
+    calls = failing_first(outbox, monkeypatch, "fetch", 5, OSError(5, "Input/output error"))
     output = ScriptedOutput([])
     with structlog.testing.capture_logs() as logs:
         dispatcher = await run(outbox, output, 2)
         await output.wait_until(lambda: len(output.delivered) == 2)
         await dispatcher.stop(5)
-    assert failures == 5
+    assert len(calls) > 5  # the five failures, then the reads that delivered
     assert [e["event"] for e in logs if e["event"] == "Cannot read the store."] == [
         "Cannot read the store."
     ]
 
 
 def failing_first(
-    outbox: Outbox, monkeypatch: pytest.MonkeyPatch, method: str, times: int
-) -> list[Any]:
-    """Make `outbox.<method>` fail `times` times (a full disk), then work; returns its calls."""
-    from forwarder.delivery import dispatcher as module
-
-    monkeypatch.setattr(module, "STORE_RETRY_SECS", 0.01)
+    outbox: Outbox,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    times: int,
+    error: Exception | None = None,
+) -> list[tuple[Any, ...]]:
+    """Make `outbox.<method>` raise `error` (a full disk by default) `times` times, then work;
+    returns the arguments of every call."""
     real = getattr(outbox, method)
-    calls: list[Any] = []
+    calls: list[tuple[Any, ...]] = []
 
-    async def flaky(name: str, seqs: Any) -> None:
-        calls.append(seqs)
+    async def flaky(*args: Any) -> Any:
+        calls.append(args)
         if len(calls) <= times:
-            raise StoreUnavailable("database or disk is full")
-        await real(name, seqs)
+            raise error or StoreUnavailable("database or disk is full")
+        return await real(*args)
 
     monkeypatch.setattr(outbox, method, flaky)
     return calls
+
+
+@pytest.fixture
+def fast_store_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from forwarder.delivery import dispatcher as module
+
+    monkeypatch.setattr(module, "STORE_RETRY_SECS", 0.01)
 
 
 RECORD_FAILED = (
@@ -296,6 +295,7 @@ RECORD_FAILED = (
 )
 
 
+@pytest.mark.usefixtures("fast_store_retry")
 async def test_an_ack_the_store_cannot_write_is_retried_not_the_send(
     outbox: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -316,6 +316,7 @@ async def test_an_ack_the_store_cannot_write_is_retried_not_the_send(
     assert [e["event"] for e in logs].count(RECORD_FAILED) == 1
 
 
+@pytest.mark.usefixtures("fast_store_retry")
 async def test_dead_letters_and_retries_the_store_cannot_write_are_retried(
     outbox: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -331,6 +332,7 @@ async def test_dead_letters_and_retries_the_store_cannot_write_are_retried(
     assert (await outbox.stats()).events == 0
 
 
+@pytest.mark.usefixtures("fast_store_retry")
 async def test_stop_while_the_store_cannot_record_keeps_the_events_queued(
     outbox: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
