@@ -16,14 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from forwarder.cli._common import add_config_argument, load_or_exit
 from forwarder.events import CanaryEvent, PayloadError, parse_event
-from forwarder.mappers.base import Mapper, MappingError, Record
+from forwarder.mappers.base import Mapper, MappingError
 from forwarder.registry import BUILTIN_MAPPERS, PluginError, mapper_class
 
-__all__ = ["configure", "main", "record_text", "render"]
+__all__ = ["configure", "main", "render"]
 
 EX_USAGE = 2
 
@@ -85,14 +83,7 @@ def render(mapper: Mapper[Any], raw: bytes, *, received_at: datetime) -> list[st
         PayloadError: `raw` is neither one JSON object nor JSON lines of objects.
         MappingError: the format cannot carry one of the events.
     """
-    return [record_text(mapper.map(event)) for event in _events(raw, received_at)]
-
-
-def record_text(record: Record) -> str:
-    """A record as one line: text as it is, a document as compact JSON."""
-    if isinstance(record.body, str):
-        return record.body
-    return orjson.dumps(record.body).decode("utf-8")
+    return [mapper.map(event).text() for event in _events(raw, received_at)]
 
 
 def _events(raw: bytes, received_at: datetime) -> list[CanaryEvent]:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from forwarder.events import CanaryEvent
+from forwarder.mappers._escape import json_text
 
 __all__ = ["Mapper", "MapperConfig", "MappingError", "Record"]
 
@@ -41,6 +42,14 @@ class Record:
     body: str | Mapping[str, Any]
     severity: int = 5
     syslog_header: bool = False
+
+    def text(self) -> str:
+        """The record on one line: text as it is, a document as compact JSON.
+
+        JSON leaves U+2028, U+2029, DEL and the C1 controls raw inside strings, and line-based
+        readers (Python's `str.splitlines`, some JavaScript) break on them, so they are escaped.
+        """
+        return self.body if isinstance(self.body, str) else json_text(self.body)
 
 
 class MappingError(ValueError):

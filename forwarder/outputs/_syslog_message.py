@@ -11,9 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import orjson
+from typing import Literal
 
 from forwarder.mappers._syslog import rfc3164_header, rfc5424_header, syslog_severity
 from forwarder.mappers.base import Record
@@ -26,7 +24,6 @@ __all__ = [
     "MessageTooLarge",
     "Wrapper",
     "escape_frame_delimiters",
-    "message_text",
     "octet_counted",
     "protected_prefix_length",
     "truncate",
@@ -49,13 +46,6 @@ class MessageTooLarge(ValueError):
     """The message cannot be made to fit the size limit without breaking its structure."""
 
 
-def message_text(body: str | Mapping[str, Any]) -> str:
-    """A record body as text: documents as compact JSON on one line."""
-    if isinstance(body, str):
-        return body
-    return orjson.dumps(body).decode("utf-8")
-
-
 @dataclass(frozen=True, slots=True)
 class Wrapper:
     """Puts a syslog header in front of records that come without one."""
@@ -67,7 +57,7 @@ class Wrapper:
 
     def message(self, record: Record) -> bytes:
         """The complete syslog message for one record, UTF-8 encoded."""
-        text = message_text(record.body)
+        text = record.text()
         if not record.syslog_header:
             text = f"{self._header(record)} {text}"
         # A lone surrogate (JSON allows "\ud800") cannot be UTF-8; replace it rather than fail.

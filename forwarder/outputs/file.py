@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import orjson
 from pydantic import Field
 
 from forwarder.mappers.base import Record
@@ -42,11 +41,10 @@ class FileConfig(OutputConfig):
 
 def encode_line(record: Record) -> bytes:
     """One record as one line; raises ValueError if a text record spans lines."""
-    if isinstance(record.body, str):
-        if "\n" in record.body or "\r" in record.body:
-            raise ValueError("text record contains a line break")
-        return record.body.encode("utf-8", "surrogateescape") + b"\n"
-    return orjson.dumps(record.body) + b"\n"
+    text = record.text()
+    if "\n" in text or "\r" in text:
+        raise ValueError("text record contains a line break")
+    return text.encode("utf-8", "surrogateescape") + b"\n"
 
 
 class FileOutput(Output[FileConfig]):

@@ -25,15 +25,19 @@ async def test_documents_and_text_become_one_line_each(tmp_path: Path) -> None:
     target = tmp_path / "events.jsonl"
     out = output(target)
     await out.start()
+    # U+2028, U+2029, NEL and DEL are raw inside JSON strings; str.splitlines breaks on them.
+    hostile = "line\nbreak\u2028{x}\u2029\x85\x7f"
     result = await out.send(
-        [Record(EVENT, {"a": "line\nbreak"}), Record(EVENT, "CEF:0|Thinkst|Canary|x")]
+        [Record(EVENT, {"a": hostile}), Record(EVENT, "CEF:0|Thinkst|Canary|x")]
     )
     await out.aclose()
     assert result == Delivered()
-    lines = target.read_bytes().splitlines()
-    assert orjson.loads(lines[0]) == {"a": "line\nbreak"}
+    written = target.read_bytes()
+    lines = written.splitlines()
+    assert orjson.loads(lines[0]) == {"a": hostile}
     assert lines[1] == b"CEF:0|Thinkst|Canary|x"
     assert len(lines) == 2
+    assert len(written.decode().splitlines()) == 2
     assert os.stat(target).st_mode & 0o777 == 0o600
 
 

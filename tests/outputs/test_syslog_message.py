@@ -59,6 +59,11 @@ class TestWrapper:
         assert message.endswith(b' - {"a":"x\\ny","b":[1,2]}')
         assert b"\n" not in message
 
+    def test_document_never_carries_a_unicode_line_separator(self, event: CanaryEvent) -> None:
+        message = wrapper().message(Record(event, {"a": "x\u2028y\x85z"}))
+        assert message.endswith(b' - {"a":"x\\u2028y\\u0085z"}')
+        assert len(message.decode().splitlines()) == 1
+
     def test_rfc3164_header(self, event: CanaryEvent) -> None:
         message = wrapper("rfc3164").message(Record(event, "LEEF:2.0|x", severity=0))
         assert message.startswith(b"<135>")  # local0, debug
