@@ -147,15 +147,28 @@ def _utf8_boundary(data: bytes, index: int) -> int:
     return index
 
 
+def _escape_boundary(data: bytes, index: int) -> int:
+    """`index`, or one less if the kept part would end in half a backslash escape.
+
+    CEF, RFC 5424 and JSON all escape with a backslash. An odd run of them at the cut would
+    escape the marker's first character instead, which no parser reads back as the value.
+    """
+    run = 0
+    while run < index and data[index - 1 - run] == 0x5C:
+        run += 1
+    return index - (run % 2)
+
+
 def truncate(message: bytes, limit: int) -> bytes:
     """Shorten MSG so the message is at most `limit` bytes and ends with the marker.
 
-    The header and structured data are kept whole; if they leave no room, `MessageTooLarge`.
+    The cut never splits a UTF-8 character or a backslash escape. The header and structured
+    data are kept whole; if they leave no room, `MessageTooLarge`.
     """
     if len(message) <= limit:
         return message
     protected = protected_prefix_length(message)
-    cut = _utf8_boundary(message, limit - len(TRUNCATION_MARKER))
+    cut = _escape_boundary(message, _utf8_boundary(message, limit - len(TRUNCATION_MARKER)))
     if cut < protected:
         raise MessageTooLarge(
             f"header and structured data alone take {protected} bytes, no room to truncate "

@@ -18,8 +18,9 @@ Over UDP a datagram is delivered once sent; a receiver that is down is noticed t
 after the fact, and only the following batches go elsewhere.
 
 Oversize records (`max_message_bytes`, 2048 by default for UDP, no limit over TCP/TLS) are never
-dropped silently: `oversize: truncate` cuts MSG at a UTF-8 boundary, keeps the header and
-structured data whole and appends `...[truncated]`, counted in
+dropped silently: `oversize: truncate` cuts MSG between UTF-8 characters and never inside a
+backslash escape, keeps the header and structured data whole and appends `...[truncated]`,
+counted in
 `canary_forwarder_output_truncated_records_total`; `oversize: reject` dead-letters the record.
 """
 

@@ -21,7 +21,7 @@ def test_text_record_is_its_own_text(event: CanaryEvent) -> None:
 def test_document_text_stays_one_line_and_reads_back_the_same(
     event: CanaryEvent, breaker: str
 ) -> None:
-    document = {"Username": f"root{breaker}{{\"kind\": \"forged\"}}", "n": 1}
+    document = {"Username": f'root{breaker}{{"kind": "forged"}}', "n": 1}
     text = Record(event, document).text()
     assert breaker not in text
     assert len(text.splitlines()) == 1

@@ -132,6 +132,25 @@ class TestTruncate:
         if cut is not message:
             assert cut.endswith(TRUNCATION_MARKER)
 
+    @pytest.mark.parametrize("limit", range(200, 206))
+    def test_cut_never_leaves_half_an_escape(self, limit: int) -> None:
+        # A CEF value of escaped backslashes: whichever byte the limit falls on, the kept part
+        # must end in whole `\\` pairs, or the marker's first dot would read as escaped.
+        message = HEADER + b"- CEF:0|Thinkst|Canary|1|1001|x|5|duser=" + b"\\" * 300
+        cut = truncate(message, limit)
+        kept = cut.removesuffix(TRUNCATION_MARKER)
+        assert kept != cut
+        assert (len(kept) - len(kept.rstrip(b"\\"))) % 2 == 0
+        assert len(cut) <= limit
+
+    @given(st.text(alphabet="\\x=é", min_size=1, max_size=400), st.integers(120, 500))
+    def test_cut_keeps_every_escape_whole(self, text: str, limit: int) -> None:
+        escaped = text.replace("\\", "\\\\").replace("=", "\\=").encode()
+        message = HEADER + b"- " + escaped
+        kept = truncate(message, limit).removesuffix(TRUNCATION_MARKER)
+        assert escaped.startswith(kept.removeprefix(HEADER + b"- "))
+        assert (len(kept) - len(kept.rstrip(b"\\"))) % 2 == 0
+
     def test_structured_data_is_never_cut(self) -> None:
         message = HEADER + b'[a@32473 k="' + b"v" * 600 + b'"] msg'
         with pytest.raises(MessageTooLarge, match="structured data"):
