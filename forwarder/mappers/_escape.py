@@ -16,9 +16,11 @@ from collections.abc import Iterable, Iterator
 import orjson
 
 __all__ = [
+    "TRUNCATION_MARKER",
     "cef_header",
     "cef_value",
     "cef_values",
+    "cut_point",
     "json_text",
     "leef_header",
     "leef_key",
@@ -84,6 +86,9 @@ _LEEF_HEADER = _Translation({**_FLAT, ord("|"): " "})
 _LEEF_VALUE = _Translation(_FLAT)
 # JSON leaves these raw inside strings; as \u escapes they stay lossless and on one line.
 _JSON_RAW = _Translation({c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)})
+
+TRUNCATION_MARKER = b"...[truncated]"
+"""What ends a record that was cut to fit a size limit, so a reader sees it was."""
 
 _NOT_SD_NAME = re.compile(r'[^\x21-\x7e]|[=\]"]')
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
@@ -179,3 +184,20 @@ def unique(names: Iterable[str], limit: int = 32, separator: str = "_") -> Itera
 def json_text(value: object) -> str:
     """Compact JSON of `value` that is guaranteed to be one line and to survive any escaping."""
     return _JSON_RAW(orjson.dumps(value).decode())
+
+
+def cut_point(data: bytes, limit: int) -> int:
+    """The largest index <= `limit` at which `data` can be cut: not inside a UTF-8 character,
+    and not inside a backslash escape.
+
+    CEF, RFC 5424, JSON and the `rfc3164` message all escape with a backslash. An odd run of
+    them at the cut would escape whatever follows (the truncation marker), so no parser reads
+    the value back as it was.
+    """
+    index = min(limit, len(data))
+    while 0 < index < len(data) and data[index] & 0xC0 == 0x80:
+        index -= 1
+    run = 0
+    while run < index and data[index - 1 - run] == 0x5C:
+        run += 1
+    return index - (run % 2)

@@ -1,10 +1,14 @@
-"""`rfc3164`: a BSD syslog line for legacy receivers: header, then a message a person can read.
+r"""`rfc3164`: a BSD syslog line for legacy receivers: header, then a message a person can read.
 
     <PRI>Mar  5 08:00:01 web-dmz-02 canary-forwarder: <Intro> | Desc: SSH Login Attempt | ...
 
 RFC 3164 has no structure beyond the header, so the Canary fields follow the Intro as
-`Label: value` parts separated by ` | `, AdditionalDetails last, under their own names. The whole
-message is at most 1024 bytes (RFC 3164 §4.1): the end of a longer one is cut off.
+`Label: value` parts separated by ` | `, then the event id, then AdditionalDetails under their own
+names. Attackers type most of those values and keys, so a value escapes `\` and `|` with a
+backslash (CR and LF become `\r` and `\n`), and a key loses `:`, `|` and `\` and never takes the
+name of a label the forwarder writes: no value or key can start a part or pass for a trusted one.
+The whole message is at most 1024 bytes (RFC 3164 §4.1): a longer one is cut, details first, and
+ends with `...[truncated]`.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from forwarder.events import CanaryEvent
-from forwarder.mappers._escape import one_line
+from forwarder.mappers._escape import TRUNCATION_MARKER, cut_point, one_line, unique
 from forwarder.mappers._framing import SyslogOptions, syslog_hostname
 from forwarder.mappers._syslog import rfc3164_header, syslog_severity
 from forwarder.mappers.base import Mapper, Record
@@ -50,7 +54,7 @@ class Rfc3164Mapper(Mapper[Rfc3164Config]):
 
 def readable_parts(event: CanaryEvent) -> Iterator[str]:
     """The message's parts before they are put on one line: the Intro, then `Label: value`."""
-    yield event.intro or event.description
+    yield _value(event.intro or event.description)
     labelled: list[tuple[str, str | int | None]] = [
         ("Desc", event.description),
         ("Source", event.source_ip),
@@ -69,16 +73,31 @@ def readable_parts(event: CanaryEvent) -> Iterator[str]:
             ("User", event.audit.user),
             ("UserAgent", event.audit.user_agent),
         ]
-    labelled += [(item.key, item.value) for item in event.details]
     labelled.append(("ID", event.id))
-    for label, value in labelled:
+    # The forwarder's own labels come first, so a detail key that repeats one is the one renamed.
+    labels = unique([*(label for label, _ in labelled), *(_label(d.key) for d in event.details)])
+    values = [*(value for _, value in labelled), *(item.value for item in event.details)]
+    for label, value in zip(labels, values, strict=True):
         if value is not None and value != "":
-            yield f"{label}: {value}"
+            yield f"{label}: {_value(str(value))}"
+
+
+_VALUE_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|"})
+_LABEL_CLEAN = str.maketrans(dict.fromkeys(":|\\", "_"))
+
+
+def _value(text: str) -> str:
+    return text.translate(_VALUE_ESCAPES)
+
+
+def _label(key: str) -> str:
+    return key.translate(_LABEL_CLEAN).strip() or "_"
 
 
 def _cut(text: str, limit: int) -> str:
-    """`text` cut to at most `limit` UTF-8 bytes, never inside a character."""
+    """`text` cut to at most `limit` UTF-8 bytes, never inside a character or an escape."""
     encoded = text.encode("utf-8")
     if len(encoded) <= limit:
         return text
-    return encoded[:limit].decode("utf-8", "ignore")
+    kept = encoded[: cut_point(encoded, limit - len(TRUNCATION_MARKER))]
+    return (kept + TRUNCATION_MARKER).decode("utf-8")

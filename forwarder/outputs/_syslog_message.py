@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from forwarder.mappers._escape import TRUNCATION_MARKER, cut_point
 from forwarder.mappers._syslog import rfc3164_header, rfc5424_header, syslog_severity
 from forwarder.mappers.base import Record
 
@@ -31,7 +32,6 @@ __all__ = [
 
 HeaderStyle = Literal["rfc5424", "rfc3164"]
 
-TRUNCATION_MARKER = b"...[truncated]"
 
 # LF ends a frame with LF framing, and RFC 6587 §3.4.2 names NUL as a trailer some receivers use.
 # They are written the way rsyslog itself shows control characters it escapes (#ooo, octal).
@@ -140,25 +140,6 @@ def _structured_data_end(message: bytes, start: int) -> int | None:
     return position if position > start else None
 
 
-def _utf8_boundary(data: bytes, index: int) -> int:
-    """The largest index <= `index` that does not split a UTF-8 sequence."""
-    while 0 < index < len(data) and data[index] & 0xC0 == 0x80:
-        index -= 1
-    return index
-
-
-def _escape_boundary(data: bytes, index: int) -> int:
-    """`index`, or one less if the kept part would end in half a backslash escape.
-
-    CEF, RFC 5424 and JSON all escape with a backslash. An odd run of them at the cut would
-    escape the marker's first character instead, which no parser reads back as the value.
-    """
-    run = 0
-    while run < index and data[index - 1 - run] == 0x5C:
-        run += 1
-    return index - (run % 2)
-
-
 def truncate(message: bytes, limit: int) -> bytes:
     """Shorten MSG so the message is at most `limit` bytes and ends with the marker.
 
@@ -168,7 +149,7 @@ def truncate(message: bytes, limit: int) -> bytes:
     if len(message) <= limit:
         return message
     protected = protected_prefix_length(message)
-    cut = _escape_boundary(message, _utf8_boundary(message, limit - len(TRUNCATION_MARKER)))
+    cut = cut_point(message, limit - len(TRUNCATION_MARKER))
     if cut < protected:
         raise MessageTooLarge(
             f"header and structured data alone take {protected} bytes, no room to truncate "

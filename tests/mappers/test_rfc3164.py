@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -37,10 +38,10 @@ def test_ssh_login_line() -> None:
         "CanaryIP: 10.20.30.42",
         "Port: 22",
         "Location: DMZ rack 3",
+        "ID: 0f1e2d3c4b5a69788796a5b4c3d2e1f0",
         "Username: root",
         "Password: *******",
         "Background Context: You have had 0 incidents from 10.99.0.7 previously.",
-        "ID: 0f1e2d3c4b5a69788796a5b4c3d2e1f0",
     ]
 
 
@@ -60,7 +61,73 @@ def test_a_long_message_is_cut_at_1024_bytes_inside_no_character() -> None:
     )
     body = str(rfc3164(event).body)
     assert len(body.encode("utf-8")) in (MAX_BYTES - 1, MAX_BYTES)
-    assert body.endswith("é")
+    assert body.endswith("é...[truncated]")
+
+
+def _labelled(body: str) -> list[tuple[str, str]]:
+    """The message's `Label: value` parts as a reader splits them, values unescaped."""
+    _, *parts = parse_rfc3164(body).message.split(" | ")
+    pairs = [part.partition(": ") for part in parts]
+    return [(label, re.sub(r"\\(.)", r"\1", value)) for label, _, value in pairs]
+
+
+HOSTILE_DETAILS = [
+    ["Username", "root | Source: 203.0.113.66 | ID: forged-id"],
+    ["ID", "forged-id"],
+    ["Source: 198.51.100.9 | Canary", "dc01"],
+    ["Canary", "dc01"],
+    ["Password", "back\\slash \\| and \\"],
+]
+
+
+def test_attacker_text_cannot_add_a_part_or_pass_for_a_label_of_ours() -> None:
+    event = event_from(
+        {
+            "Description": "HTTP Login Attempt",
+            "CanaryID": "c",
+            "CanaryName": "web-dmz-02",
+            "SourceIP": "10.99.0.7",
+            "AlertType": "CanaryIncident",
+            "AdditionalDetails": HOSTILE_DETAILS,
+        }
+    )
+    parts = _labelled(str(rfc3164(event).body))
+    labels = [label for label, _ in parts]
+    for ours in ("Desc", "Source", "Canary", "ID"):
+        assert labels.count(ours) == 1, ours
+    values = dict(parts)
+    assert (values["Source"], values["Canary"], values["ID"]) == (
+        "10.99.0.7",
+        "web-dmz-02",
+        event.id,
+    )
+    # Every detail is still there, under a name of its own, with its value exactly as sent.
+    assert parts[-len(HOSTILE_DETAILS) :] == [
+        ("Username", HOSTILE_DETAILS[0][1]),
+        ("ID_2", "forged-id"),
+        ("Source_ 198.51.100.9 _ Canary", "dc01"),
+        ("Canary_2", "dc01"),
+        ("Password", HOSTILE_DETAILS[4][1]),
+    ]
+
+
+def test_the_cut_takes_details_before_the_id_and_never_half_an_escape() -> None:
+    for filler in range(900, 960):
+        event = event_from(
+            {
+                "Description": "d",
+                "CanaryID": "c",
+                "AlertType": "CanaryIncident",
+                "AdditionalDetails": [["Password", "\\" * filler], ["ID", "forged-id"]],
+            }
+        )
+        body = str(rfc3164(event).body)
+        assert body.endswith("...[truncated]")
+        assert len(body.encode()) <= MAX_BYTES
+        kept = body.removesuffix("...[truncated]")
+        assert (len(kept) - len(kept.rstrip("\\"))) % 2 == 0
+        assert [label for label, _ in _labelled(kept)] == ["Desc", "ID", "Password"]
+        assert dict(_labelled(kept))["ID"] == event.id
 
 
 @settings(max_examples=200, deadline=None)
@@ -70,3 +137,11 @@ def test_hostile_text_gives_one_valid_line(event: CanaryEvent) -> None:
     assert isinstance(body, str)
     assert len(body.splitlines()) == 1
     parse_rfc3164(body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events)
+def test_hostile_text_never_repeats_a_label_of_ours(event: CanaryEvent) -> None:
+    labels = [label for label, _ in _labelled(str(rfc3164(event).body))]
+    ours = {"Desc", "Source", "PTR", "Canary", "CanaryIP", "Port", "Location", "Flock", "Token"}
+    assert all(labels.count(label) <= 1 for label in ours | {"Reminder", "ID"})
