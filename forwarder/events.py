@@ -648,8 +648,13 @@ def _iso(value: datetime) -> str:
 
 
 def is_ip(value: str | None) -> bool:
-    """True for a literal IPv4 or IPv6 address (Canary IP fields sometimes hold hostnames)."""
-    if not value:
+    """True for a literal IPv4 or IPv6 address (Canary IP fields sometimes hold hostnames).
+
+    An IPv6 zone (`fe80::1%eth0`) does not count: Python takes any text after the `%`, and
+    SIEM address types (Elasticsearch's `ip`) reject the document that has one. Such a value
+    is carried as text, like a hostname.
+    """
+    if not value or "%" in value:
         return False
     try:
         ipaddress.ip_address(value)
@@ -659,8 +664,8 @@ def is_ip(value: str | None) -> bool:
 
 
 def is_ipv6(value: str | None) -> bool:
-    """True for a literal IPv6 address."""
-    if not value:
+    """True for a literal IPv6 address without a zone (see `is_ip`)."""
+    if not value or "%" in value:
         return False
     try:
         return ipaddress.ip_address(value).version == 6

@@ -348,6 +348,8 @@ def test_received_at_in_another_zone_is_converted() -> None:
         (None, False, False),
         ("192.0.2.1 ", False, False),
         ("01.2.3.4", False, False),
+        ("fe80::1%eth0", False, False),
+        ("fe80::1%evil host x=y", False, False),
     ],
 )
 def test_is_ip(value: str | None, ip: bool, ipv6: bool) -> None:

@@ -125,6 +125,8 @@ def test_host_or_ip() -> None:
     assert host_or_ip("2001:db8::1") == ("2001:db8::1", None)
     assert host_or_ip("abc.canary.tools") == (None, "abc.canary.tools")
     assert host_or_ip("") == (None, None)
+    # Elasticsearch's `ip` type rejects a zone, and Python accepts any text after the `%`.
+    assert host_or_ip("fe80::1%evil host x=y") == (None, "fe80::1%evil host x=y")
 
 
 def test_signature_id_is_the_log_type_or_a_stable_slug() -> None:
