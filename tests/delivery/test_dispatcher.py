@@ -31,13 +31,17 @@ from forwarder.store.outbox import Outbox, StoreUnavailable
 class ScriptedOutput(Output[OutputConfig]):
     """Answers each send with the next scripted result (a function of the batch), then Delivered."""
 
-    def __init__(self, script: Sequence[Callable[[Sequence[Record]], SendResult]]) -> None:
+    def __init__(
+        self,
+        script: Sequence[Callable[[Sequence[Record]], SendResult]],
+        max_backoff_secs: float = 0.02,
+    ) -> None:
         super().__init__(
             OutputConfig(
                 name="scripted",
                 type="scripted",
                 batch={"max_events": 10, "timeout_secs": 0},  # type: ignore[arg-type]
-                retry={"initial_backoff_secs": 0.01, "max_backoff_secs": 0.02},  # type: ignore[arg-type]
+                retry={"initial_backoff_secs": 0.01, "max_backoff_secs": max_backoff_secs},  # type: ignore[arg-type]
             )
         )
         self.script = list(script)
@@ -217,6 +221,29 @@ async def test_failing_since_is_set_while_failing(outbox: Outbox) -> None:
     assert dispatcher.failing_since is not None and dispatcher.last_error == "down"
     await dispatcher.stop(5)
     assert (await outbox.stats()).events == 1
+
+
+async def test_retry_after_sets_the_wait_before_the_next_send(outbox: Outbox) -> None:
+    output = ScriptedOutput([lambda b: Retry("429 slow down", retry_after=45)], 60)
+    await outbox.append(event(0))
+    dispatcher = Dispatcher(output, JsonMapper(JsonConfig(type="json")), outbox)
+    backoffs: asyncio.Queue[float] = asyncio.Queue()
+    pause = dispatcher._pause
+
+    async def watched_pause(seconds: float, *, wake_early: bool) -> None:
+        if not wake_early:
+            backoffs.put_nowait(seconds)
+        await pause(seconds, wake_early=wake_early)
+
+    dispatcher._pause = watched_pause  # type: ignore[method-assign]
+    dispatcher.start()
+    async with asyncio.timeout(10):
+        delay = await backoffs.get()
+    assert 45 <= delay <= 60  # the server's word, within the configured cap
+    assert output.batches == [["0"]]  # nothing is sent again while it waits
+    async with asyncio.timeout(5):
+        await dispatcher.stop(5)  # and stop does not wait for the back-off to end
+    assert (await outbox.stats()).queued == {"scripted": 1}
 
 
 async def test_stop_leaves_unsent_events_queued(outbox: Outbox) -> None:

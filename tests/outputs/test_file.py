@@ -94,6 +94,42 @@ async def test_write_failure_is_retry_and_leaves_no_torn_line(tmp_path: Path) ->
     assert target.read_bytes() == b"kept\nagain\n"
 
 
+@pytest.mark.parametrize(("policy", "fsyncs"), [("batch", 2), ("never", 0)])
+async def test_fsync_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, fsyncs: int
+) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    out = output(tmp_path / "events.jsonl", fsync=policy)
+    await out.start()
+    await out.send([Record(EVENT, "one"), Record(EVENT, "two")])
+    await out.send([Record(EVENT, "three")])
+    await out.aclose()
+    assert len(synced) == fsyncs  # "batch": once per send, after its last line
+
+
+async def test_failed_fsync_is_retry_and_the_batch_is_taken_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After a failed fsync the kernel may already have dropped the dirty pages (fsyncgate):
+    # the batch counts as not written, so it is cut off and sent again, not half-trusted.
+    target = tmp_path / "events.jsonl"
+    out = output(target)
+    await out.start()
+    await out.send([Record(EVENT, "kept")])
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    result = await out.send([Record(EVENT, "unsure")])
+    monkeypatch.undo()
+    assert isinstance(result, Retry)
+    assert "Input/output error" in result.reason
+    assert target.read_bytes() == b"kept\n"
+    await out.aclose()
+
+
 async def test_missing_directory_fails_start_and_healthcheck(tmp_path: Path) -> None:
     out = output(tmp_path / "nope" / "events.jsonl")
     with pytest.raises(HealthcheckError, match="not writable"):
