@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from forwarder.mappers.base import MapperConfig
 from forwarder.outputs.base import OutputConfig
@@ -299,19 +300,23 @@ def _union_branch(part: str | int) -> bool:
     return isinstance(part, str) and "[" in part
 
 
+def _wrong_type(error: ErrorDetails) -> bool:
+    return error["type"] == "literal_error" or error["type"].endswith("_type")
+
+
 def _describe(exc: ValidationError, prefix: str = "") -> Iterable[str]:
     errors = exc.errors(include_url=False, include_input=False)
-    # A value that got into one branch of a union (a mapping for `auth`) failed inside it: the
-    # other branches' complaints (`Input should be 'none'`) would only mislead.
-    deep = {
+    # A value of the right type for one branch of a union (a mapping for `auth`) failed inside
+    # that branch; the other branches' "wrong type" (`Input should be 'none'`) would mislead.
+    entered = {
         e["loc"][:i]
         for e in errors
         for i, part in enumerate(e["loc"])
-        if _union_branch(part) and i + 1 < len(e["loc"])
+        if _union_branch(part) and (i + 1 < len(e["loc"]) or not _wrong_type(e))
     }
     for error in errors:
         loc = error["loc"]
-        if _union_branch(loc[-1]) and loc[:-1] in deep:
+        if _union_branch(loc[-1]) and _wrong_type(error) and loc[:-1] in entered:
             continue
         path = prefix
         for part in error["loc"]:
