@@ -3,6 +3,8 @@
 `Pipeline.reload` builds and starts the new outputs before it touches the running ones, so an
 output that cannot start leaves the old configuration in place. The old dispatchers then finish
 the send they are in and stop; nothing queued is lost because the queue is the store.
+`Pipeline.reopen_outputs` reopens the running outputs in place: a refused reload still needs
+that, since logrotate has moved their files away all the same.
 """
 
 from __future__ import annotations
@@ -90,6 +92,20 @@ class Pipeline:
             await self._warn_orphans()
             log.info("Configuration reloaded.", outputs=[d.name for d in fresh])
 
+    async def reopen_outputs(self) -> None:
+        """Reopen every running output's files and connections (SIGHUP, after logrotate).
+
+        The outputs reopen side by side, so one waiting for its send in progress delays none of
+        the others; one that cannot reopen is logged and does not stop the rest.
+        """
+        async with self._reload_lock:
+            running = list(self.dispatchers)
+            reopened = await asyncio.gather(*(_reopen(d) for d in running))
+        log.info(
+            "Outputs reopened.",
+            outputs=[d.name for d, done in zip(running, reopened, strict=True) if done],
+        )
+
     async def stop(self, graceful_secs: float) -> None:
         for task in (self._sweeper, self._prober):
             if task is not None:
@@ -166,6 +182,15 @@ async def _start_outputs(specs: Sequence[OutputSpec], outbox: Outbox) -> list[Di
                 await dispatcher.output.aclose()
         raise
     return dispatchers
+
+
+async def _reopen(dispatcher: Dispatcher) -> bool:
+    try:
+        await dispatcher.output.reopen()
+    except Exception as exc:
+        log.error("Output could not reopen.", output=dispatcher.name, error=str(exc))
+        return False
+    return True
 
 
 async def _stop_all(dispatchers: Sequence[Dispatcher], graceful_secs: float) -> None:

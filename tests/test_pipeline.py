@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -8,9 +9,11 @@ from pathlib import Path
 import pytest
 import structlog
 
+from forwarder import pipeline as pipeline_module
 from forwarder.events import parse_event
 from forwarder.pipeline import Pipeline, ReloadError
 from forwarder.settings import Settings
+from tests.daemon.harness import read_jsonl, wait_until
 from tests.helpers import memory_output, sample
 
 MEM = {"type": "memory", "batch": {"timeout_secs": 0}}
@@ -25,12 +28,22 @@ async def append(pipeline: Pipeline, n: int) -> None:
     assert stored
 
 
+async def stall(pipeline: Pipeline) -> None:
+    """Stop every dispatcher: the outputs never deliver again and events stay queued."""
+    for dispatcher in pipeline.dispatchers:
+        await dispatcher.stop(1)
+
+
+def numbers_in(path: Path) -> list[int]:
+    """The `N` of each event a file output wrote to `path`, in order."""
+    return [record["payload"]["N"] for record in read_jsonl(path)]
+
+
 async def test_reload_adds_an_output_and_keeps_the_queue(
     make_settings: Callable[..., Settings],
 ) -> None:
     pipeline = await Pipeline.start(make_settings())
-    for dispatcher in pipeline.dispatchers:
-        await dispatcher.stop(1)  # the old output is stalled: events queue up
+    await stall(pipeline)  # events queue up for the old output
     await append(pipeline, 1)
     await pipeline.reload(
         make_settings(outputs=[{**MEM, "name": "mem"}, {**MEM, "name": "second"}]), 1
@@ -62,8 +75,7 @@ async def test_reload_that_cannot_start_keeps_the_old_outputs(
 async def test_sweep_dead_letters_expired_events(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(store={"path": str(make_settings().store.path), "max_age_secs": 60})
     pipeline = await Pipeline.start(settings)
-    for dispatcher in pipeline.dispatchers:
-        await dispatcher.stop(1)
+    await stall(pipeline)
     old = parse_event(sample("incident_ftp_login"), received_at=datetime(2020, 1, 1, tzinfo=UTC))
     assert await pipeline.outbox.append(old)
     await append(pipeline, 1)
@@ -77,12 +89,61 @@ async def test_sweep_dead_letters_expired_events(make_settings: Callable[..., Se
     await pipeline.stop(1)
 
 
+async def test_the_running_pipeline_sweeps_expired_events_to_dead_letters(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline_module, "SWEEP_INTERVAL_SECS", 0.05)
+    settings = make_settings(store={"path": str(make_settings().store.path), "max_age_secs": 60})
+    pipeline = await Pipeline.start(settings)
+    await stall(pipeline)
+    old = parse_event(sample("incident_ftp_login"), received_at=datetime(2020, 1, 1, tzinfo=UTC))
+    # Queued while the pipeline runs: only its own sweeper can dead-letter it.
+    with structlog.testing.capture_logs() as logs:
+        assert await pipeline.outbox.append(old)
+        await wait_until(lambda: logs, timeout=10, what="the sweeper to log the expired event")
+    [line] = logs
+    assert {"output": "mem", "count": 1, "log_level": "error"}.items() <= line.items()
+    [letter] = await pipeline.outbox.dead_letters()
+    assert letter.event_id == "bc84b27ca5327d9d7f915fadae7ef9a4"
+    assert letter.reason == "expired: not delivered within 60 s"
+    assert (await pipeline.outbox.stats()).queued == {}
+    await pipeline.stop(1)
+
+
+async def test_reopen_outputs_follows_logrotate_even_if_one_output_cannot_reopen(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    rotated, gone = tmp_path / "rotated.jsonl", tmp_path / "gone"
+    gone.mkdir()
+    outputs = [
+        {"name": "kept", "type": "file", "path": str(tmp_path / "kept.jsonl")},
+        {"name": "gone", "type": "file", "path": str(gone / "gone.jsonl")},
+    ]
+    pipeline = await Pipeline.start(
+        make_settings(outputs=[{**spec, "batch": {"timeout_secs": 0}} for spec in outputs])
+    )
+    kept = tmp_path / "kept.jsonl"
+    await append(pipeline, 1)
+    await wait_until(lambda: numbers_in(kept) == [1], timeout=10, what="event 1 in kept.jsonl")
+    kept.rename(rotated)  # what logrotate does before it sends SIGHUP
+    shutil.rmtree(gone)
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.reopen_outputs()
+    await append(pipeline, 2)
+    await wait_until(lambda: numbers_in(kept) == [2], timeout=10, what="event 2 in kept.jsonl")
+    assert numbers_in(rotated) == [1]
+    assert [(e["event"], e.get("output"), e.get("outputs")) for e in logs] == [
+        ("Output could not reopen.", "gone", None),
+        ("Outputs reopened.", None, ["kept"]),
+    ]
+    await pipeline.stop(1)
+
+
 async def test_events_for_an_unconfigured_output_are_reported(
     make_settings: Callable[..., Settings],
 ) -> None:
     pipeline = await Pipeline.start(make_settings(outputs=[{**MEM, "name": "old"}]))
-    for dispatcher in pipeline.dispatchers:
-        await dispatcher.stop(1)
+    await stall(pipeline)
     await append(pipeline, 1)
     await pipeline.stop(1)
     with structlog.testing.capture_logs() as logs:

@@ -1,4 +1,5 @@
-"""`run`: start the daemon and keep it running until SIGTERM or SIGINT; SIGHUP reloads.
+"""`run`: start the daemon and keep it running until SIGTERM or SIGINT; SIGHUP reloads the
+configuration and reopens the outputs' files, even when it refuses the new configuration.
 
 Shutdown order (after uvicorn's): stop accepting, let in-flight requests finish, let each output
 finish the send it is in within the graceful timeout, then close the store cleanly.
@@ -129,11 +130,17 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         stop.set()
 
     async def reload() -> None:
+        replaced = False
         try:
-            await _reload(pipeline, config_path, graceful_secs)
+            replaced = await _reload(pipeline, config_path, graceful_secs)
             if server_tls is not None:
                 _reload_certificates(server_tls, pipeline)
         finally:
+            if not replaced:
+                # Fresh outputs opened their files just now; the ones that kept running must
+                # reopen theirs, or they write on into the file logrotate moved away. In a
+                # `finally`, so even a reload that failed unexpectedly leaves no stale file.
+                await pipeline.reopen_outputs()
             # systemd waits for READY=1 after RELOADING=1, whether the reload worked or not.
             notifier.ready(status=_status_line(pipeline))
 
@@ -187,13 +194,14 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     return 0
 
 
-async def _reload(pipeline: Pipeline, config_path: Path | None, graceful_secs: float) -> None:
+async def _reload(pipeline: Pipeline, config_path: Path | None, graceful_secs: float) -> bool:
+    """Load the configuration again and swap in new outputs; False if the old ones keep running."""
     log.info("Reloading configuration.", config=str(config_path) if config_path else None)
     try:
         settings = load_settings(config_path) if config_path else default_settings()
     except ConfigError as exc:
         log.error("New configuration is invalid; the old one keeps running.", problems=exc.problems)
-        return
+        return False
     if settings.listen != pipeline.settings.listen:
         log.warning("Changes under `listen` take effect at the next restart.")
         settings = Settings(pipeline.settings.listen, settings.store, settings.outputs)
@@ -204,6 +212,8 @@ async def _reload(pipeline: Pipeline, config_path: Path | None, graceful_secs: f
         await pipeline.reload(settings, graceful_secs)
     except ReloadError as exc:
         log.error("New outputs could not start; the old ones keep running.", error=str(exc))
+        return False
+    return True
 
 
 def _reload_certificates(context: ssl.SSLContext, pipeline: Pipeline) -> None:

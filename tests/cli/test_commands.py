@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from forwarder import __version__
 from forwarder.cli import main
@@ -81,28 +84,72 @@ def test_validate_healthcheck_reports_unwritable_file_output(
     assert "output local: UNHEALTHY" in capsys.readouterr().out
 
 
-async def test_send_test_posts_the_console_test_event(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    received: list[tuple[dict[str, str], Any]] = []
+@dataclass(frozen=True)
+class Post:
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[tuple[str, list[Post]]]:
+    """A webhook on 127.0.0.1 (a free port) that keeps each post and answers how many bytes it
+    got: (its URL, the posts so far)."""
+    posts: list[Post] = []
 
     async def handler(request: web.Request) -> web.Response:
-        received.append((dict(request.headers), await request.json()))
-        return web.json_response({"status": "stored"})
+        body = await request.read()
+        posts.append(Post(request.headers.copy(), body))
+        return web.json_response({"status": "stored", "received": len(body)})
 
     app = web.Application()
     app.router.add_post("/canary", handler)
     async with TestServer(app, host="127.0.0.1") as server:
-        url = str(server.make_url("/canary"))
+        yield str(server.make_url("/canary")), posts
+
+
+async def test_send_test_posts_the_console_test_event(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with webhook_receiver() as (url, posts):
         code = await asyncio.to_thread(
             main, ["send-test", "--url", url, "--header", "X-Canary-Token: abc"]
         )
     assert code == 0
-    headers, body = received[0]
-    assert headers["X-Canary-Token"] == "abc"
-    assert headers["Content-Type"] == "application/json"
+    [post] = posts
+    assert post.headers["X-Canary-Token"] == "abc"
+    assert post.headers["Content-Type"] == "application/json"
+    body = json.loads(post.body)
     assert body["LogType"] == 111111 and body["CanaryID"] == "0000000testnode"
-    assert capsys.readouterr().out.startswith('200 {"status": "stored"}')
+    assert capsys.readouterr().out.startswith('200 {"status": "stored"')
+
+
+async def test_send_test_posts_a_payload_file_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    payload = tmp_path / "incident.json"
+    # Spacing, key order, a non-ASCII character and a number's spelling that re-encoding would
+    # all change.
+    payload.write_bytes(
+        b'{"AlertType":"CanaryIncident",\n  "Description": "caf\xc3\xa9", "N": 1.50}\n'
+    )
+    async with webhook_receiver() as (url, posts):
+        code = await asyncio.to_thread(
+            main, ["send-test", "--url", url, "--header", "X-Canary-Token: abc", str(payload)]
+        )
+    assert code == 0
+    [post] = posts
+    assert post.body == payload.read_bytes()
+    assert post.headers["X-Canary-Token"] == "abc"
+    answer = f'200 {{"status": "stored", "received": {payload.stat().st_size}}}'
+    assert capsys.readouterr().out.strip() == answer
+
+
+def test_send_test_reports_a_payload_file_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.json"
+    assert main(["send-test", "--url", "http://127.0.0.1:9/canary", str(missing)]) == 1
+    assert capsys.readouterr().err.startswith(f"cannot read {missing}")
 
 
 def test_send_test_reports_an_unreachable_daemon(capsys: pytest.CaptureFixture[str]) -> None:

@@ -233,25 +233,29 @@ class Daemon:
             *self.extra_args,
         ]
 
-    def spawn(self) -> subprocess.Popen[bytes]:
-        """Start the process without waiting for it to be ready."""
+    def spawn(self, stderr: int | None = None) -> subprocess.Popen[bytes]:
+        """Start the process without waiting for it to be ready.
+
+        Its stderr goes to this run's log file, or to the file descriptor `stderr` if given (a
+        pipe or a terminal, for tests of the log format; the log methods then see nothing).
+        """
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
         self.runs += 1
         env = dict(os.environ, PYTHONUNBUFFERED="1", FORWARDER_DISABLE_PLUGIN_AUTOLOAD="1")
-        with self.stderr_path.open("wb") as stderr:
+        with self.stderr_path.open("wb") as log_file:
             self.proc = subprocess.Popen(
                 self.command(),
                 cwd=self.workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=stderr,
+                stderr=log_file if stderr is None else stderr,
             )
         return self.proc
 
-    async def start(self, timeout: float = 20.0) -> Daemon:
-        """Start and wait until GET /healthz answers 200."""
-        self.spawn()
+    async def start(self, timeout: float = 20.0, *, stderr: int | None = None) -> Daemon:
+        """Start and wait until GET /healthz answers 200; `stderr` as for `spawn`."""
+        self.spawn(stderr)
         await self.wait_ready(timeout)
         return self
 

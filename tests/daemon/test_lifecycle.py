@@ -1,4 +1,5 @@
-"""The daemon's life as an operator sees it: start-up failures, SIGTERM, and SIGHUP reloads.
+"""The daemon's life as an operator sees it: start-up failures, SIGTERM and SIGINT, and SIGHUP
+reloads.
 
 Issue 2 (configuration, shutdown) and issue 5 ("Reload"): each test runs the real daemon as a
 subprocess on 127.0.0.1 and checks exit codes, log lines, the output files and the store.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import socket
 import sqlite3
@@ -129,11 +131,12 @@ async def test_public_address_with_explicit_auth_none_starts(
     assert await daemon.stop() == 0
 
 
-# SIGTERM
+# SIGTERM and SIGINT
 
 
-async def test_sigterm_finishes_in_flight_request_closes_store_and_keeps_queue(
-    daemons: DaemonFactory, tmp_path: Path
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+async def test_stop_signal_finishes_in_flight_request_closes_store_and_keeps_queue(
+    daemons: DaemonFactory, tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     output = tmp_path / "out.jsonl"
     state = tmp_path / "state"
@@ -170,8 +173,9 @@ async def test_sigterm_finishes_in_flight_request_closes_store_and_keeps_queue(
 
         await wait_until_async(handler_started, timeout=5, what="the handler to start")
 
-        daemon.send_signal(signal.SIGTERM)
-        await daemon.wait_for_log("Stopping.")
+        daemon.send_signal(stop_signal)
+        stopping = await daemon.wait_for_log("Stopping.")
+        assert stopping["signal"] == stop_signal.name
 
         async def refused() -> bool:
             try:
@@ -297,6 +301,48 @@ async def test_reload_reopens_the_output_file(daemons: DaemonFactory, tmp_path: 
     assert await daemon.stop() == 0
     assert set(seen) == set(new)
     assert set(ids_in(rotated)) == set(old)
+
+
+async def test_sighup_reopens_the_output_file_when_the_reload_is_refused(
+    daemons: DaemonFactory, tmp_path: Path
+) -> None:
+    output, other_dir = tmp_path / "a.jsonl", tmp_path / "g"
+    other_dir.mkdir()
+    config = {"outputs": [file_output("a", output), file_output("g", other_dir / "g.jsonl")]}
+    daemon = daemons(config)
+    await daemon.start()
+    delivered: dict[Path, set[str]] = {}
+    async with _session() as session:
+
+        async def deliver_then_rotate(rotated: Path) -> None:
+            ids = await _post_stored(session, daemon, 2)
+            await _wait_delivered(output, set(ids))
+            output.rename(rotated)  # what logrotate does before it sends SIGHUP
+            delivered[rotated] = set(ids)
+
+        # The configuration on disk is invalid: refused, yet every output reopens its file.
+        await deliver_then_rotate(tmp_path / "a.jsonl.1")
+        await _reload(daemon, "outputs: [\n")
+        await daemon.wait_for_log("New configuration is invalid; the old one keeps running.")
+        line = await daemon.wait_for_log("Outputs reopened.")
+        assert line["outputs"] == ["a", "g"]
+
+        # Valid, but g's directory is gone: g can neither start anew nor reopen; a still reopens.
+        await deliver_then_rotate(tmp_path / "a.jsonl.2")
+        shutil.rmtree(other_dir)
+        await _reload(daemon, config, count=2)
+        await daemon.wait_for_log("New outputs could not start; the old ones keep running.")
+        line = await daemon.wait_for_log("Outputs reopened.", count=2)
+        assert line["outputs"] == ["a"]
+        [line] = daemon.find_logs("Output could not reopen.", level="error")
+        assert line["output"] == "g"
+
+        ids = await _post_stored(session, daemon, 2)
+        await _wait_delivered(output, set(ids))
+        delivered[output] = set(ids)
+    assert await daemon.stop() == 0
+    assert {path: set(ids_in(path)) for path in delivered} == delivered
+    assert not daemon.find_logs("Configuration reloaded.")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")

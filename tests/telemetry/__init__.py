@@ -1,0 +1,1 @@
+"""Tests of forwarder.telemetry: the log format and what the logs must never carry."""
