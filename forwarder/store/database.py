@@ -88,6 +88,12 @@ _INSERT_EVENTS = (
     "INSERT INTO events (seq, event_id, fingerprint, kind, received_at, size, body) VALUES "
 )
 _EVENT_ROW = "(?, ?, ?, ?, ?, ?, ?)"
+# The highest seq ever handed out: never below what AUTOINCREMENT has given, even after the
+# table was emptied, so a seq is never reused.
+_HIGHEST_SEQ = (
+    "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
+    " COALESCE((SELECT MAX(seq) FROM events), 0))"
+)
 
 
 def _json_list(values: Sequence[object]) -> str:
@@ -110,7 +116,8 @@ def _seen_since(
 
 
 class StoreCorrupt(Exception):
-    """The database file exists but SQLite cannot use it."""
+    """The database file exists but cannot be used: SQLite finds it damaged, or its tables are
+    not the ones this version creates (another program's file, another version's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +174,22 @@ class Database:
         database itself; a `Checkpointer` on another thread does, so commits never wait for it.
         """
         self.path = directory / DB_NAME
+        # Events other connections inserted (a `dead-letters replay` beside the daemon), for
+        # a caller that keeps totals: see `totals` and `added_elsewhere`.
+        self._counted_through: int | None = None
+        self._added_elsewhere = (0, 0)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._prepare(sync, background_checkpoints)
+        except BaseException:
+            self._db.close()
+            raise
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, 0o600)
+
+    def _prepare(self, sync: str, background_checkpoints: bool) -> None:
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self._db.execute("PRAGMA busy_timeout=5000")
@@ -178,15 +198,22 @@ class Database:
             ok = self._db.execute("PRAGMA quick_check").fetchone()
             if ok is None or ok[0] != "ok":
                 raise StoreCorrupt(f"{self.path}: integrity check failed: {ok}")
-            self._db.executescript(_SCHEMA)
+            tables = _tables(self._db)
+            if not tables:
+                # One transaction: another process opening the same new store sees every
+                # table or none, never a part it would take for a foreign schema.
+                self._db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+                return
+            problems = _schema_problems(tables)
+            if problems:
+                raise StoreCorrupt(
+                    f"{self.path}: not an outbox this version can use: {'; '.join(problems)}"
+                )
+            self._db.executescript(_SCHEMA)  # adds what an earlier build lacked (an index)
         except sqlite3.DatabaseError as exc:
-            with contextlib.suppress(Exception):
-                self._db.close()
             if isinstance(exc, sqlite3.OperationalError) and not _looks_corrupt(exc):
                 raise
             raise StoreCorrupt(f"{self.path}: {exc}") from exc
-        with contextlib.suppress(OSError):
-            os.chmod(self.path, 0o600)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -216,7 +243,7 @@ class Database:
         for every output in `outputs` (at least once beats not at all).
         """
         events = _readable_events(broken)
-        deliveries = _readable_rows(broken, "SELECT output, seq, attempts FROM deliveries")
+        deliveries = _readable_rows(broken, "deliveries", "output, seq, attempts")
         known = {row[1] for row in deliveries}
         with self._transaction() as db:
             db.executemany(
@@ -254,12 +281,9 @@ class Database:
             seen = _seen_since(db, [e.fingerprint for e in events], dedupe_window)
             results: list[int | None] = []
             fresh: list[tuple[int, NewEvent]] = []
-            # Explicit seqs, so one INSERT serves the group; never below what AUTOINCREMENT has
-            # handed out, so a seq is never reused even after the table was emptied.
-            (high,) = db.execute(
-                "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0),"
-                " COALESCE((SELECT MAX(seq) FROM events), 0))"
-            ).fetchone()
+            # Explicit seqs, so one INSERT serves the group.
+            (high,) = db.execute(_HIGHEST_SEQ).fetchone()
+            self._note_added_elsewhere(db, high)
             for event in events:
                 if dedupe_window > 0:
                     # Also catches the same event twice in one group (two webhooks at once).
@@ -298,6 +322,8 @@ class Database:
                     (_json_list([e.fingerprint for _, e in fresh]),
                      _json_list([e.received_at for _, e in fresh])),
                 )  # fmt: skip
+        if self._counted_through is not None:
+            self._counted_through = high  # the caller counts its own events from `results`
         return results
 
     def check_writable(self, size: int) -> None:
@@ -382,9 +408,11 @@ class Database:
             " FROM events WHERE seq IN (SELECT value FROM json_each(?))"
             " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.seq = events.seq)"
         )
-        events, size = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0)" + orphans, (listed,)
+        events, size, high = db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(size), 0), ({_HIGHEST_SEQ})" + orphans, (listed,)
         ).fetchone()
+        # Before the delete, so a replayed event that leaves right here is counted in, then out.
+        self._note_added_elsewhere(db, high)
         if events:
             db.execute("DELETE" + orphans, (listed,))
         return int(events), int(size)
@@ -402,6 +430,45 @@ class Database:
 
     def outputs_with_deliveries(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT DISTINCT output FROM deliveries")]
+
+    # Totals for a caller that keeps them in memory
+
+    def totals(self) -> tuple[int, int]:
+        """The (events, bytes) the store holds, from a scan of every event row.
+
+        From then on, events that other connections insert are noted on the way by every
+        append, ack and dead letter (their seqs lie above any this connection counted) and
+        reported by `added_elsewhere`, so the caller's totals stay exact without a rescan.
+        """
+        count, size, high = self._db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(size), 0), ({_HIGHEST_SEQ}) FROM events"  # noqa: S608
+        ).fetchone()
+        self._counted_through, self._added_elsewhere = int(high), (0, 0)
+        return int(count), int(size)
+
+    def added_elsewhere(self, *, look: bool = False) -> tuple[int, int]:
+        """The (events, bytes) other connections inserted that no earlier call reported.
+
+        Without `look`, only what this connection's own writes noticed, at no cost; with it,
+        one statement also checks the store now (for an idle daemon).
+        """
+        if look and self._counted_through is not None:
+            (high,) = self._db.execute(_HIGHEST_SEQ).fetchone()
+            self._note_added_elsewhere(self._db, high)
+        added, self._added_elsewhere = self._added_elsewhere, (0, 0)
+        return added
+
+    def _note_added_elsewhere(self, db: sqlite3.Connection, high: int) -> None:
+        through = self._counted_through
+        if through is None or high <= through:
+            return
+        count, size = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE seq > ? AND seq <= ?",
+            (through, high),
+        ).fetchone()
+        events, size_so_far = self._added_elsewhere
+        self._added_elsewhere = (events + count, size_so_far + size)
+        self._counted_through = high
 
     # Inspection and dead letters
 
@@ -532,14 +599,33 @@ class Checkpointer:
         self._db.close()
 
 
-def _readable_rows(path: Path, query: str) -> list[tuple[object, ...]]:
-    rows: list[tuple[object, ...]] = []
+def _open_to_salvage(path: Path, table: str) -> sqlite3.Connection | None:
+    """A read-only connection to a broken outbox, or None if `table` cannot be read from it.
+
+    A table that is missing or has another layout (a foreign schema) gives nothing; one whose
+    layout cannot be read for damage is still tried, row by row.
+    """
     try:
         source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error:
+        return None
+    try:
+        found = _tables(source).get(table)
+    except sqlite3.Error:
+        return source
+    if found == _EXPECTED_TABLES[table]:
+        return source
+    source.close()
+    return None
+
+
+def _readable_rows(path: Path, table: str, columns: str) -> list[tuple[object, ...]]:
+    rows: list[tuple[object, ...]] = []
+    source = _open_to_salvage(path, table)
+    if source is None:
         return rows
     try:
-        for row in source.execute(query):
+        for row in source.execute(f"SELECT {columns} FROM {table}"):  # noqa: S608
             rows.append(tuple(row))
     except sqlite3.Error:
         pass  # keep what was read before the damage
@@ -558,9 +644,8 @@ def _readable_events(path: Path) -> list[tuple[object, ...]]:
     scan resumes just past the damage, so only the rows on the damaged pages are lost.
     """
     rows: list[tuple[object, ...]] = []
-    try:
-        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error:
+    source = _open_to_salvage(path, "events")
+    if source is None:
         return rows
     scan = f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq >= ? ORDER BY seq"  # noqa: S608
     start: int | None = 0
@@ -612,6 +697,53 @@ def _step_over_damage(
         else:
             high = middle
     return high
+
+
+# A table's layout: each column's name and its declaration (type, NOT NULL, PRIMARY KEY).
+_Layout = dict[str, str]
+
+
+def _tables(db: sqlite3.Connection) -> dict[str, _Layout]:
+    """The layout of every table in `db` but SQLite's own."""
+    tables: dict[str, _Layout] = {}
+    for table, column, declared, not_null, key in db.execute(
+        'SELECT t.name, c.name, upper(c.type), c."notnull", c.pk'
+        " FROM sqlite_master t, pragma_table_info(t.name) c"
+        " WHERE t.type = 'table' AND t.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    ):
+        words = [declared, "NOT NULL" if not_null else "", "PRIMARY KEY" if key else ""]
+        tables.setdefault(table, {})[column] = " ".join(word for word in words if word)
+    return tables
+
+
+def _expected_tables() -> dict[str, _Layout]:
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        db.executescript(_SCHEMA)
+        return _tables(db)
+
+
+# Read from the schema itself, so it cannot drift from what `_SCHEMA` creates.
+_EXPECTED_TABLES = _expected_tables()
+
+
+def _schema_problems(tables: dict[str, _Layout]) -> list[str]:
+    """How `tables` differ from what this version creates; tables it does not know are fine."""
+    missing = [table for table in _EXPECTED_TABLES if table not in tables]
+    problems = [f"missing tables {', '.join(missing)}"] if missing else []
+    for table, expected in _EXPECTED_TABLES.items():
+        found = tables.get(table)
+        if found is None or found == expected:
+            continue
+        if absent := [column for column in expected if column not in found]:
+            problems.append(f"table {table} lacks columns {', '.join(absent)}")
+        if extra := [column for column in found if column not in expected]:
+            problems.append(f"table {table} has unknown columns {', '.join(extra)}")
+        problems += [
+            f"column {table}.{column} is {found[column] or 'untyped'}, expected {declared}"
+            for column, declared in expected.items()
+            if column in found and found[column] != declared
+        ]
+    return problems
 
 
 def _looks_corrupt(exc: sqlite3.OperationalError) -> bool:

@@ -73,6 +73,9 @@ class Outbox:
         self._executor = executor
         self._outputs: tuple[str, ...] = ()
         self._pending: list[_Pending] = []
+        # Bytes of posts waiting for their commit: they count against `max_bytes` too, or
+        # concurrent posts would all pass the check before any of them is committed.
+        self._pending_bytes = 0
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._checkpoints: asyncio.Task[None] | None = None
@@ -169,8 +172,9 @@ class Outbox:
             StoreFull: the byte bound is reached.
             StoreUnavailable: the commit failed; nothing was stored.
         """
-        if self.bytes + len(event.raw) > self.config.max_bytes:
-            raise StoreFull(f"store holds {self.bytes} bytes of {self.config.max_bytes}")
+        held = self.bytes + self._pending_bytes
+        if held + len(event.raw) > self.config.max_bytes:
+            raise StoreFull(f"store holds {held} bytes of {self.config.max_bytes}")
         pending = _Pending(
             NewEvent(
                 event_id=event.id,
@@ -183,6 +187,7 @@ class Outbox:
             asyncio.get_running_loop().create_future(),
         )
         self._pending.append(pending)
+        self._pending_bytes += len(event.raw)
         self._wakeup.set()
         seq = await pending.done
         return seq is not None
@@ -199,20 +204,23 @@ class Outbox:
         try:
             events, outputs = [p.event for p in group], self._outputs
             window = self.config.dedupe_window_secs
-            seqs = await self._with_db(lambda db: db.append(events, outputs, window))
+            seqs = await self._with_db_counted(lambda db: db.append(events, outputs, window))
         except Exception as exc:
             self._mark_unhealthy(exc)
             for pending in group:
                 if not pending.done.done():
                     pending.done.set_exception(StoreUnavailable(str(exc)))
             return
+        finally:
+            # Stored, duplicate or failed alike; the stored ones join `bytes` below, in the
+            # same step of the event loop, so no post sees them counted twice or not at all.
+            self._pending_bytes -= sum(len(pending.event.body) for pending in group)
         self._mark_healthy()
         stored = False
         for pending, seq in zip(group, seqs, strict=True):
             if seq is not None:
                 stored = True
-                self.bytes += len(pending.event.body)
-                self.events += 1
+                self._count(1, len(pending.event.body))
                 self._remember(seq, pending.parsed)
             if not pending.done.done():
                 pending.done.set_result(seq)
@@ -244,8 +252,7 @@ class Outbox:
                 self._checkpoints = asyncio.create_task(
                     self._checkpoint_forever(self._db.path), name="store-checkpoint"
                 )
-                stats = await self.stats()
-                self.bytes, self.events = stats.bytes, stats.events
+                self.events, self.bytes = await self._with_db(lambda db: db.totals())
             await self.forget_old()
             await self._with_db(lambda db: db.check_writable(PROBE_BYTES))
         except Exception as exc:
@@ -278,22 +285,41 @@ class Outbox:
         return await self._with_db(lambda db: db.fetch(output, limit, max_bytes, exclude))
 
     async def ack(self, output: str, seqs: Sequence[int]) -> None:
-        self._release(await self._with_db(lambda db: db.ack(output, seqs)))
+        self._release(await self._with_db_counted(lambda db: db.ack(output, seqs)))
 
     async def retry_later(self, output: str, seqs: Sequence[int]) -> None:
         await self._with_db(lambda db: db.retry_later(output, seqs))
 
     async def dead_letter(self, output: str, reasons: dict[int, str]) -> None:
         now = time.time()
-        self._release(await self._with_db(lambda db: db.dead_letter(output, reasons, now)))
+        self._release(await self._with_db_counted(lambda db: db.dead_letter(output, reasons, now)))
 
     async def expired(self, max_age: float) -> dict[str, list[int]]:
         cutoff = time.time() - max_age
         return await self._with_db(lambda db: db.expired(cutoff))
 
     def _release(self, removed: tuple[int, int]) -> None:
-        self.events -= removed[0]
-        self.bytes -= removed[1]
+        self._count(-removed[0], -removed[1])
+
+    async def _with_db_counted(self, call: Callable[[Database], T], *, look: bool = False) -> T:
+        """`_with_db`, then count in the events other processes added that the call noticed.
+
+        `dead-letters replay` inserts events from its own process; without this, their ack
+        would take the totals below what the store holds, down to negative numbers.
+        """
+
+        def run(db: Database) -> tuple[T, tuple[int, int]]:
+            return call(db), db.added_elsewhere(look=look)
+
+        result, added = await self._with_db(run)
+        self._count(*added)
+        return result
+
+    def _count(self, events: int, size: int) -> None:
+        # Exact as long as only this process and `dead-letters replay` write the store; the
+        # floor keeps `max_bytes` and the status line sane should any other writer slip by.
+        self.events = max(0, self.events + events)
+        self.bytes = max(0, self.bytes + size)
 
     # Inspection
 
@@ -316,8 +342,10 @@ class Outbox:
             log.warning("Could not quarantine a rejected post.", error=str(exc), reason=reason)
 
     async def forget_old(self) -> None:
+        """Drop dedupe memory past the window; also catches up on events another process added
+        while this one neither committed nor acked (an idle daemon, an output down)."""
         cutoff = time.time() - self.config.dedupe_window_secs
-        await self._with_db(lambda db: db.forget_before(cutoff))
+        await self._with_db_counted(lambda db: db.forget_before(cutoff), look=True)
 
     async def aclose(self) -> None:
         """Commit what is pending, then close the database."""

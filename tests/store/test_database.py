@@ -13,6 +13,7 @@ from forwarder.store.database import (
     StoreCorrupt,
     move_aside,
 )
+from tests.store.helpers import table_rows, write_foreign_store
 
 
 def new_event(n: int, received_at: float = 1000.0, body: bytes | None = None) -> NewEvent:
@@ -162,6 +163,52 @@ def test_corrupt_file_is_detected_and_moved_aside(tmp_path: Path) -> None:
     fresh = Database(tmp_path)
     assert fresh.stats().events == 0
     fresh.close()
+
+
+@pytest.mark.parametrize(
+    ("statements", "why"),
+    [
+        (["CREATE TABLE events (x)"], "table events lacks columns seq, event_id"),
+        (["CREATE TABLE notes (text)"], "missing tables events, deliveries"),
+        (
+            [
+                "CREATE TABLE events (seq TEXT, event_id, fingerprint, kind, received_at, size,"
+                " body)"
+            ],
+            "column events.seq is TEXT, expected INTEGER PRIMARY KEY",
+        ),
+    ],
+    ids=["other-columns", "other-tables", "other-types"],
+)
+def test_foreign_schema_is_refused_and_left_as_it_was(
+    tmp_path: Path, statements: list[str], why: str
+) -> None:
+    write_foreign_store(tmp_path / DB_NAME, *statements)
+    with pytest.raises(StoreCorrupt, match="not an outbox this version can use") as refused:
+        Database(tmp_path)
+    assert why in str(refused.value)
+    tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    assert len(table_rows(tmp_path / DB_NAME, tables)) == 1
+
+
+def test_an_empty_file_becomes_a_new_store(tmp_path: Path) -> None:
+    (tmp_path / DB_NAME).touch()
+    database = Database(tmp_path)
+    assert database.append([new_event(1)], ["a"], dedupe_window=0)[0] is not None
+    database.close()
+
+
+def test_salvage_copies_nothing_from_a_foreign_schema(db: Database, tmp_path: Path) -> None:
+    foreign = tmp_path / "elsewhere" / DB_NAME
+    write_foreign_store(
+        foreign,
+        "CREATE TABLE events (seq TEXT, event_id, fingerprint, kind, received_at, size, body)",
+        "INSERT INTO events VALUES ('first', 'id', 'fp', 'incident', 1.0, 2, x'7b7d')",
+        "CREATE TABLE deliveries (output, seq, attempts)",
+        "INSERT INTO deliveries VALUES ('a', 'first', 0)",
+    )
+    assert db.salvage(foreign, ["a"]) == (0, 0)
+    assert db.stats().events == 0
 
 
 def test_unwritable_directory_is_not_called_corrupt(tmp_path: Path) -> None:

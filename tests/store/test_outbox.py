@@ -1,21 +1,26 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from forwarder.events import CanaryEvent, parse_event
 from forwarder.settings import StoreConfig
 from forwarder.store.database import DB_NAME, Database, NewEvent
 from forwarder.store.outbox import Outbox, StoreFull, StoreUnavailable
+from tests.store.helpers import table_rows, write_foreign_store
 
 
-def event(n: int) -> CanaryEvent:
-    body = b'{"Description": "FTP Login Attempt", "AlertType": "CanaryIncident", "N": %d}' % n
-    return parse_event(body, received_at=datetime.now(UTC))
+def event(n: int, *, pad: int = 0, received_at: datetime | None = None) -> CanaryEvent:
+    body = b'{"Description": "FTP Login Attempt", "AlertType": "CanaryIncident", "N": %d%s}' % (
+        n,
+        b', "Pad": "%s"' % (b"x" * pad) if pad else b"",
+    )
+    return parse_event(body, received_at=received_at or datetime.now(UTC))
 
 
 async def open_outbox(tmp_path: Path, **options: Any) -> Outbox:
@@ -164,4 +169,118 @@ async def test_corrupt_store_salvages_readable_events(tmp_path: Path) -> None:
     assert 0 < len(salvaged) < 40
     assert all(item.body == bodies[int(item.event_id[2:])] for item in salvaged)
     assert any(".corrupt-" in p.name for p in state.iterdir())
+    await outbox.aclose()
+
+
+async def test_concurrent_posts_cannot_pass_the_byte_bound(tmp_path: Path) -> None:
+    max_bytes = 1024 * 1024
+    outbox = await open_outbox(tmp_path, max_bytes=max_bytes)
+    posts = [event(n, pad=100_000) for n in range(60)]
+    results = await asyncio.gather(*(outbox.append(post) for post in posts), return_exceptions=True)
+    assert results.count(True) == max_bytes // len(posts[0].raw)
+    assert all(isinstance(result, StoreFull) for result in results if result is not True)
+    stats = await outbox.stats()
+    assert stats.bytes <= max_bytes
+    assert (outbox.events, outbox.bytes) == (stats.events, stats.bytes)
+    await outbox.aclose()
+
+
+async def test_duplicate_and_failed_posts_stop_counting_against_the_bound(tmp_path: Path) -> None:
+    # Each post is 40% of the bound: a third one fits only if neither the duplicate nor the
+    # failed post is still counted as pending.
+    outbox = await open_outbox(tmp_path, max_bytes=1024 * 1024)
+    pad = 400_000
+    assert await outbox.append(event(1, pad=pad)) is True
+    assert await outbox.append(event(1, pad=pad)) is False
+
+    def failing(self: Database, *args: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Database, "append", failing)
+        with pytest.raises(StoreUnavailable):
+            await outbox.append(event(2, pad=pad))
+    assert await outbox.append(event(3, pad=pad)) is True
+    assert (await outbox.stats()).events == 2
+    await outbox.aclose()
+
+
+def replay_in_another_process(tmp_path: Path) -> None:
+    """What `canary-forwarder dead-letters replay` does beside the daemon: its own connection."""
+    other = Database(tmp_path / "state")
+    try:
+        assert other.replay(None, None) == 1
+    finally:
+        other.close()
+
+
+async def test_totals_stay_exact_when_another_process_replays(tmp_path: Path) -> None:
+    outbox = await open_outbox(tmp_path)
+    for n in range(3):
+        await outbox.append(event(n))
+    first, *rest = await outbox.fetch("a", 10, 1 << 20)
+    await outbox.dead_letter("a", {first.seq: "refused"})
+    replay_in_another_process(tmp_path)
+    replayed = (await outbox.fetch("a", 10, 1 << 20))[-1]
+    assert replayed.body == first.body
+    # Deliver the replayed event and one other; one stays queued.
+    await outbox.ack("a", [replayed.seq, rest[0].seq])
+    stats = await outbox.stats()
+    assert (stats.events, stats.bytes) == (1, len(rest[1].body))
+    assert (outbox.events, outbox.bytes) == (stats.events, stats.bytes)
+    await outbox.aclose()
+
+
+@pytest.mark.parametrize("notice", ["sweep", "post"])
+async def test_replayed_events_are_counted_before_they_are_delivered(
+    tmp_path: Path, notice: str
+) -> None:
+    outbox = await open_outbox(tmp_path)
+    await outbox.append(event(1))
+    [stored] = await outbox.fetch("a", 10, 1 << 20)
+    await outbox.dead_letter("a", {stored.seq: "refused"})
+    replay_in_another_process(tmp_path)
+    if notice == "sweep":
+        await outbox.forget_old()
+    else:
+        assert await outbox.append(event(2)) is True
+    stats = await outbox.stats()
+    assert (outbox.events, outbox.bytes) == (stats.events, stats.bytes)
+    await outbox.aclose()
+
+
+async def test_store_with_a_foreign_schema_is_moved_aside_and_replaced(tmp_path: Path) -> None:
+    write_foreign_store(
+        tmp_path / "state" / DB_NAME,
+        "CREATE TABLE events (x)",
+        "INSERT INTO events VALUES ('theirs')",
+    )
+    with structlog.testing.capture_logs() as logs:
+        outbox = await open_outbox(tmp_path)
+    assert outbox.healthy
+    assert await outbox.append(event(1)) is True
+    [error] = [entry for entry in logs if entry["log_level"] == "error"]
+    assert "table events lacks columns seq, event_id" in error["error"]
+    assert error["salvaged_events"] == 0
+    assert table_rows(Path(error["moved_to"]), "SELECT x FROM events") == [("theirs",)]
+    await outbox.aclose()
+
+
+@pytest.mark.parametrize(
+    ("options", "gap_secs", "stored"),
+    [
+        ({"dedupe_window_secs": 0}, 0.0, 2),
+        ({"dedupe_window_secs": 1}, 2.0, 2),
+        ({}, 2.0, 1),
+    ],
+    ids=["no-window", "past-a-short-window", "default-window"],
+)
+async def test_dedupe_window_comes_from_the_config(
+    tmp_path: Path, options: dict[str, float], gap_secs: float, stored: int
+) -> None:
+    outbox = await open_outbox(tmp_path, **options)
+    first = datetime.now(UTC)
+    for received_at in (first, first + timedelta(seconds=gap_secs)):
+        await outbox.append(event(1, received_at=received_at))
+    assert (await outbox.stats()).events == stored
     await outbox.aclose()
