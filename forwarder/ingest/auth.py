@@ -8,7 +8,6 @@ token bucket, so brute force gets 429 long before it gets anywhere.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import ipaddress
 import time
@@ -44,10 +43,13 @@ def client_address(request: web.Request, listen: ListenConfig) -> str:
     not one of ours is the client, whatever the client itself put at the left end.
     """
     peer = request.remote or ""
-    if not listen.trusted_proxies or not _in_any(peer, _networks(listen.trusted_proxies)):
-        return peer
     proxies = _networks(listen.trusted_proxies)
-    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",")]
+    if not _in_any(peer, proxies):
+        return peer
+    # A proxy may add a header line of its own rather than extend the client's (HAProxy does),
+    # so the lines in order make one list (RFC 9110 §5.3); the first line alone is the client's.
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
+    hops = [hop.strip() for hop in forwarded.split(",")]
     for hop in reversed([h for h in hops if h]):
         if not _in_any(hop, proxies):
             return hop
@@ -59,7 +61,11 @@ def is_allowed(address: str, listen: ListenConfig) -> bool:
 
 
 def _equal(presented: str, expected: str) -> bool:
-    return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
+    # aiohttp hands header bytes that are not UTF-8 over as lone surrogates (surrogateescape);
+    # surrogatepass encodes every str, one to one, so such a credential is just a wrong one.
+    return hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 def is_authenticated(request: web.Request, auth: AuthConfig, secret_path: str | None) -> bool:
@@ -88,7 +94,9 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:
+        # binascii.Error (not base64), UnicodeDecodeError (not UTF-8), and b64decode's own
+        # ValueError for a str that is not ASCII: all three are a wrong credential.
         return None
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else None

@@ -2,8 +2,9 @@
 
 The webhook answers 200 only after the store has committed the event. Every other answer is a
 small JSON object with an `error` field that names the problem without echoing the input.
-Authenticated posts that are refused (not JSON, wrong type) are kept in the store's quarantine,
-so nothing the console sent is silently gone.
+Authenticated posts that are refused (not JSON, wrong type, compressed, too large, too slow) are
+kept in the store's quarantine with what of their body arrived, so nothing the console sent is
+silently gone.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ BODY_TIMEOUT_SECS = 30.0
 # An output failing this long makes /readyz fail, so an orchestrator can alert on it.
 READY_OUTPUT_FAILING_SECS = 300.0
 _JSON_TYPES = ("application/json",)
+_NOT_IDENTITY = "content_encoding_not_supported"
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -46,9 +48,20 @@ def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
     )
 
 
-def _error(status: int, error: str, **headers: str) -> web.Response:
+def _error(status: int, error: str, detail: str = "", **headers: str) -> web.Response:
     metrics.rejected.labels(error).inc()
-    return _json({"error": error}, status=status, headers=headers or None)
+    payload = {"error": error, "detail": detail} if detail else {"error": error}
+    return _json(payload, status=status, headers=headers or None)
+
+
+class _BodyNotRead(Exception):
+    """The body was refused before it was read whole; `received` is what had arrived by then."""
+
+    def __init__(self, status: int, error: str, detail: str, received: bytes) -> None:
+        super().__init__(f"{error}: {detail}")
+        self.status = status
+        self.error = error
+        self.received = received
 
 
 async def webhook(request: web.Request) -> web.Response:
@@ -68,20 +81,14 @@ async def webhook(request: web.Request) -> web.Response:
             limiter.failed(client)
             log.warning("Post with missing or wrong credentials refused.", client=client)
             return _error(401, "unauthorized", **{"WWW-Authenticate": 'Basic realm="canary"'})
-    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
-        # Decompressing would let a small post expand past the body limit.
-        return await _refuse(request, client, 415, "content_encoding_not_supported", b"")
-    if request.content_length is not None and request.content_length > listen.max_body_bytes:
-        return _error(413, "body_too_large")
+    compressed = request.headers.get("Content-Encoding", "identity").lower() != "identity"
     try:
-        body = await _read_body(request)
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, "body_too_large")
-    except TimeoutError:
-        # A client trickling its body must not hold the connection (slowloris).
-        response = _error(408, "body_timeout")
-        response.force_close()
-        return response
+        body = await _read_body(request, listen.max_body_bytes)
+    except _BodyNotRead as unread:
+        return await _refuse_unread(request, client, unread, compressed)
+    if compressed:
+        # Decompressing would let a small post expand past the body limit: kept as it came.
+        return await _refuse(request, client, 415, _NOT_IDENTITY, body)
     if request.content_type not in _JSON_TYPES and not request.content_type.endswith("+json"):
         return await _refuse(request, client, 415, "content_type_not_json", body)
     received_at = datetime.now(UTC)
@@ -105,25 +112,62 @@ async def webhook(request: web.Request) -> web.Response:
     return _json({"status": "stored", "id": event.id, "kind": event.kind.value})
 
 
-async def _read_body(request: web.Request) -> bytes:
-    if request.content.is_eof():
-        # Already in memory (a webhook body usually arrives with its headers): no timer.
-        return await request.read()
-    async with asyncio.timeout(BODY_TIMEOUT_SECS):
-        return await request.read()
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, at most `limit` bytes, arriving within BODY_TIMEOUT_SECS.
+
+    Read here rather than with `request.read()`, which drops what it read when it gives up:
+    a refused body is quarantined with whatever of it did arrive.
+
+    Raises:
+        _BodyNotRead: too large (by Content-Length or by what arrived) or too slow.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise _BodyNotRead(413, "body_too_large", f"Content-Length {request.content_length}", b"")
+    received = bytearray()
+    # Already in memory (a webhook body usually arrives with its headers): no timer.
+    timeout = None if request.content.is_eof() else BODY_TIMEOUT_SECS
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.readany():
+                received += chunk
+                if len(received) > limit:
+                    detail = f"more than {limit} bytes"
+                    raise _BodyNotRead(413, "body_too_large", detail, bytes(received))
+    except TimeoutError:
+        detail = f"{len(received)} bytes within {BODY_TIMEOUT_SECS:g} s"
+        raise _BodyNotRead(408, "body_timeout", detail, bytes(received)) from None
+    return bytes(received)
+
+
+async def _quarantine(
+    request: web.Request, client: str, error: str, body: bytes, reason: str
+) -> None:
+    """Keep a refused authenticated post, even an empty one: the operator sees it was refused."""
+    await request.app[PIPELINE].outbox.quarantine(body, reason, client)
+    metrics.quarantined.inc()
+    log.warning("Post refused; its body is kept in quarantine.", client=client, error=error)
 
 
 async def _refuse(
     request: web.Request, client: str, status: int, error: str, body: bytes, detail: str = ""
 ) -> web.Response:
-    pipeline = request.app[PIPELINE]
-    if body:
-        await pipeline.outbox.quarantine(body, f"{error}: {detail}".rstrip(": "), client)
-        metrics.quarantined.inc()
-    log.warning("Post refused; its body is kept in quarantine.", client=client, error=error)
-    metrics.rejected.labels(error).inc()
-    payload = {"error": error, "detail": detail} if detail else {"error": error}
-    return _json(payload, status=status)
+    await _quarantine(request, client, error, body, f"{error}: {detail}" if detail else error)
+    return _error(status, error, detail)
+
+
+async def _refuse_unread(
+    request: web.Request, client: str, unread: _BodyNotRead, compressed: bool
+) -> web.Response:
+    status, error, reason = unread.status, unread.error, str(unread)
+    if compressed:
+        # Refused for its encoding whatever its size or pace, as it is when it arrives whole.
+        status, error, reason = 415, _NOT_IDENTITY, f"{_NOT_IDENTITY}; {reason}"
+    await _quarantine(request, client, error, unread.received, reason)
+    response = _error(status, error)
+    if unread.status == 408:
+        # A client trickling its body must not hold the connection (slowloris).
+        response.force_close()
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:

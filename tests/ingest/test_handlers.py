@@ -2,23 +2,31 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator, Awaitable, Callable
+import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
-from aiohttp.test_utils import TestClient
+import structlog
+from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
 from forwarder.app import build_app
 from forwarder.events import parse_event
+from forwarder.ingest import handlers
+from forwarder.ingest.handlers import LIMITER
 from forwarder.pipeline import Pipeline
 from forwarder.settings import Settings
 from forwarder.store.database import Database
+from forwarder.telemetry import metrics
 from tests.helpers import SAMPLES, memory_output, sample
 
 SECRET = "correct-horse-battery-staple"
 JSON = {"Content-Type": "application/json"}
 AUTH = {"X-Canary-Token": SECRET, **JSON}
+BASIC = {"basic": {"username": "canary", "password": SECRET}}
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 Started = Callable[..., Awaitable[tuple[TestClient[Any, Any], Pipeline]]]
@@ -30,11 +38,18 @@ async def start(
 ) -> AsyncIterator[Started]:
     running: list[Pipeline] = []
 
-    async def starter(**listen: Any) -> tuple[TestClient[Any, Any], Pipeline]:
-        settings = make_settings(listen=listen) if listen else make_settings()
-        pipeline = await Pipeline.start(settings)
+    async def starter(
+        *, store: Mapping[str, Any] | None = None, **listen: Any
+    ) -> tuple[TestClient[Any, Any], Pipeline]:
+        overrides: dict[str, Any] = {"listen": listen} if listen else {}
+        if store:
+            overrides["store"] = {"path": str(make_settings().store.path), **store}
+        pipeline = await Pipeline.start(make_settings(**overrides))
         running.append(pipeline)
-        return await aiohttp_client(build_app(pipeline)), pipeline
+        server = TestServer(build_app(pipeline))
+        # As `canary-forwarder run` serves it: compressed bodies reach the handler as sent.
+        await server.start_server(auto_decompress=False)
+        return await aiohttp_client(server), pipeline
 
     yield starter
     for pipeline in running:
@@ -47,6 +62,49 @@ def quarantined(pipeline: Pipeline) -> list[tuple[str, bytes]]:
         return [(reason, body) for _, _, reason, _, body in database.quarantined()]
     finally:
         database.close()
+
+
+async def raw_post(
+    client: TestClient[Any, Any],
+    headers: bytes = b"",
+    body: bytes = b"{}",
+    *,
+    content_length: int | None = None,
+    path: bytes = b"/canary",
+) -> tuple[int, Any]:
+    """Post bytes the aiohttp client will not send (non-ASCII headers, a short body).
+
+    Returns the status and the JSON answer.
+    """
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    length = len(body) if content_length is None else content_length
+    head = (
+        b"POST " + path + b" HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\n" + headers + b"Content-Length: %d\r\n\r\n" % length
+    )
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        # Not until EOF: after an answer to a short body aiohttp lingers, reading the rest.
+        answer_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        status_line, *header_lines = answer_head.decode().splitlines()
+        [length] = [
+            int(line.partition(":")[2])
+            for line in header_lines
+            if line.lower().startswith("content-length:")
+        ]
+        answer = await reader.readexactly(length)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return int(status_line.split()[1]), orjson.loads(answer)
+
+
+def rejected(reason: str) -> float:
+    return (
+        metrics.REGISTRY.get_sample_value("canary_forwarder_rejected_total", {"reason": reason})
+        or 0.0
+    )
 
 
 async def test_every_sample_is_stored_then_delivered(start: Started) -> None:
@@ -122,23 +180,40 @@ async def test_wrong_content_type_is_415_and_quarantined(start: Started) -> None
     assert quarantined(pipeline)[0][1] == body
 
 
-async def test_compressed_body_is_refused(start: Started) -> None:
-    client, _ = await start()
+async def test_compressed_body_is_refused_and_quarantined_as_sent(start: Started) -> None:
+    client, pipeline = await start()
+    body = gzip.compress(sample("test_event"))
     headers = {**JSON, "Content-Encoding": "gzip"}
-    response = await client.post("/canary", data=b"\x1f\x8b" + b"\0" * 20, headers=headers)
+    response = await client.post("/canary", data=body, headers=headers)
     assert response.status == 415
     assert await response.json() == {"error": "content_encoding_not_supported"}
+    assert quarantined(pipeline) == [("content_encoding_not_supported", body)]
 
 
-async def test_body_over_limit_is_413(start: Started) -> None:
-    client, _ = await start(max_body_bytes=2048)
+async def test_compressed_body_over_limit_is_still_415(start: Started) -> None:
+    client, pipeline = await start(max_body_bytes=2048)
+    headers = {**JSON, "Content-Encoding": "gzip"}
+    response = await client.post("/canary", data=b"\x1f\x8b" + b"\0" * 4096, headers=headers)
+    assert response.status == 415
+    assert await response.json() == {"error": "content_encoding_not_supported"}
+    assert quarantined(pipeline) == [
+        ("content_encoding_not_supported; body_too_large: Content-Length 4098", b"")
+    ]
+
+
+async def test_body_over_limit_is_413_and_the_refusal_quarantined(start: Started) -> None:
+    client, pipeline = await start(max_body_bytes=2048)
     response = await client.post("/canary", data=b"{" + b" " * 4096 + b"}", headers=JSON)
     assert response.status == 413
     assert await response.json() == {"error": "body_too_large"}
+    # Refused on its Content-Length, before any of it was read.
+    assert quarantined(pipeline) == [("body_too_large: Content-Length 4098", b"")]
 
 
-async def test_chunked_body_over_limit_is_413(start: Started) -> None:
-    client, _ = await start(max_body_bytes=2048)
+async def test_chunked_body_over_limit_is_413_and_what_arrived_quarantined(
+    start: Started,
+) -> None:
+    client, pipeline = await start(max_body_bytes=2048)
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(10):
@@ -146,6 +221,22 @@ async def test_chunked_body_over_limit_is_413(start: Started) -> None:
 
     response = await client.post("/canary", data=chunks(), headers=JSON)
     assert response.status == 413
+    assert await response.json() == {"error": "body_too_large"}
+    [(reason, kept)] = quarantined(pipeline)
+    assert reason == "body_too_large: more than 2048 bytes"
+    assert 2048 < len(kept) <= 10 * 1024
+    assert kept == b" " * len(kept)
+
+
+async def test_slow_body_is_408_and_what_arrived_quarantined(
+    start: Started, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "BODY_TIMEOUT_SECS", 0.2)
+    client, pipeline = await start()
+    arrived = b'{"partial": '
+    answer = await raw_post(client, body=arrived, content_length=100)
+    assert answer == (408, {"error": "body_timeout"})
+    assert quarantined(pipeline) == [("body_timeout: 12 bytes within 0.2 s", arrived)]
 
 
 async def test_wrong_method_is_405(start: Started) -> None:
@@ -167,7 +258,7 @@ async def test_header_secret(start: Started) -> None:
 
 
 async def test_basic_auth(start: Started) -> None:
-    client, _ = await start(auth={"basic": {"username": "canary", "password": SECRET}})
+    client, _ = await start(auth=BASIC)
     good = base64.b64encode(f"canary:{SECRET}".encode()).decode()
     bad = base64.b64encode(b"canary:wrong").decode()
     body = sample("test_event")
@@ -180,6 +271,27 @@ async def test_basic_auth(start: Started) -> None:
     assert (
         await client.post("/canary", data=body, headers={**JSON, "Authorization": "Basic !!"})
     ).status == 401
+
+
+@pytest.mark.parametrize(
+    ("auth", "credential"),
+    [
+        ({"header": "X-Canary-Token", "secret": SECRET}, b"X-Canary-Token: caf\xe9\r\n"),
+        (BASIC, "Authorization: Basic é\r\n".encode()),
+        (BASIC, b"Authorization: Basic caf\xe9\r\n"),
+        (BASIC, b"Authorization: Basic " + base64.b64encode(b"canary:caf\xe9") + b"\r\n"),
+    ],
+    ids=["header-latin1", "basic-utf8-not-base64", "basic-latin1", "basic-decodes-to-latin1"],
+)
+async def test_credentials_that_are_not_utf8_are_wrong_ones(
+    start: Started, auth: dict[str, Any], credential: bytes
+) -> None:
+    client, _ = await start(auth=auth)
+    limiter = client.app[LIMITER]
+    limiter.burst = 1  # so the one failed attempt, if counted, blocks the next
+    answer = await raw_post(client, credential, sample("test_event"))
+    assert answer == (401, {"error": "unauthorized"})
+    assert limiter.blocked("127.0.0.1") is not None
 
 
 async def test_secret_path(start: Started) -> None:
@@ -221,13 +333,67 @@ async def test_forwarded_for_is_believed_only_from_trusted_proxies(start: Starte
     assert (await client.post("/canary", data=body, headers=spoofed)).status == 403
 
 
+@pytest.mark.parametrize(
+    ("lines", "status"),
+    [
+        (["10.1.1.1, 203.0.113.9"], 403),
+        # HAProxy adds a line of its own: the client's line comes first, not last.
+        (["10.1.1.1", "203.0.113.9"], 403),
+        (["203.0.113.9", "10.1.1.1"], 200),
+    ],
+    ids=["one-line", "spoofed-line-first", "allowed-client-last"],
+)
+async def test_forwarded_for_lines_are_read_as_one_list(
+    start: Started, lines: list[str], status: int
+) -> None:
+    client, _ = await start(allow=["10.0.0.0/8"], trusted_proxies=["127.0.0.1/32"])
+    headers = CIMultiDict([*JSON.items(), *(("X-Forwarded-For", line) for line in lines)])
+    response = await client.post("/canary", data=sample("test_event"), headers=headers)
+    assert response.status == status
+
+
 async def test_full_store_answers_503_with_retry_after(start: Started) -> None:
     client, pipeline = await start()
     pipeline.outbox.bytes = pipeline.settings.store.max_bytes
-    response = await client.post("/canary", data=sample("test_event"), headers=JSON)
+    refused_before = rejected("store_full")
+    with structlog.testing.capture_logs() as logs:
+        response = await client.post("/canary", data=sample("test_event"), headers=JSON)
     assert response.status == 503
     assert response.headers["Retry-After"] == "30"
     assert await response.json() == {"error": "store_full"}
+    assert rejected("store_full") == refused_before + 1
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "Store is full; post refused with 503."
+    ]
+
+
+@pytest.mark.parametrize(
+    "bounds", [{"max_count": 2}, {"max_bytes": 2 * len(b"not json 0")}], ids=["count", "bytes"]
+)
+async def test_quarantine_keeps_the_newest_within_the_configured_bounds(
+    start: Started, bounds: dict[str, int]
+) -> None:
+    client, pipeline = await start(store={"quarantine": bounds})
+    bodies = [b"not json %d" % n for n in range(3)]
+    for body in bodies:
+        assert (await client.post("/canary", data=body, headers=JSON)).status == 400
+    assert [body for _, body in quarantined(pipeline)] == bodies[1:]
+
+
+async def test_each_accepted_event_is_logged_once_with_its_id_and_kind(start: Started) -> None:
+    client, _ = await start()
+    names = ["incident_ssh_login", "canarytoken_web_bug"]
+    with structlog.testing.capture_logs() as logs:
+        answers = [
+            await (await client.post("/canary", data=sample(name), headers=JSON)).json()
+            for name in names
+        ]
+        duplicate = await client.post("/canary", data=sample(names[0]), headers=JSON)
+    assert (await duplicate.json())["status"] == "duplicate"
+    accepted = [
+        (e["log_level"], e["event_id"], e["kind"]) for e in logs if e["event"] == "Event accepted."
+    ]
+    assert accepted == [("info", answer["id"], answer["kind"]) for answer in answers]
 
 
 async def test_health_endpoints(start: Started) -> None:
