@@ -544,9 +544,16 @@ class Database:
     def quarantine(
         self, body: bytes, reason: str, client: str, now: float, max_count: int, max_bytes: int
     ) -> None:
-        """Keep a rejected body, then drop the oldest until the bounds hold again."""
-        if max_count == 0 or len(body) > max_bytes:
+        """Keep a rejected body, then drop the oldest until the bounds hold again.
+
+        A body larger than the whole quarantine keeps its first `max_bytes`, and the reason
+        says so: the refusal is still on record, like every other.
+        """
+        if max_count == 0:
             return
+        if len(body) > max_bytes:
+            reason = f"{reason}; kept the first {max_bytes} of {len(body)} bytes"
+            body = body[:max_bytes]
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO quarantine (received_at, reason, client, size, body)"

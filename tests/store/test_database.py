@@ -141,8 +141,10 @@ def test_quarantine_is_bounded_by_count_and_bytes(db: Database) -> None:
     assert [body[-1:] for _, _, _, _, body in kept] == [b"2", b"3", b"4"]
     db.quarantine(b"y" * 500, "bad", "127.0.0.1", 1.0, 3, 600)
     assert sum(len(body) for *_, body in db.quarantined()) <= 600
+    # Larger than the whole quarantine: its head is kept, and the reason says how much.
     db.quarantine(b"z" * 700, "bad", "127.0.0.1", 1.0, 3, 600)
-    assert all(not body.startswith(b"z") for *_, body in db.quarantined())
+    [(_, _, reason, _, body)] = db.quarantined()
+    assert (reason, body) == ("bad; kept the first 600 of 700 bytes", b"z" * 600)
 
 
 def test_data_survives_reopen(tmp_path: Path) -> None:
