@@ -76,6 +76,7 @@ class Outbox:
         # Bytes of posts waiting for their commit: they count against `max_bytes` too, or
         # concurrent posts would all pass the check before any of them is committed.
         self._pending_bytes = 0
+        self._closing = False
         self._wakeup = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._checkpoints: asyncio.Task[None] | None = None
@@ -170,8 +171,10 @@ class Outbox:
 
         Raises:
             StoreFull: the byte bound is reached.
-            StoreUnavailable: the commit failed; nothing was stored.
+            StoreUnavailable: the commit failed, or the store is closing; nothing was stored.
         """
+        if self._closing:
+            raise StoreUnavailable("the store is closing")
         held = self.bytes + self._pending_bytes
         if held + len(event.raw) > self.config.max_bytes:
             raise StoreFull(f"store holds {held} bytes of {self.config.max_bytes}")
@@ -193,7 +196,7 @@ class Outbox:
         return seq is not None
 
     async def _commit_forever(self) -> None:
-        while True:
+        while not self._closing:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
@@ -348,14 +351,16 @@ class Outbox:
         await self._with_db_counted(lambda db: db.forget_before(cutoff), look=True)
 
     async def aclose(self) -> None:
-        """Commit what is pending, then close the database."""
+        """Commit what is pending, then close the database.
+
+        The committer finishes the commit it is in and every group still waiting, then ends:
+        cancelling it mid-commit would leave those posts waiting for an answer that never comes,
+        while their events were committed all the same.
+        """
+        self._closing = True
         if self._committer is not None:
-            while self._pending:
-                group, self._pending = self._pending[:_MAX_GROUP], self._pending[_MAX_GROUP:]
-                await self._commit(group)
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
+            self._wakeup.set()
+            await self._committer
             self._committer = None
         if self._checkpoints is not None:
             self._checkpoints.cancel()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,36 @@ async def test_close_commits_pending_appends(tmp_path: Path) -> None:
     assert all(task.result() for task in pending)
     database = Database(tmp_path / "state")
     assert database.stats().events == 5
+    database.close()
+
+
+async def test_close_during_a_commit_answers_every_post(tmp_path: Path) -> None:
+    outbox = await open_outbox(tmp_path)
+    in_commit, release = threading.Event(), threading.Event()
+    append = Database.append
+
+    def slow_append(self: Database, *args: Any) -> Any:
+        in_commit.set()
+        release.wait(10)
+        return append(self, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Database, "append", slow_append)
+        first = asyncio.ensure_future(outbox.append(event(1)))
+        await asyncio.to_thread(in_commit.wait, 10)  # the committer is inside a commit
+        second = asyncio.ensure_future(outbox.append(event(2)))  # waits for the next one
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(outbox.aclose())
+        await asyncio.sleep(0)
+        with pytest.raises(StoreUnavailable, match="closing"):
+            await outbox.append(event(3))
+        release.set()
+        async with asyncio.timeout(10):
+            await closing
+            assert await first is True
+            assert await second is True
+    database = Database(tmp_path / "state")
+    assert database.stats().events == 2
     database.close()
 
 
