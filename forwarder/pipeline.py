@@ -5,6 +5,9 @@ output that cannot start leaves the old configuration in place. The old dispatch
 the send they are in and stop; nothing queued is lost because the queue is the store.
 `Pipeline.reopen_outputs` reopens the running outputs in place: a refused reload still needs
 that, since logrotate has moved their files away all the same.
+
+Every output's healthcheck also runs every HEALTHCHECK_INTERVAL_SECS. An idle output never
+fails a send, so without it a SIEM that went away overnight would show only at the next alert.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ import structlog
 
 from forwarder.delivery.dispatcher import Dispatcher
 from forwarder.mappers.base import Mapper
-from forwarder.outputs.base import Output
+from forwarder.outputs.base import HealthcheckError, Output
 from forwarder.registry import mapper_class, output_class
 from forwarder.settings import OutputSpec, Settings
 from forwarder.store.outbox import Outbox
 from forwarder.telemetry import metrics
 
-__all__ = ["Pipeline", "ReloadError"]
+__all__ = ["Pipeline", "ReloadError", "healthcheck_problem"]
 
 log = structlog.get_logger("forwarder.pipeline")
 
@@ -33,6 +36,8 @@ SWEEP_INTERVAL_SECS = 60.0
 STORE_PROBE_SECS = 5.0
 # What closing an output may still take when the graceful budget is spent.
 OUTPUT_CLOSE_MIN_SECS = 0.5
+HEALTHCHECK_INTERVAL_SECS = 30.0
+HEALTHCHECK_TIMEOUT_SECS = 10.0
 
 
 class ReloadError(Exception):
@@ -56,6 +61,9 @@ class Pipeline:
         self.started_at = time.time()
         self._sweeper: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
+        # Outputs whose healthcheck fails: since when (monotonic) and why.
+        self._unhealthy: dict[str, tuple[float, str]] = {}
         self._reload_lock = asyncio.Lock()
 
     @classmethod
@@ -73,6 +81,7 @@ class Pipeline:
             dispatcher.start()
         pipeline._sweeper = asyncio.create_task(pipeline._sweep_forever(), name="store-sweep")
         pipeline._prober = asyncio.create_task(pipeline._probe_forever(), name="store-probe")
+        pipeline._checker = asyncio.create_task(pipeline._check_forever(), name="healthchecks")
         return pipeline
 
     async def reload(self, settings: Settings, graceful_secs: float) -> None:
@@ -107,7 +116,7 @@ class Pipeline:
         )
 
     async def stop(self, graceful_secs: float) -> None:
-        for task in (self._sweeper, self._prober):
+        for task in (self._sweeper, self._prober, self._checker):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -116,13 +125,41 @@ class Pipeline:
         await self.outbox.aclose()
 
     def failing_outputs(self, threshold_secs: float) -> dict[str, str]:
-        """Outputs that have failed for longer than `threshold_secs`, with their last error."""
+        """Outputs whose sends or healthcheck have failed for longer than `threshold_secs`,
+        with the last error."""
         now = time.monotonic()
-        return {
-            d.name: d.last_error or "failing"
-            for d in self.dispatchers
-            if d.failing_since is not None and now - d.failing_since > threshold_secs
-        }
+        failing: dict[str, str] = {}
+        for dispatcher in self.dispatchers:
+            since = dispatcher.failing_since
+            if since is not None and now - since > threshold_secs:
+                failing[dispatcher.name] = dispatcher.last_error or "failing"
+            elif dispatcher.name in self._unhealthy:
+                since, error = self._unhealthy[dispatcher.name]
+                if now - since > threshold_secs:
+                    failing[dispatcher.name] = f"healthcheck: {error}"
+        return failing
+
+    async def check_outputs(self) -> None:
+        """Run every output's healthcheck; log the first failure and the recovery."""
+        dispatchers = list(self.dispatchers)
+        problems = await asyncio.gather(*(healthcheck_problem(d.output) for d in dispatchers))
+        now = time.monotonic()
+        unhealthy: dict[str, tuple[float, str]] = {}
+        for dispatcher, problem in zip(dispatchers, problems, strict=True):
+            name, before = dispatcher.name, self._unhealthy.get(dispatcher.name)
+            metrics.output_healthy.labels(name).set(problem is None)
+            if problem is None:
+                if before is not None:
+                    log.info("Output healthcheck passes again.", output=name)
+                continue
+            if before is None:
+                log.warning(
+                    "Output healthcheck failed; /readyz fails if it goes on failing.",
+                    output=name,
+                    error=problem,
+                )
+            unhealthy[name] = (now if before is None else before[0], problem)
+        self._unhealthy = unhealthy  # outputs removed by a reload are forgotten here
 
     async def _warn_orphans(self) -> None:
         configured = {d.name for d in self.dispatchers}
@@ -160,6 +197,14 @@ class Pipeline:
             if not self.outbox.healthy:
                 await self.outbox.probe()
 
+    async def _check_forever(self) -> None:
+        while True:
+            try:
+                await self.check_outputs()
+            except Exception as exc:
+                log.warning("Output healthchecks failed to run.", error=str(exc))
+            await asyncio.sleep(HEALTHCHECK_INTERVAL_SECS)
+
     async def _sweep_forever(self) -> None:
         while True:
             try:
@@ -182,6 +227,20 @@ async def _start_outputs(specs: Sequence[OutputSpec], outbox: Outbox) -> list[Di
                 await dispatcher.output.aclose()
         raise
     return dispatchers
+
+
+async def healthcheck_problem(output: Output[Any]) -> str | None:
+    """Why `output` would not take a send right now, or None if it would."""
+    try:
+        async with asyncio.timeout(HEALTHCHECK_TIMEOUT_SECS):
+            await output.healthcheck()
+    except HealthcheckError as exc:
+        return str(exc)
+    except TimeoutError:
+        return f"no answer within {HEALTHCHECK_TIMEOUT_SECS:g} s"
+    except Exception as exc:  # an output's bug or an OS error: unhealthy all the same
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 async def _reopen(dispatcher: Dispatcher) -> bool:

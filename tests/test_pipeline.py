@@ -11,8 +11,11 @@ import structlog
 
 from forwarder import pipeline as pipeline_module
 from forwarder.events import parse_event
+from forwarder.outputs.base import HealthcheckError
+from forwarder.outputs.memory import MemoryOutput
 from forwarder.pipeline import Pipeline, ReloadError
 from forwarder.settings import Settings
+from forwarder.telemetry.metrics import REGISTRY
 from tests.daemon.harness import read_jsonl, wait_until
 from tests.helpers import memory_output, sample
 
@@ -170,3 +173,82 @@ async def test_stop_bounds_an_output_that_never_finishes_closing(
     assert "Output did not close within the graceful timeout; left open." in [
         e["event"] for e in logs
     ]
+
+
+async def test_a_failing_healthcheck_is_logged_once_and_counts_as_failing(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = await Pipeline.start(make_settings())
+    output = memory_output(pipeline)
+
+    def healthy() -> float | None:
+        return REGISTRY.get_sample_value("canary_forwarder_output_healthy", {"output": "mem"})
+
+    problem: list[str] = ["HEC answered 503: server is busy"]
+
+    async def healthcheck() -> None:
+        if problem:
+            raise HealthcheckError(problem[0])
+
+    monkeypatch.setattr(output, "healthcheck", healthcheck)
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.check_outputs()
+        await pipeline.check_outputs()  # still failing: no second warning
+        assert healthy() == 0
+        # Not failing yet by /readyz's threshold, failing past a shorter one.
+        assert pipeline.failing_outputs(300) == {}
+        assert pipeline.failing_outputs(0) == {
+            "mem": "healthcheck: HEC answered 503: server is busy"
+        }
+        problem.clear()
+        await pipeline.check_outputs()
+    assert healthy() == 1
+    assert pipeline.failing_outputs(0) == {}
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("Output healthcheck failed; /readyz fails if it goes on failing.", "warning"),
+        ("Output healthcheck passes again.", "info"),
+    ]
+    await pipeline.stop(1)
+
+
+async def test_a_healthcheck_that_hangs_or_raises_is_a_failure(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline_module, "HEALTHCHECK_TIMEOUT_SECS", 0.05)
+    pipeline = await Pipeline.start(make_settings())
+    output = memory_output(pipeline)
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    async def raises() -> None:
+        raise ConnectionResetError("reset by peer")
+
+    monkeypatch.setattr(output, "healthcheck", hangs)
+    assert await pipeline_module.healthcheck_problem(output) == "no answer within 0.05 s"
+    monkeypatch.setattr(output, "healthcheck", raises)
+    assert (
+        await pipeline_module.healthcheck_problem(output) == "ConnectionResetError: reset by peer"
+    )
+    await pipeline.stop(1)
+
+
+async def test_the_running_pipeline_checks_idle_outputs(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline_module, "HEALTHCHECK_INTERVAL_SECS", 0.05)
+    checked = asyncio.Event()
+
+    async def healthcheck(self: object) -> None:
+        checked.set()
+        raise HealthcheckError("connection refused")
+
+    monkeypatch.setattr(MemoryOutput, "healthcheck", healthcheck)
+    pipeline = await Pipeline.start(make_settings())
+    async with asyncio.timeout(10):
+        await checked.wait()
+        while not pipeline.failing_outputs(-1):
+            checked.clear()
+            await checked.wait()
+    assert pipeline.failing_outputs(-1) == {"mem": "healthcheck: connection refused"}
+    await pipeline.stop(1)

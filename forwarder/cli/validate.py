@@ -9,7 +9,8 @@ import asyncio
 from typing import Any
 
 from forwarder.cli._common import add_config_argument, load_or_exit
-from forwarder.outputs.base import HealthcheckError, Output
+from forwarder.outputs.base import Output
+from forwarder.pipeline import healthcheck_problem
 from forwarder.registry import output_class
 from forwarder.settings import Settings
 
@@ -41,12 +42,14 @@ async def _healthchecks(settings: Settings) -> int:
         output: Output[Any] = output_class(spec.config.type)(spec.config)
         try:
             await output.start()
-            await output.healthcheck()
-        except (HealthcheckError, OSError) as exc:
-            failed += 1
-            print(f"output {spec.name}: UNHEALTHY: {exc}")
-        else:
-            print(f"output {spec.name}: healthy")
+            problem = await healthcheck_problem(output)
+        except OSError as exc:
+            problem = str(exc)
         finally:
             await output.aclose()
+        if problem is None:
+            print(f"output {spec.name}: healthy")
+        else:
+            failed += 1
+            print(f"output {spec.name}: UNHEALTHY: {problem}")
     return 1 if failed else 0

@@ -92,3 +92,7 @@ output_truncated = Counter(
     "output_truncated_records", "Records an output shortened to fit its transport (UDP syslog).",
     ["output"], namespace=_NS, registry=REGISTRY,
 )  # fmt: skip
+output_healthy = Gauge(
+    "output_healthy", "1 if the output's last healthcheck passed (every 30 s), else 0.",
+    ["output"], namespace=_NS, registry=REGISTRY,
+)  # fmt: skip

@@ -17,6 +17,7 @@ from forwarder.app import build_app
 from forwarder.events import parse_event
 from forwarder.ingest import handlers
 from forwarder.ingest.handlers import LIMITER
+from forwarder.outputs.base import HealthcheckError
 from forwarder.pipeline import Pipeline
 from forwarder.settings import Settings
 from forwarder.store.database import Database
@@ -407,6 +408,29 @@ async def test_health_endpoints(start: Started) -> None:
     assert await not_ready.json() == {
         "status": "not_ready",
         "problems": {"output mem": "connection refused"},
+    }
+
+
+async def test_readyz_fails_for_an_idle_output_whose_healthcheck_keeps_failing(
+    start: Started, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, pipeline = await start()
+    output = memory_output(pipeline)
+
+    async def refused() -> None:
+        raise HealthcheckError("cannot connect to 127.0.0.1:9: connection refused")
+
+    monkeypatch.setattr(output, "healthcheck", refused)
+    await pipeline.check_outputs()  # what the pipeline runs every 30 s
+    assert (await client.get("/readyz")).status == 200  # a blip does not pull readiness
+    monkeypatch.setattr(handlers, "READY_OUTPUT_FAILING_SECS", 0.0)
+    not_ready = await client.get("/readyz")
+    assert not_ready.status == 503
+    assert await not_ready.json() == {
+        "status": "not_ready",
+        "problems": {
+            "output mem": "healthcheck: cannot connect to 127.0.0.1:9: connection refused"
+        },
     }
 
 
