@@ -33,9 +33,10 @@ from yarl import URL
 from forwarder import __version__
 from forwarder.mappers.base import Record
 from forwarder.outputs._failover import Endpoints
-from forwarder.outputs._tls import TlsClientConfig
+from forwarder.outputs._tls import TlsClientConfig, TlsFilesUnusable
 from forwarder.outputs.base import (
     Delivered,
+    HealthcheckError,
     OutputConfig,
     Partial,
     Reject,
@@ -359,11 +360,29 @@ class HttpClient:
         )
 
     async def start(self) -> None:
+        """Open the session. TLS files that cannot be loaded do not stop the start (nor the
+        daemon's webhook ingest with it): requests and the healthcheck report them instead."""
+        self._session_or_retry()
+
+    def _session_or_retry(self) -> aiohttp.ClientSession | Retry:
+        """The session, opened on first use; a Retry for an operator while the TLS files cannot
+        be loaded (they are tried again on every request, so a fixed file is picked up)."""
         if self._session is None:
-            self._session = self._new_session()
+            try:
+                self._session = self._new_session()
+            except TlsFilesUnusable as exc:
+                return Retry(str(exc), operator_action=True)
+        return self._session
+
+    def raise_if_unusable(self) -> None:
+        """HealthcheckError, with the reason a send gets, when no request can be made at all."""
+        session = self._session_or_retry()
+        if isinstance(session, Retry):
+            raise HealthcheckError(session.reason)
 
     async def reopen(self) -> None:
-        """A new session: certificates and keys are read again."""
+        """A new session: certificates and keys are read again. If they cannot be loaded the
+        current session stays in use and `TlsFilesUnusable` says which file is wrong."""
         old, self._session = self._session, self._new_session()
         if old is not None:
             await old.close()
@@ -390,13 +409,9 @@ class HttpClient:
         A node that cannot be reached or answers 408, 429 or 5xx is benched, so the next
         request goes to another node; the caller classifies the answer itself.
         """
-        if self._session is None:
-            try:
-                await self.start()
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                return Retry(f"cannot set up TLS: {exc}: fix the tls options", operator_action=True)
-        session = self._session
-        assert session is not None  # noqa: S101 - start() sets it
+        session = self._session_or_retry()
+        if isinstance(session, Retry):
+            return session
         node = endpoint if endpoint is not None else self._endpoints.pick()
         url = node.with_path(node.path.rstrip("/") + path)
         send_headers = dict(headers or {})

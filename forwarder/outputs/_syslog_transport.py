@@ -22,7 +22,7 @@ from typing import Protocol
 import structlog
 
 from forwarder.outputs._failover import Endpoints
-from forwarder.outputs._tls import TlsClientConfig
+from forwarder.outputs._tls import TlsClientConfig, TlsFilesUnusable
 from forwarder.outputs.base import HealthcheckError, Retry
 
 __all__ = ["DatagramSender", "Endpoint", "Sender", "StreamSender"]
@@ -65,10 +65,6 @@ class _Unreachable(Exception):
     def __init__(self, reason: str, *, operator_action: bool = False) -> None:
         super().__init__(reason)
         self.operator_action = operator_action
-
-
-class _TlsFilesUnusable(Exception):
-    """The configured CA, certificate or key cannot be loaded: no endpoint would do better."""
 
 
 def describe(exc: BaseException) -> str:
@@ -178,7 +174,7 @@ class StreamSender:
         for endpoint in _distinct_picks(self._endpoints):
             try:
                 return await self._open(endpoint)
-            except _TlsFilesUnusable as exc:
+            except TlsFilesUnusable as exc:  # no endpoint would do better
                 return Retry(f"{self._label}: {exc}", None, True)
             except _Unreachable as exc:
                 self._endpoints.failed(endpoint)
@@ -196,10 +192,7 @@ class StreamSender:
         if self._tls is None:
             return None
         if self._context is None:
-            try:
-                self._context = self._tls.context()
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise _TlsFilesUnusable(f"cannot load the TLS files: {exc}") from exc
+            self._context = self._tls.context()
         return self._context
 
     async def _open(self, endpoint: Endpoint) -> _Stream:
@@ -290,7 +283,7 @@ class StreamSender:
         for endpoint in self._all:
             try:
                 stream = await self._open(endpoint)
-            except _TlsFilesUnusable as exc:
+            except TlsFilesUnusable as exc:
                 raise HealthcheckError(f"{self._label}: {exc}") from exc
             except _Unreachable as exc:
                 reasons.append(f"{endpoint}: {exc}")

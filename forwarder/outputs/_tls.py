@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import ssl
+import stat
 from pathlib import Path
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-__all__ = ["TlsClientConfig"]
+__all__ = ["TlsClientConfig", "TlsFilesUnusable"]
+
+_OPENSSL_SOURCE_LINE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
+
+
+class TlsFilesUnusable(Exception):
+    """A configured CA, certificate or key file cannot be loaded; the message names the option,
+    the file and why. Waiting does not help: an operator has to fix the file or the option."""
 
 
 class TlsClientConfig(BaseModel):
@@ -32,16 +41,61 @@ class TlsClientConfig(BaseModel):
         return self
 
     def context(self) -> ssl.SSLContext:
-        """A fresh client context; called again on reload so renewed files are read."""
-        context = ssl.create_default_context(
-            cafile=str(self.ca_file) if self.ca_file is not None else None
-        )
+        """A fresh client context; called again on reload so renewed files are read.
+
+        Raises `TlsFilesUnusable` when a configured file cannot be read or loaded.
+        """
+        self._check_readable()
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self.ca_file) if self.ca_file is not None else None
+            )
+        except (OSError, ValueError) as exc:
+            source = (
+                f"tls.ca_file {self.ca_file}" if self.ca_file is not None else "the system CA store"
+            )
+            raise TlsFilesUnusable(_unusable(source, exc)) from exc
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if not self.verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         if self.cert_file is not None:
-            context.load_cert_chain(
-                str(self.cert_file), str(self.key_file) if self.key_file is not None else None
-            )
+            key = str(self.key_file) if self.key_file is not None else None
+            try:
+                context.load_cert_chain(str(self.cert_file), key)
+            except (OSError, ValueError) as exc:
+                source = f"tls.cert_file {self.cert_file}"
+                if self.key_file is not None:
+                    source += f" with tls.key_file {self.key_file}"
+                raise TlsFilesUnusable(_unusable(source, exc)) from exc
         return context
+
+    def _check_readable(self) -> None:
+        # OpenSSL reports a missing or unreadable file without its name; opening each file
+        # first tells the operator which one it is.
+        files = {
+            "tls.ca_file": self.ca_file,
+            "tls.cert_file": self.cert_file,
+            "tls.key_file": self.key_file,
+        }
+        for option, path in files.items():
+            if path is None:
+                continue
+            try:
+                # A FIFO or a device would block or never end, and this runs on the event loop.
+                if not stat.S_ISREG(path.stat().st_mode):
+                    raise TlsFilesUnusable(_unusable(f"{option} {path}", "not a regular file"))
+                with path.open("rb"):
+                    pass
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+                raise TlsFilesUnusable(_unusable(f"{option} {path}", exc)) from exc
+
+
+def _unusable(source: str, error: OSError | ValueError | str) -> str:
+    if isinstance(error, ssl.SSLError):
+        why = _OPENSSL_SOURCE_LINE.sub("", str(error))
+    elif isinstance(error, OSError) and error.strerror:
+        why = error.strerror
+    else:
+        why = str(error)
+    return f"cannot load the TLS files: {source}: {why}"

@@ -309,6 +309,7 @@ class ElasticsearchOutput(Output[ElasticsearchConfig]):
         or 404 item for missing privileges or a missing index / data stream and template, and
         a 400 item when everything up to indexing is fine. Nothing is written.
         """
+        self._client.raise_if_unusable()
         problems: list[str] = []
         body = self._action(HEALTHCHECK_ID) + _HEALTHCHECK_SOURCE
         for endpoint in self._client.base_urls:

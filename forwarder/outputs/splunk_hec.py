@@ -71,6 +71,11 @@ _CONFIG_CODES: Mapping[int, str] = {
     16: "query-string tokens are disabled",
 }
 _SLOW_DOWN_CODES = frozenset({24, 25})
+_WRONG_URL_STATUSES = frozenset({404, 405})
+_WRONG_URL_HINT = (
+    "wrong URL, or something other than HEC answered: check `url` "
+    "(scheme, host, port and any reverse-proxy path prefix)"
+)
 _NO_DATA = 5
 
 
@@ -238,7 +243,14 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         hint = _config_hint(reply.code)
         if answer.status == 400 and hint is not None:
             return Retry(f"{where}: {reply.describe()}: {hint}", operator_action=True)
-        return classify_status(answer.status, answer.headers, reply.describe(), where=where)
+        result = classify_status(answer.status, answer.headers, reply.describe(), where=where)
+        if isinstance(result, Reject) and (
+            answer.status in _WRONG_URL_STATUSES or reply.code is None
+        ):
+            # HEC refuses bad events with its own JSON and a code; a missing route, or a page
+            # from a proxy, is the URL's fault and would refuse every event alike.
+            return Retry(f"{result.reason}: {_WRONG_URL_HINT}", operator_action=True)
+        return result
 
     async def _split_at(self, bad: int, count: int, reply: HecReply, endpoint: URL) -> Partial:
         """HEC indexed the envelopes before `bad`, refused `bad` and did not read the rest."""
@@ -258,7 +270,13 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         return Partial(results)
 
     async def _await_ack(self, endpoint: URL, ack_id: int | None) -> Retry | None:
-        """None once the indexers acknowledged `ack_id` (or acks are off); Retry on timeout."""
+        """None once the indexers acknowledged `ack_id` (or acks are off); Retry on timeout.
+
+        Polls run until the deadline, the last one at the deadline itself, and each has the
+        whole request timeout: a poll cut short by our own deadline would fail on our side,
+        hide HEC's answer and bench a node that was answering. Running out of time is no
+        fault of the node, so it is never benched for it.
+        """
         if not self.config.indexer_ack:
             return None
         if ack_id is None:
@@ -267,9 +285,8 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.ack_timeout_secs
         body = orjson.dumps({"acks": [ack_id]})
-        last = "no answer yet"
+        every_answer_false = True
         while True:
-            remaining = deadline - loop.time()
             answer = await self._client.request(
                 "POST",
                 ACK_PATH,
@@ -277,33 +294,40 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
                 body=body,
                 headers={"Content-Type": "application/json"},
                 params={"channel": self.channel},
-                timeout_secs=max(0.001, min(remaining, self.config.request_timeout_secs)),
             )
+            answered_false = False
             if isinstance(answer, Retry):
-                last = answer.reason
+                last = f"the last poll failed: {answer.reason}"
             else:
-                acked, last = self._ack_state(answer, ack_id)
+                acked, trouble = self._ack_state(answer, ack_id)
                 if acked:
                     return None
+                answered_false = trouble is None
+                last = trouble or "the last poll answered false"
+            every_answer_false = every_answer_false and answered_false
             remaining = deadline - loop.time()
             if remaining <= 0:
+                outcome = "HEC kept answering false" if every_answer_false else last
                 return Retry(
                     f"{endpoint_name(endpoint)}: ackId {ack_id} not acknowledged within "
-                    f"{self.config.ack_timeout_secs:g} s ({last}); sending again"
+                    f"{self.config.ack_timeout_secs:g} s ({outcome}); sending again"
                 )
             # The one sleep in an output: HEC's ack protocol is a poll.
             await asyncio.sleep(min(self.config.ack_poll_interval_secs, remaining))
 
-    def _ack_state(self, answer: HttpAnswer, ack_id: int) -> tuple[bool, str]:
-        """(acknowledged?, what the poll said). Ack switched off on the token counts as done."""
+    def _ack_state(self, answer: HttpAnswer, ack_id: int) -> tuple[bool, str | None]:
+        """(acknowledged?, what went wrong with the poll, or None for a plain answer).
+
+        Ack switched off on the token counts as acknowledged.
+        """
         data = answer.json()
         if answer.status == 200 and isinstance(data, dict) and isinstance(data.get("acks"), dict):
-            return data["acks"].get(str(ack_id)) is True, "not acknowledged yet"
+            return data["acks"].get(str(ack_id)) is True, None
         reply = HecReply.of(answer)
         if reply.code == 14:
             self._warn_ack_off(reply.describe())
-            return True, reply.describe()
-        return False, f"ack poll answered HTTP {answer.status}: {reply.describe()}"
+            return True, None
+        return False, f"the last poll answered HTTP {answer.status}: {reply.describe()}"
 
     def _warn_ack_off(self, sign: str) -> None:
         if not self._warned_ack_off:
@@ -323,6 +347,7 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         401/403 to a bad one, so nothing is indexed. With `indexer_ack`, an empty ack poll
         checks that the token really has acknowledgement on.
         """
+        self._client.raise_if_unusable()
         problems: list[str] = []
         for endpoint in self._client.base_urls:
             problem = await self._check(endpoint)
@@ -337,7 +362,9 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         if isinstance(health, Retry):
             return health.reason
         if health.status != 200:
-            return f"{where}: health: HTTP {health.status}: {HecReply.of(health).describe()}"
+            problem = f"{where}: health: HTTP {health.status}: {HecReply.of(health).describe()}"
+            wrong_url = health.status in _WRONG_URL_STATUSES
+            return f"{problem}: {_WRONG_URL_HINT}" if wrong_url else problem
         probe = await self._client.request(
             "POST",
             EVENT_PATH,

@@ -20,8 +20,8 @@ after the fact, and only the following batches go elsewhere.
 Oversize records (`max_message_bytes`, 2048 by default for UDP, no limit over TCP/TLS) are never
 dropped silently: `oversize: truncate` cuts MSG between UTF-8 characters and never inside a
 backslash escape, keeps the header and structured data whole and appends `...[truncated]`,
-counted in
-`canary_forwarder_output_truncated_records_total`; `oversize: reject` dead-letters the record.
+counted in `canary_forwarder_output_truncated_records_total` once sent (not per attempt);
+`oversize: reject` dead-letters the record.
 """
 
 from __future__ import annotations
@@ -206,24 +206,32 @@ class SyslogOutput(Output[SyslogConfig]):
     async def send(self, batch: Sequence[Record]) -> SendResult:
         frames: list[bytes] = []
         framed: list[int] = []
+        truncated: list[tuple[Record, int]] = []
         results: dict[int, Retry | Reject] = {}
         for index, record in enumerate(batch):
             try:
-                frames.append(self._frame(record))
+                frame, full_size = self._frame(record)
             except _Refused as exc:
                 results[index] = Reject(str(exc))
-            else:
-                framed.append(index)
+                continue
+            frames.append(frame)
+            framed.append(index)
+            if full_size is not None:
+                truncated.append((record, full_size))
         if frames:
             async with self._lock:
                 retry = await self._sender.send(frames)
-            if retry is not None and not results:
+            if retry is None:
+                # Counted once sent: a batch retried N times would otherwise count N times.
+                self._report_truncated(truncated)
+            elif not results:
                 return retry
-            if retry is not None:
+            else:
                 results.update(dict.fromkeys(framed, retry))
         return Partial(results) if results else Delivered()
 
-    def _frame(self, record: Record) -> bytes:
+    def _frame(self, record: Record) -> tuple[bytes, int | None]:
+        """The frame to send, and the message's size before truncation if it was truncated."""
         message = self._wrapper.message(record)
         if self.config.lf_framing:
             if self.config.newline_policy == "reject" and FRAME_DELIMITER.search(message):
@@ -232,30 +240,36 @@ class SyslogOutput(Output[SyslogConfig]):
                     "into two records; use framing: octet_counting to carry it"
                 )
             message = escape_frame_delimiters(message)
-        message = self._fit(record, message)
+        fitted = self._fit(message)
+        full_size = len(message) if len(fitted) < len(message) else None
         if self.config.transport == "udp":
-            return message
-        return message + b"\n" if self.config.lf_framing else octet_counted(message)
+            return fitted, full_size
+        framed = fitted + b"\n" if self.config.lf_framing else octet_counted(fitted)
+        return framed, full_size
 
-    def _fit(self, record: Record, message: bytes) -> bytes:
+    def _fit(self, message: bytes) -> bytes:
         limit = self.config.message_limit
         if limit is None or len(message) <= limit:
             return message
         if self.config.oversize == "reject":
             raise _Refused(f"the message is {len(message)} bytes, over max_message_bytes {limit}")
         try:
-            shortened = truncate(message, limit)
+            return truncate(message, limit)
         except MessageTooLarge as exc:
             raise _Refused(str(exc)) from exc
-        metrics.output_truncated.labels(output=self.name).inc()
-        log.warning(
-            "Syslog record truncated to fit max_message_bytes.",
-            output=self.name,
-            event_id=record.event.id,
-            size=len(message),
-            limit=limit,
-        )
-        return shortened
+
+    def _report_truncated(self, truncated: Sequence[tuple[Record, int]]) -> None:
+        if not truncated:
+            return
+        metrics.output_truncated.labels(output=self.name).inc(len(truncated))
+        for record, full_size in truncated:
+            log.warning(
+                "Syslog record truncated to fit max_message_bytes.",
+                output=self.name,
+                event_id=record.event.id,
+                size=full_size,
+                limit=self.config.message_limit,
+            )
 
     async def healthcheck(self) -> None:
         await self._sender.check()

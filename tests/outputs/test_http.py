@@ -34,8 +34,22 @@ from forwarder.outputs._http import (
     parse_retry_after,
     spread_result,
 )
-from forwarder.outputs.base import Delivered, Partial, Reject, Retry, SendResult, TooLarge
+from forwarder.outputs._tls import TlsClientConfig, TlsFilesUnusable
+from forwarder.outputs.base import (
+    Delivered,
+    HealthcheckError,
+    Output,
+    Partial,
+    Reject,
+    Retry,
+    SendResult,
+    TooLarge,
+)
+from forwarder.outputs.elasticsearch import ElasticsearchConfig, ElasticsearchOutput
+from forwarder.outputs.splunk_hec import SplunkHecConfig, SplunkHecOutput
 from tests.peers._server import FakePeer, Reset
+from tests.peers.fake_es import FakeEs
+from tests.peers.fake_hec import DEFAULT_TOKEN, FakeHec
 from tests.peers.records import make_records
 
 NOW = datetime(2026, 5, 29, 10, 0, 0, tzinfo=UTC)
@@ -566,7 +580,92 @@ async def test_reopen_reads_the_certificates_again(
 async def test_unreadable_tls_files_are_an_operator_retry_not_an_exception(
     tls_echo: EchoPeer, tmp_path: Path, client_for: Any
 ) -> None:
-    client: HttpClient = client_for([tls_echo.url], tls={"ca_file": str(tmp_path / "missing.pem")})
+    missing = tmp_path / "missing.pem"
+    client: HttpClient = client_for([tls_echo.url], tls={"ca_file": str(missing)})
+    await client.start()
     answer = await client.request("POST", "/echo", body=b"x")
     assert isinstance(answer, Retry) and answer.operator_action
-    assert "cannot set up TLS" in answer.reason
+    assert answer.reason == (
+        f"cannot load the TLS files: tls.ca_file {missing}: No such file or directory"
+    )
+
+
+def test_tls_files_that_cannot_be_loaded_are_named_with_the_reason(
+    tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    cert, server = tls_files["client_cert"], tls_files["server"]
+    cases = [
+        # Refused before OpenSSL reads it: a FIFO or a device would block the event loop.
+        ({"ca_file": "/dev/null"}, "tls.ca_file /dev/null: not a regular file"),
+        ({"ca_file": str(tmp_path)}, f"tls.ca_file {tmp_path}: not a regular file"),
+        ({"ca_file": str(not_pem)}, f"tls.ca_file {not_pem}: [X509: NO_CERTIFICATE_OR_CRL_FOUND]"),
+        (
+            {"cert_file": str(cert), "key_file": str(server)},
+            f"tls.cert_file {cert} with tls.key_file {server}: [X509: KEY_VALUES_MISMATCH]",
+        ),
+    ]
+    for options, reason in cases:
+        with pytest.raises(TlsFilesUnusable) as unusable:
+            TlsClientConfig.model_validate(options).context()
+        assert str(unusable.value).startswith(f"cannot load the TLS files: {reason}"), options
+
+
+def hec_output(url: str, tls: dict[str, str]) -> Output[Any]:
+    return SplunkHecOutput(
+        SplunkHecConfig.model_validate(
+            {"name": "hec", "type": "splunk_hec", "url": url, "token": DEFAULT_TOKEN, "tls": tls}
+        )
+    )
+
+
+def es_output(url: str, tls: dict[str, str]) -> Output[Any]:
+    return ElasticsearchOutput(
+        ElasticsearchConfig.model_validate(
+            {"name": "es", "type": "elasticsearch", "url": url, "tls": tls}
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("peer_class", "make_output"),
+    [
+        pytest.param(FakeHec, hec_output, id="splunk_hec"),
+        pytest.param(FakeEs, es_output, id="elasticsearch"),
+    ],
+)
+@pytest.mark.parametrize("option", ["ca_file", "cert_file", "key_file"])
+async def test_an_unreadable_tls_file_lets_the_output_start_and_keeps_its_events(
+    peer_class: type[FakePeer],
+    make_output: Callable[[str, dict[str, str]], Output[Any]],
+    option: str,
+    tls_files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """Like syslog: the daemon (and its webhook ingest) starts, sends are kept for an operator
+    with the file named, the healthcheck says the same, and the file is read again once fixed."""
+    tls = {
+        "ca_file": str(tls_files["ca"]),
+        "cert_file": str(tls_files["client_cert"]),
+        "key_file": str(tls_files["client_key"]),
+    }
+    missing = tmp_path / "missing.pem"
+    peer = await peer_class().start(ssl_context=server_context(tls_files))
+    output = make_output(peer.url, {**tls, option: str(missing)})
+    try:
+        await output.start()
+        result = await output.send(make_records(1))
+        assert isinstance(result, Retry) and result.operator_action, result
+        assert result.reason == (
+            f"cannot load the TLS files: tls.{option} {missing}: No such file or directory"
+        )
+        with pytest.raises(HealthcheckError) as unhealthy:
+            await output.healthcheck()
+        assert str(unhealthy.value) == result.reason
+        assert peer.requests == []
+        missing.write_bytes(Path(tls[option]).read_bytes())  # the operator restores the file
+        assert await output.send(make_records(1)) == Delivered()
+    finally:
+        await output.aclose()
+        await peer.stop()

@@ -442,6 +442,35 @@ async def test_a_502_from_a_load_balancer_is_retried(fake_hec: FakeHec, connect:
     assert "HTTP 502" in retry.reason and "Bad Gateway" in retry.reason
 
 
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (404, {"text": "The requested URL was not found on this server.", "code": 404}),
+        (404, "<html><body><h1>404 Not Found</h1><hr>nginx</body></html>"),
+        (405, "<html><body><h1>405 Not Allowed</h1><hr>nginx</body></html>"),
+        (400, "<html><body>The plain HTTP request was sent to HTTPS port</body></html>"),
+        (501, "<html><body><h1>501 Not Implemented</h1></body></html>"),
+    ],
+)
+async def test_a_wrong_url_keeps_the_events_for_an_operator(
+    fake_hec: FakeHec, connect: Connect, status: int, body: Any
+) -> None:
+    fake_hec.faults.push(Respond(status, body))
+    retry = assert_retry(await (await connect()).send(make_records(2)), operator=True)
+    assert f"HTTP {status}" in retry.reason and "check `url`" in retry.reason
+
+
+async def test_a_wrong_path_prefix_keeps_the_events_for_an_operator(
+    fake_hec: FakeHec, connect: Connect
+) -> None:
+    output = await connect(fake_hec.url + "/splunk")
+    retry = assert_retry(await output.send(make_records(1)), operator=True)
+    assert "HTTP 404" in retry.reason and "reverse-proxy path prefix" in retry.reason
+    assert fake_hec.events == []
+    with pytest.raises(HealthcheckError, match=r"health: HTTP 404.*check `url`"):
+        await output.healthcheck()
+
+
 # Faults on the wire: never raised, always a Retry with the reason
 
 
@@ -531,6 +560,48 @@ async def test_an_ack_that_never_comes_times_out_into_a_resend(
     assert await output.send(records) == Delivered()
     # At least once: the resend duplicates, and the indexed fingerprint shows it.
     assert fake_hec.duplicates() == 3
+
+
+async def test_an_ack_timeout_reports_hecs_answer_and_does_not_bench_the_node(
+    fake_hec: FakeHec, connect: Connect
+) -> None:
+    async with FakeHec(acks=True) as other:
+        fake_hec.acks = True
+        fake_hec.ack_after_polls = None
+        # A poll at once, then the pause runs into the deadline: the second and last poll
+        # starts there. Each poll takes HEC a moment to answer, as on a loaded indexer.
+        fake_hec.ack_faults.push(Delay(0.05), Delay(0.05))
+        output = await connect(
+            [fake_hec.url, other.url],
+            indexer_ack=True,
+            ack_timeout_secs=0.2,
+            ack_poll_interval_secs=1,
+        )
+        retry = assert_retry(await output.send(make_records(1)))
+        assert retry.reason.endswith(
+            "ackId 0 not acknowledged within 0.2 s (HEC kept answering false); sending again"
+        )
+        assert fake_hec.ack_polls == 2
+        fake_hec.ack_after_polls = 0
+        for start in (1, 2):
+            assert await output.send(make_records(1, start=start)) == Delivered()
+        # The sends kept taking turns: the node that answered every poll was not benched.
+        assert (len(fake_hec.events), len(other.events)) == (2, 1)
+
+
+async def test_an_ack_timeout_reports_the_last_poll_that_went_wrong(
+    fake_hec: FakeHec, connect: Connect
+) -> None:
+    fake_hec.acks = True
+    fake_hec.ack_after_polls = None
+    busy = Respond(503, {"text": "Server is busy", "code": 9})
+    fake_hec.ack_faults.push(busy, busy)
+    output = await connect(indexer_ack=True, ack_timeout_secs=0.1, ack_poll_interval_secs=1)
+    retry = assert_retry(await output.send(make_records(1)))
+    assert retry.reason.endswith(
+        "(the last poll answered HTTP 503: HEC code 9: Server is busy); sending again"
+    )
+    assert fake_hec.ack_polls == 2
 
 
 async def test_ack_polls_survive_failing_polls(fake_hec: FakeHec, connect: Connect) -> None:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from forwarder.events import CanaryEvent
 from forwarder.mappers.base import Record
+from forwarder.outputs._syslog_transport import StreamSender
 from forwarder.outputs.base import Delivered, HealthcheckError, Partial, Reject, Retry
 from forwarder.outputs.syslog import SyslogConfig, SyslogOutput
 from forwarder.telemetry.metrics import REGISTRY
@@ -133,13 +134,6 @@ def truncated_count(name: str) -> float:
         "canary_forwarder_output_truncated_records_total", {"output": name}
     )
     return value or 0.0
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -419,6 +413,7 @@ class Sink:
     connections: list[bytearray] = field(default_factory=list)
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    received: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         received = bytearray()
@@ -435,18 +430,32 @@ class Sink:
                     writer.transport.abort()
                     return
                 received += chunk
+                async with self.received:
+                    self.received.notify_all()
         writer.close()
 
     def data(self) -> bytes:
         return b"".join(self.connections)
 
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until `predicate()` holds, checked again whenever bytes arrive."""
+        async with self.received:
+            await asyncio.wait_for(self.received.wait_for(predicate), timeout)
+
+    async def hang_up(self) -> None:
+        """Close every connection from this end, as a receiver does with idle clients."""
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
 
 @contextlib.asynccontextmanager
 async def serving(
-    sink: Sink, context: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+    sink: Sink, context: ssl.SSLContext | None = None, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
-    """Run `sink` and yield its address as a `hosts` entry."""
-    server = await asyncio.start_server(sink.handle, host, 0, ssl=context)
+    """Run `sink` (on `port`, or any free one) and yield its address as a `hosts` entry."""
+    server = await asyncio.start_server(sink.handle, host, port, ssl=context)
     port = server.sockets[0].getsockname()[1]
     try:
         yield f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -456,6 +465,15 @@ async def serving(
         for writer in sink.writers:
             writer.transport.abort()
         await server.wait_closed()
+
+
+async def connection_closed_by_peer_seen(output: SyslogOutput) -> None:
+    """Wait until the output's connection has read the receiver's FIN, as it has long before
+    the next batch when a receiver drops idle clients. TCP gives a client that only writes no
+    other sign, so this looks inside the output."""
+    sender = output._sender
+    assert isinstance(sender, StreamSender) and sender._stream is not None
+    assert await asyncio.wait_for(sender._stream.reader.read(1), 5) == b""
 
 
 @pytest.fixture(scope="module")
@@ -493,7 +511,7 @@ class TestFailures:
             output = make_output(hosts=[address])
             for _ in range(3):
                 assert await output.send([cef_record(event)]) == Delivered()
-            await eventually(lambda: sink.data().count(b"CEF:0") == 3)
+            await sink.wait_until(lambda: sink.data().count(b"CEF:0") == 3)
         assert len(sink.connections) == 1
         assert re.match(rb"\d+ <131>1 ", sink.data())
 
@@ -510,8 +528,47 @@ class TestFailures:
             assert "connection reset" in result.reason or "broken pipe" in result.reason
             sink.mode = "keep"
             assert await output.send([cef_record(event)]) == Delivered()
-            await eventually(lambda: b"CEF:0" in sink.data())
+            await sink.wait_until(lambda: b"CEF:0" in sink.data())
         assert len(sink.connections) == 2
+
+    async def test_a_connection_the_receiver_closed_while_idle_is_reopened_not_written_into(
+        self, make_output: OutputFactory, event: CanaryEvent
+    ) -> None:
+        sink = Sink()
+        async with serving(sink) as address:
+            output = make_output(hosts=[address])
+            assert await output.send([Record(event, "first batch")]) == Delivered()
+            await sink.wait_until(lambda: b"first batch" in sink.data())
+            await sink.hang_up()
+            await connection_closed_by_peer_seen(output)
+            result = await output.send([Record(event, "second batch")])
+            # Written into the closed connection it would be "delivered" and lost with the RST.
+            assert result == Delivered()
+            await sink.wait_until(
+                lambda: len(sink.connections) == 2 and b"second batch" in sink.connections[1]
+            )
+        assert b"second batch" not in sink.connections[0]
+
+    async def test_a_truncated_record_is_counted_once_when_sent_not_per_attempt(
+        self, make_output: OutputFactory, event: CanaryEvent
+    ) -> None:
+        port = closed_port()
+        output = make_output(
+            hosts=[f"127.0.0.1:{port}"], name="tcp-truncate", max_message_bytes=480
+        )
+        oversize = [Record(event, "x" * 1000)]
+        before = truncated_count("tcp-truncate")
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                assert isinstance(await output.send(oversize), Retry)
+            assert truncated_count("tcp-truncate") == before
+            sink = Sink()
+            async with serving(sink, port=port):
+                assert await output.send(oversize) == Delivered()
+                await sink.wait_until(lambda: b"...[truncated]" in sink.data())
+        assert truncated_count("tcp-truncate") == before + 1
+        (truncation,) = [log for log in logs if log["event"].startswith("Syslog record truncated")]
+        assert truncation["limit"] == 480 and truncation["size"] > 1000
 
     async def test_write_timeout_is_a_retry(
         self, make_output: OutputFactory, event: CanaryEvent
@@ -550,7 +607,7 @@ class TestFailures:
                 wrong_result = await wrong.send([cef_record(event)])
                 assert await right.send([cef_record(event)]) == Delivered()
                 await right.aclose()
-                await eventually(lambda: b"CEF:0" in sink.data())
+                await sink.wait_until(lambda: b"CEF:0" in sink.data())
         assert isinstance(wrong_result, Retry)
         assert "other.test" in wrong_result.reason
 
@@ -603,6 +660,6 @@ class TestFailures:
         try:
             async with serving(sink, host="::1") as address:
                 assert await make_output(hosts=[address]).send([cef_record(event)]) == Delivered()
-                await eventually(lambda: b"CEF:0" in sink.data())
+                await sink.wait_until(lambda: b"CEF:0" in sink.data())
         except OSError as exc:  # ::1 not configured
             pytest.skip(f"cannot listen on ::1: {exc}")
