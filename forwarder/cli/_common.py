@@ -1,14 +1,17 @@
-"""Pieces every subcommand shares: the config option and how a bad config ends the process."""
+"""Pieces every subcommand shares: the config option, how a bad config ends the process, and
+opening the store the config names."""
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
 
 from forwarder.settings import EX_CONFIG, ConfigError, Settings, default_settings, load_settings
+from forwarder.store.database import DB_NAME, Database, StoreCorrupt
 
-__all__ = ["add_config_argument", "load_or_exit", "settings_from_args"]
+__all__ = ["add_config_argument", "load_or_exit", "open_store_or_exit", "settings_from_args"]
 
 
 def add_config_argument(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -35,3 +38,24 @@ def load_or_exit(path: Path) -> Settings:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_or_exit(args.config) if args.config else default_settings()
+
+
+def open_store_or_exit(settings: Settings, args: argparse.Namespace) -> Database:
+    """The store `settings` names, or the reason on stderr and exit status 1.
+
+    Never creates one: on a mistyped path, an empty new store would read as "nothing queued,
+    no dead letters".
+    """
+    store = settings.store
+    try:
+        return Database(store.path, sync=store.sync, create=False)
+    except FileNotFoundError:
+        hint = (
+            f"check store.path in {args.config}"
+            if args.config
+            else "that is the built-in default; give -c with the daemon's configuration"
+        )
+        print(f"no store at {store.path.absolute() / DB_NAME}: {hint}", file=sys.stderr)
+    except (StoreCorrupt, sqlite3.Error, OSError) as exc:
+        print(f"cannot open the store in {store.path.absolute()}: {exc}", file=sys.stderr)
+    raise SystemExit(1)

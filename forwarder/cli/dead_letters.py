@@ -1,74 +1,210 @@
-"""`dead-letters list | replay | purge`: what outputs refused, and sending it again.
+"""`dead-letters list | show | replay | purge`: what outputs refused, and sending it again.
 
 Replay queues each dead letter again for the output that refused it, once the cause is fixed;
 a running daemon picks the events up within a second. It works beside a running daemon.
+Every action works on the store the configuration names, and fails if there is none there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from forwarder.cli._common import add_config_argument, settings_from_args
-from forwarder.store.database import Database
+from forwarder.cli._common import add_config_argument, open_store_or_exit, settings_from_args
+from forwarder.store.database import Database, DeadLetter
 
 __all__ = ["configure", "main"]
 
+# For `Database.dead_letters`: replay and purge must see every one they act on.
+_NO_LIMIT = sys.maxsize
+
+REPLAY_DESCRIPTION = (
+    "Queue dead letters again for the output that refused them, once the cause is fixed; a"
+    " running daemon sends them within a second. Refuses (exit status 1, nothing queued) when"
+    " one of them belongs to an output the configuration no longer has: nothing would send it,"
+    " and it would wait until store.max_age_secs dead-letters it again under a new reason."
+    " Add the output back, narrow the selection with --output, purge those, or pass"
+    " --allow-unconfigured to queue them for an output you are about to configure again."
+)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_config_argument(parser, required=False)
-    parser.add_argument("action", choices=["list", "show", "replay", "purge"])
-    parser.add_argument("--output", help="only dead letters of this output")
-    parser.add_argument(
-        "--id", type=int, action="append", dest="ids", metavar="N", help="only this one"
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = _action(actions, "list", "one JSON line per dead letter, oldest first")
+    _add_output_filter(listing)
+    listing.add_argument("--limit", type=int, default=100, help="most lines (default 100)")
+    show = _action(actions, "show", "print the body of dead letters as received")
+    _add_ids(show, "show this one (repeatable)", required=True)
+    replay = _action(actions, "replay", "queue dead letters again", REPLAY_DESCRIPTION)
+    _add_selection(replay, "replay")
+    replay.add_argument(
+        "--allow-unconfigured",
+        action="store_true",
+        help="also queue dead letters of outputs the configuration does not have",
     )
-    parser.add_argument("--all", action="store_true", help="replay or purge every selected one")
-    parser.add_argument("--limit", type=int, default=100)
+    purge = _action(actions, "purge", "delete dead letters for good")
+    _add_selection(purge, "purge")
+
+
+def _action(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    parser = actions.add_parser(name, help=help_text, description=description or help_text)
+    add_config_argument(parser, required=False)
+    return parser
+
+
+def _add_output_filter(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", metavar="NAME", help="only dead letters of this output")
+
+
+def _add_ids(
+    container: argparse._ActionsContainer, help_text: str, *, required: bool = False
+) -> None:
+    container.add_argument(
+        "--id",
+        type=int,
+        action="append",
+        dest="ids",
+        required=required,
+        metavar="N",
+        help=help_text,
+    )
+
+
+def _add_selection(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--output, and exactly one of --id and --all: a purge must never widen silently."""
+    _add_output_filter(parser)
+    which = parser.add_mutually_exclusive_group(required=True)
+    _add_ids(which, f"{verb} this one (repeatable)")
+    which.add_argument("--all", action="store_true", help=f"{verb} all (of --output, if given)")
+
+
+class _Refused(Exception):
+    """The command names what neither the store nor the configuration has, or would queue
+    events nothing sends; the message says which and how to proceed. Exit status 1."""
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    configured = [spec.name for spec in settings.outputs]
+    database = open_store_or_exit(settings, args)
+    try:
+        return _ACTIONS[args.action](database, args, configured)
+    except _Refused as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        database.close()
+
+
+def _list(database: Database, args: argparse.Namespace, configured: Sequence[str]) -> int:
+    _check_output(database, args, configured)
+    for letter in database.dead_letters(args.output, args.limit):
+        print(
+            json.dumps(
+                {
+                    "id": letter.id,
+                    "output": letter.output,
+                    "event_id": letter.event_id,
+                    "kind": letter.kind,
+                    "received_at": _when(letter.received_at),
+                    "dead_at": _when(letter.dead_at),
+                    "attempts": letter.attempts,
+                    "reason": letter.reason,
+                    "bytes": letter.size,
+                }
+            )
+        )
+    return 0
+
+
+def _show(database: Database, args: argparse.Namespace, configured: Sequence[str]) -> int:
+    missing: list[int] = []
+    for letter_id in args.ids:
+        body = database.dead_letter_body(letter_id)
+        if body is None:
+            missing.append(letter_id)
+        else:
+            print(body.decode("utf-8", "replace"))
+    if missing:
+        raise _Refused(f"no dead letter with id {_listed(missing)}")
+    return 0
+
+
+def _replay(database: Database, args: argparse.Namespace, configured: Sequence[str]) -> int:
+    letters = _selected(database, args, configured, "replayed")
+    unconfigured = sorted({letter.output for letter in letters} - set(configured))
+    if unconfigured and not args.allow_unconfigured:
+        count = sum(letter.output in unconfigured for letter in letters)
+        raise _Refused(
+            f"nothing replayed: {count} of the selected dead letters belong to output"
+            f" {_listed(unconfigured)}, which {_config_name(args)} does not have (its outputs:"
+            f" {_listed(configured)}), so nothing would ever send them. Add the output back"
+            " to the configuration, select the others with --output NAME, purge these"
+            " (dead-letters purge --output NAME --all), or pass --allow-unconfigured to queue"
+            " them anyway."
+        )
+    print(f"replayed {database.replay([letter.id for letter in letters], None)}")
+    return 0
+
+
+def _purge(database: Database, args: argparse.Namespace, configured: Sequence[str]) -> int:
+    letters = _selected(database, args, configured, "purged")
+    print(f"purged {database.purge([letter.id for letter in letters], None)}")
+    return 0
+
+
+_ACTIONS: dict[str, Callable[[Database, argparse.Namespace, Sequence[str]], int]] = {
+    "list": _list,
+    "show": _show,
+    "replay": _replay,
+    "purge": _purge,
+}
 
 
 def _when(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
 
 
-def main(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
-    database = Database(settings.store.path, sync=settings.store.sync)
-    try:
-        if args.action == "list":
-            for letter in database.dead_letters(args.output, args.limit):
-                print(
-                    json.dumps(
-                        {
-                            "id": letter.id,
-                            "output": letter.output,
-                            "event_id": letter.event_id,
-                            "kind": letter.kind,
-                            "received_at": _when(letter.received_at),
-                            "dead_at": _when(letter.dead_at),
-                            "attempts": letter.attempts,
-                            "reason": letter.reason,
-                            "bytes": letter.size,
-                        }
-                    )
-                )
-            return 0
-        if args.action == "show":
-            if not args.ids:
-                print("show needs --id N")
-                return 2
-            for letter_id in args.ids:
-                body = database.dead_letter_body(letter_id)
-                print(body.decode("utf-8", "replace") if body is not None else f"no {letter_id}")
-            return 0
-        if not args.ids and not args.all:
-            print(f"{args.action} needs --id N (repeatable) or --all")
-            return 2
-        ids = None if args.all else args.ids
-        if args.action == "replay":
-            print(f"replayed {database.replay(ids, args.output)}")
-        else:
-            print(f"purged {database.purge(ids, args.output)}")
-        return 0
-    finally:
-        database.close()
+def _config_name(args: argparse.Namespace) -> str:
+    return str(args.config) if args.config else "the built-in default configuration"
+
+
+def _listed(names: Sequence[object]) -> str:
+    return ", ".join(map(str, names))
+
+
+def _selected(
+    database: Database, args: argparse.Namespace, configured: Sequence[str], done: str
+) -> list[DeadLetter]:
+    """The dead letters `--id` or `--all` select within `--output`. An id that is not there
+    means a mistyped command, so then nothing is `done` at all."""
+    _check_output(database, args, configured)
+    letters = database.dead_letters(args.output, _NO_LIMIT)
+    if args.all:
+        return letters
+    by_id = {letter.id: letter for letter in letters}
+    missing = [letter_id for letter_id in args.ids if letter_id not in by_id]
+    if missing:
+        of_output = f" of output {args.output}" if args.output else ""
+        raise _Refused(f"no dead letter{of_output} with id {_listed(missing)}; nothing {done}")
+    return [by_id[letter_id] for letter_id in dict.fromkeys(args.ids)]
+
+
+def _check_output(database: Database, args: argparse.Namespace, configured: Sequence[str]) -> None:
+    """Refuse an `--output` that is most likely a typo: no such output, and no dead letters of
+    it. (The dead letters of an output removed from the configuration stay reachable.)"""
+    output: str | None = args.output
+    if output is None or output in configured or database.dead_letters(output, 1):
+        return
+    raise _Refused(
+        f"no output {output!r} in {_config_name(args)} (its outputs: {_listed(configured)})"
+        " and no dead letters of it"
+    )

@@ -6,8 +6,7 @@ import argparse
 import json
 import time
 
-from forwarder.cli._common import add_config_argument, settings_from_args
-from forwarder.store.database import Database
+from forwarder.cli._common import add_config_argument, open_store_or_exit, settings_from_args
 
 __all__ = ["configure", "main"]
 
@@ -19,7 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    database = Database(settings.store.path, sync=settings.store.sync)
+    database = open_store_or_exit(settings, args)
     try:
         stats = database.stats()
     finally:

@@ -82,12 +82,25 @@ class _Outcome:
 
     def add_retry(self, seqs: Sequence[int], retry: Retry) -> None:
         self.retried.extend(seqs)
-        if self.retry is None or (retry.retry_after or 0) > (self.retry.retry_after or 0):
-            self.retry = Retry(
-                retry.reason,
-                retry.retry_after,
-                retry.operator_action or (self.retry is not None and self.retry.operator_action),
-            )
+        self.retry = retry if self.retry is None else _merge_retries(self.retry, retry)
+
+
+def _merge_retries(first: Retry, second: Retry) -> Retry:
+    """One Retry for a batch whose items asked for retries of their own, whatever their order.
+
+    An item that needs an operator makes the whole batch need one, and its reason is the one
+    worth logging; the batch waits for the longest Retry-After any item was given.
+    """
+    if first.operator_action != second.operator_action:
+        leading = first if first.operator_action else second
+    else:
+        leading = second if (second.retry_after or 0) > (first.retry_after or 0) else first
+    waits = [wait for wait in (first.retry_after, second.retry_after) if wait is not None]
+    return Retry(
+        leading.reason,
+        max(waits, default=None),
+        first.operator_action or second.operator_action,
+    )
 
 
 class Dispatcher:

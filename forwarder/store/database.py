@@ -11,6 +11,7 @@ Dead letters keep their own copy of the body, so a replay works after the event 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import time
@@ -166,20 +167,36 @@ class Database:
     """One SQLite connection to the outbox. Not thread-safe: use it from one thread."""
 
     def __init__(
-        self, directory: Path, *, sync: str = "full", background_checkpoints: bool = False
+        self,
+        directory: Path,
+        *,
+        sync: str = "full",
+        background_checkpoints: bool = False,
+        create: bool = True,
     ) -> None:
         """Open or create the outbox in `directory`.
 
         With `background_checkpoints`, this connection never copies the WAL back into the
         database itself; a `Checkpointer` on another thread does, so commits never wait for it.
+        Without `create`, an outbox that does not exist raises FileNotFoundError and nothing is
+        created: a tool pointed at a mistyped path must not report an empty store.
         """
         self.path = directory / DB_NAME
         # Events other connections inserted (a `dead-letters replay` beside the daemon), for
         # a caller that keeps totals: see `totals` and `added_elsewhere`.
         self._counted_through: int | None = None
         self._added_elsewhere = (0, 0)
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        location: str | Path = self.path
+        if create:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        elif self.path.is_file():
+            # mode=rw: should the file vanish meanwhile, SQLite fails instead of creating it.
+            location = self.path.absolute().as_uri() + "?mode=rw"
+        else:
+            raise FileNotFoundError(errno.ENOENT, "no outbox", str(self.path))
+        self._db = sqlite3.connect(
+            location, uri=not create, isolation_level=None, check_same_thread=False
+        )
         try:
             self._prepare(sync, background_checkpoints)
         except BaseException:

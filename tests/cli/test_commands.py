@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +30,27 @@ def write_config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def file_config(tmp_path: Path) -> Path:
+def file_config(tmp_path: Path, outputs: Sequence[str] = ("local",), store: str = "state") -> Path:
+    """A config with the store in tmp_path/`store` and a file output for each name."""
     return write_config(
         tmp_path,
-        f"store:\n  path: {tmp_path / 'state'}\n"
-        f"outputs:\n  - name: local\n    type: file\n    path: {tmp_path / 'out.jsonl'}\n",
+        f"store:\n  path: {tmp_path / store}\noutputs:\n"
+        + "".join(
+            f"  - name: {name}\n    type: file\n    path: {tmp_path / name}.jsonl\n"
+            for name in outputs
+        ),
     )
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """main(argv)'s exit status, however it ends (a usage error raises), stdout and stderr."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exited:
+        assert isinstance(exited.code, int)
+        code = exited.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,15 +179,29 @@ def test_send_test_rejects_a_malformed_header() -> None:
     assert exited.value.code == 2
 
 
-def seed_dead_letters(tmp_path: Path) -> None:
+def seed_dead_letters(tmp_path: Path, counts: Mapping[str, int] | None = None) -> None:
+    """Dead letters in tmp_path/state, `counts[output]` of each output (default: 3 of `local`)
+    in that order: the n-th has id n, event id f"id{n}" and body {"n": n}."""
     database = Database(tmp_path / "state")
-    seqs = database.append(
-        [NewEvent(f"id{n}", f"fp{n}", "incident", 1.0, b'{"n": %d}' % n) for n in range(3)],
-        ["local"],
-        0,
-    )
-    database.dead_letter("local", {s: "400 refused" for s in seqs if s is not None}, 2.0)
+    numbers = itertools.count(1)
+    for output, count in (counts or {"local": 3}).items():
+        events = [
+            NewEvent(f"id{n}", f"fp{n}", "incident", 1.0, b'{"n": %d}' % n)
+            for n in itertools.islice(numbers, count)
+        ]
+        seqs = database.append(events, [output], 0)
+        database.dead_letter(output, {s: "400 refused" for s in seqs if s is not None}, 2.0)
     database.close()
+
+
+def dead_letter_stats(tmp_path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(queued, dead letters) by output, as the store holds them now."""
+    database = Database(tmp_path / "state")
+    try:
+        stats = database.stats()
+    finally:
+        database.close()
+    return stats.queued, stats.dead_letters
 
 
 def test_dead_letters_list_show_replay_purge(
@@ -182,12 +212,11 @@ def test_dead_letters_list_show_replay_purge(
     assert main(["dead-letters", "list", "-c", config]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(d["event_id"], d["reason"], d["output"]) for d in listed] == [
-        (f"id{n}", "400 refused", "local") for n in range(3)
+        (f"id{n}", "400 refused", "local") for n in range(1, 4)
     ]
     assert main(["dead-letters", "show", "-c", config, "--id", str(listed[0]["id"])]) == 0
-    assert capsys.readouterr().out.strip() == '{"n": 0}'
-    assert main(["dead-letters", "replay", "-c", config]) == 2  # needs --id or --all
-    capsys.readouterr()
+    assert capsys.readouterr().out.strip() == '{"n": 1}'
+    assert run_cli(capsys, "dead-letters", "replay", "-c", config)[0] == 2  # needs --id or --all
     assert main(["dead-letters", "replay", "-c", config, "--id", str(listed[0]["id"])]) == 0
     assert capsys.readouterr().out.strip() == "replayed 1"
     assert main(["dead-letters", "purge", "-c", config, "--all"]) == 0
@@ -196,6 +225,144 @@ def test_dead_letters_list_show_replay_purge(
     stats = json.loads(capsys.readouterr().out)
     assert stats["queued"] == {"local": 1}
     assert stats["dead_letters"] == {}
+
+
+def test_dead_letters_output_touches_only_that_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(file_config(tmp_path, ["kept", "replayed", "purged"]))
+    seed_dead_letters(tmp_path, {"kept": 2, "replayed": 2, "purged": 2})
+    assert main(["dead-letters", "list", "-c", config, "--output", "replayed"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["output"], d["event_id"]) for d in listed] == [
+        ("replayed", "id3"),
+        ("replayed", "id4"),
+    ]
+    assert run_cli(
+        capsys, "dead-letters", "replay", "-c", config, "--output", "replayed", "--all"
+    ) == (0, "replayed 2\n", "")
+    assert run_cli(
+        capsys, "dead-letters", "purge", "-c", config, "--output", "purged", "--all"
+    ) == (0, "purged 2\n", "")
+    assert dead_letter_stats(tmp_path) == ({"replayed": 2}, {"kept": 2})
+    # An id of another output is not one of the selection: nothing happens to it.
+    code, out, err = run_cli(
+        capsys, "dead-letters", "purge", "-c", config, "--output", "replayed", "--id", "1"
+    )
+    assert (code, out) == (1, "")
+    assert err.strip() == "no dead letter of output replayed with id 1; nothing purged"
+    assert dead_letter_stats(tmp_path) == ({"replayed": 2}, {"kept": 2})
+
+
+def test_replay_refuses_dead_letters_of_an_output_no_longer_configured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(file_config(tmp_path, ["local"]))
+    seed_dead_letters(tmp_path, {"local": 1, "old": 2})  # ids 1, then 2 and 3
+    code, out, err = run_cli(capsys, "dead-letters", "replay", "-c", config, "--all")
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        f"nothing replayed: 2 of the selected dead letters belong to output old, which {config}"
+        " does not have (its outputs: local)"
+    )
+    assert "--allow-unconfigured" in err
+    assert dead_letter_stats(tmp_path) == ({}, {"local": 1, "old": 2})
+    # Still listed, so the operator can see and purge them.
+    code, listing, _ = run_cli(capsys, "dead-letters", "list", "-c", config, "--output", "old")
+    assert (code, [json.loads(line)["id"] for line in listing.splitlines()]) == (0, [2, 3])
+    replay = ["dead-letters", "replay", "-c", config]
+    assert run_cli(capsys, *replay, "--output", "local", "--all") == (0, "replayed 1\n", "")
+    assert run_cli(capsys, *replay, "--id", "2", "--allow-unconfigured") == (0, "replayed 1\n", "")
+    assert dead_letter_stats(tmp_path) == ({"local": 1, "old": 1}, {"old": 1})
+
+
+@pytest.mark.parametrize("action", ["replay", "purge"])
+@pytest.mark.parametrize("selection", [["--id", "1", "--all"], []], ids=["both", "neither"])
+def test_replay_and_purge_need_exactly_one_of_id_and_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str, selection: list[str]
+) -> None:
+    config = str(file_config(tmp_path))
+    seed_dead_letters(tmp_path)
+    code, out, err = run_cli(capsys, "dead-letters", action, "-c", config, *selection)
+    assert (code, out) == (2, "")
+    assert f"canary-forwarder dead-letters {action}: error: " in err
+    assert dead_letter_stats(tmp_path) == ({}, {"local": 3})
+
+
+STORE_COMMANDS = [
+    ["dead-letters", "list"],
+    ["dead-letters", "show", "--id", "1"],
+    ["dead-letters", "replay", "--all"],
+    ["dead-letters", "purge", "--all"],
+    ["store", "stats"],
+]
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS, ids=" ".join)
+def test_store_commands_fail_without_creating_a_missing_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    config = str(file_config(tmp_path, store="mistyped/state"))
+    code, out, err = run_cli(capsys, *command, "-c", config)
+    assert (code, out) == (1, "")
+    missing = tmp_path / "mistyped" / "state" / "outbox.sqlite3"
+    assert err.strip() == f"no store at {missing}: check store.path in {config}"
+    assert not (tmp_path / "mistyped").exists()
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS, ids=" ".join)
+def test_store_commands_without_config_do_not_create_the_default_store(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, *command)
+    assert (code, out) == (1, "")
+    default = tmp_path / "state" / "outbox.sqlite3"
+    assert err.strip() == (
+        f"no store at {default}: that is the built-in default;"
+        " give -c with the daemon's configuration"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+UNKNOWN_OUTPUT = "no output 'nosuch' in {config} (its outputs: local) and no dead letters of it"
+NAMING_NOTHING = {
+    ("show", "--id", "42", "--id", "1"): "no dead letter with id 42",
+    ("replay", "--id", "42"): "no dead letter with id 42; nothing replayed",
+    ("purge", "--id", "1", "--id", "42"): "no dead letter with id 42; nothing purged",
+    ("purge", "--all", "--output", "nosuch"): UNKNOWN_OUTPUT,
+    ("list", "--output", "nosuch"): UNKNOWN_OUTPUT,
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        pytest.param(command, message, id=" ".join(command))
+        for command, message in NAMING_NOTHING.items()
+    ],
+)
+def test_dead_letters_that_name_nothing_fail_and_change_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: tuple[str, ...], message: str
+) -> None:
+    config = str(file_config(tmp_path))
+    seed_dead_letters(tmp_path)
+    code, _, err = run_cli(capsys, "dead-letters", *command, "-c", config)
+    assert (code, err.strip()) == (1, message.format(config=config))
+    assert dead_letter_stats(tmp_path) == ({}, {"local": 3})
+
+
+def test_an_output_without_dead_letters_selects_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(file_config(tmp_path, ["local", "quiet"]))
+    seed_dead_letters(tmp_path)
+    purge = ["dead-letters", "purge", "-c", config, "--output", "quiet", "--all"]
+    assert run_cli(capsys, *purge) == (0, "purged 0\n", "")
+    assert run_cli(capsys, "dead-letters", "list", "-c", config, "--output", "quiet") == (0, "", "")
 
 
 def test_example_config_is_complete_and_valid(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 import structlog
 
-from forwarder.delivery.dispatcher import Dispatcher, backoff_secs
+from forwarder.delivery.dispatcher import Dispatcher, _Outcome, backoff_secs
 from forwarder.events import CanaryEvent, parse_event
 from forwarder.mappers.base import Mapper, MapperConfig, MappingError, Record
 from forwarder.mappers.json import JsonConfig, JsonMapper
@@ -26,6 +27,7 @@ from forwarder.outputs.base import (
 )
 from forwarder.settings import StoreConfig
 from forwarder.store.outbox import Outbox, StoreUnavailable
+from forwarder.telemetry import metrics
 
 
 class ScriptedOutput(Output[OutputConfig]):
@@ -209,6 +211,45 @@ async def test_operator_action_logs_error_and_keeps_events(outbox: Outbox) -> No
     errors = [e for e in logs if e["log_level"] == "error"]
     assert errors and errors[0]["reason"] == "401 bad token"
     assert await outbox.dead_letters() == []
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["as-listed", "reversed"])
+@pytest.mark.parametrize(
+    ("retries", "merged"),
+    [
+        (
+            (Retry("503 busy", retry_after=30), Retry("404 no index", operator_action=True)),
+            Retry("404 no index", retry_after=30, operator_action=True),
+        ),
+        (
+            (Retry("503 busy"), Retry("429 slow down", retry_after=45)),
+            Retry("429 slow down", retry_after=45),
+        ),
+    ],
+    ids=["operator-among-plain", "plain"],
+)
+def test_the_retries_of_one_batch_merge_alike_in_any_order(
+    retries: tuple[Retry, Retry], merged: Retry, reverse: bool
+) -> None:
+    outcome = _Outcome()
+    for seq, retry in enumerate(reversed(retries) if reverse else retries):
+        outcome.add_retry([seq], retry)
+    assert outcome.retry == merged
+    assert outcome.retried == [0, 1]
+
+
+@pytest.mark.parametrize("operator_first", [False, True], ids=["plain-first", "operator-first"])
+async def test_one_item_needing_an_operator_makes_its_batch_log_an_error(
+    outbox: Outbox, operator_first: bool
+) -> None:
+    busy, no_index = Retry("503 busy", retry_after=1), Retry("404 no index", operator_action=True)
+    items = {0: no_index, 1: busy} if operator_first else {0: busy, 1: no_index}
+    output = ScriptedOutput([lambda b: Partial(items)])
+    with structlog.testing.capture_logs() as logs:
+        dispatcher = await run(outbox, output, 2)
+        await output.wait_until(lambda: len(output.delivered) == 2)
+        await dispatcher.stop(5)
+    assert [e["reason"] for e in logs if e["log_level"] == "error"] == ["404 no index"]
 
 
 async def test_failing_since_is_set_while_failing(outbox: Outbox) -> None:
@@ -419,3 +460,99 @@ async def test_a_dispatcher_that_fails_unexpectedly_starts_again(
     assert failures == 1 and output.delivered == ["0", "1", "2"]
     restarted = "Dispatcher failed unexpectedly; restarting it. Its events stay queued."
     assert [e["event"] for e in logs].count(restarted) == 1
+
+
+def scripted_metric(name: str, **labels: str) -> float:
+    """A sample of the scripted output's metric `name`; 0 before its first increment.
+
+    The registry is process-wide: tests compare a value with the one read before."""
+    value = metrics.REGISTRY.get_sample_value(
+        f"canary_forwarder_{name}", {"output": "scripted", **labels}
+    )
+    return 0.0 if value is None else value
+
+
+async def test_metrics_count_sent_events(outbox: Outbox) -> None:
+    sent = scripted_metric("output_sent_events_total")
+    output = ScriptedOutput([])
+    dispatcher = await run(outbox, output, 3)
+    await output.wait_until(lambda: len(output.delivered) == 3)
+    await dispatcher.stop(5)
+    assert scripted_metric("output_sent_events_total") - sent == 3
+
+
+async def test_metrics_count_retried_events_and_failed_sends(outbox: Outbox) -> None:
+    retried = scripted_metric("output_retried_events_total")
+    failed = scripted_metric("output_failed_sends_total", result="retry")
+    output = ScriptedOutput([lambda b: Retry("503 busy")])
+    dispatcher = await run(outbox, output, 3)
+    await output.wait_until(lambda: len(output.delivered) == 3)
+    await dispatcher.stop(5)
+    assert scripted_metric("output_retried_events_total") - retried == 3
+    assert scripted_metric("output_failed_sends_total", result="retry") - failed == 1
+
+
+async def test_metrics_count_rejected_events_as_dead_lettered(outbox: Outbox) -> None:
+    dead = scripted_metric("output_dead_lettered_events_total", reason="rejected")
+    failed = scripted_metric("output_failed_sends_total", result="reject")
+    output = ScriptedOutput([lambda b: Reject("400 malformed")])
+    dispatcher = await run(outbox, output, 2)
+    await output.wait_until(lambda: len(output.batches) == 1)
+    await dispatcher.stop(5)
+    assert len(await outbox.dead_letters()) == 2
+    assert scripted_metric("output_dead_lettered_events_total", reason="rejected") - dead == 2
+    assert scripted_metric("output_failed_sends_total", result="reject") - failed == 1
+
+
+async def test_in_flight_gauge_counts_the_events_of_the_send_under_way(outbox: Outbox) -> None:
+    idle = scripted_metric("output_in_flight_events")
+    seen: list[tuple[float, int]] = []  # (the gauge, the events in the send) during each send
+
+    def observe(batch: Sequence[Record]) -> SendResult:
+        seen.append((scripted_metric("output_in_flight_events"), len(batch)))
+        return Delivered()
+
+    output = ScriptedOutput([observe] * 5)
+    dispatcher = await run(outbox, output, 3)
+    await output.wait_until(lambda: len(output.delivered) == 3)
+    for n in range(3, 5):
+        await outbox.append(event(n))
+    await output.wait_until(lambda: len(output.delivered) == 5)
+    await dispatcher.stop(5)
+    # The later sends show that each send's events left the gauge when it ended.
+    assert seen[0] == (idle + 3, 3)
+    assert [gauge - idle for gauge, _ in seen] == [size for _, size in seen]
+
+
+async def test_every_send_is_timed_whatever_its_result(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each send takes 0.3 s on a clock the test moves, so the histogram's buckets show it.
+    now = 1000.0
+    monkeypatch.setattr(time, "perf_counter", lambda: now)
+
+    def taking_300ms(result: SendResult) -> Callable[[Sequence[Record]], SendResult]:
+        def send(batch: Sequence[Record]) -> SendResult:
+            nonlocal now
+            now += 0.3
+            return result
+
+        return send
+
+    def latency() -> dict[str, float]:
+        name = "output_send_duration_seconds"
+        return {
+            "count": scripted_metric(f"{name}_count"),
+            "sum": scripted_metric(f"{name}_sum"),
+            "le 0.25": scripted_metric(f"{name}_bucket", le="0.25"),
+            "le 0.5": scripted_metric(f"{name}_bucket", le="0.5"),
+        }
+
+    before = latency()
+    output = ScriptedOutput([taking_300ms(Retry("503 busy")), taking_300ms(Delivered())])
+    dispatcher = await run(outbox, output, 1)
+    await output.wait_until(lambda: len(output.delivered) == 1)
+    await dispatcher.stop(5)
+    after = latency()
+    changes = {key: round(after[key] - before[key], 6) for key in before}
+    assert changes == {"count": 2, "sum": 0.6, "le 0.25": 0, "le 0.5": 2}
