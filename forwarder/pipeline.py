@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -142,7 +142,9 @@ class Pipeline:
     async def check_outputs(self) -> None:
         """Run every output's healthcheck; log the first failure and the recovery."""
         dispatchers = list(self.dispatchers)
-        problems = await asyncio.gather(*(healthcheck_problem(d.output) for d in dispatchers))
+        problems = await asyncio.gather(
+            *(healthcheck_problem(d.output.liveness) for d in dispatchers)
+        )
         now = time.monotonic()
         unhealthy: dict[str, tuple[float, str]] = {}
         for dispatcher, problem in zip(dispatchers, problems, strict=True):
@@ -229,11 +231,11 @@ async def _start_outputs(specs: Sequence[OutputSpec], outbox: Outbox) -> list[Di
     return dispatchers
 
 
-async def healthcheck_problem(output: Output[Any]) -> str | None:
-    """Why `output` would not take a send right now, or None if it would."""
+async def healthcheck_problem(check: Callable[[], Awaitable[None]]) -> str | None:
+    """Why an output fails `check` (its `healthcheck` or `liveness`), or None if it passes."""
     try:
         async with asyncio.timeout(HEALTHCHECK_TIMEOUT_SECS):
-            await output.healthcheck()
+            await check()
     except HealthcheckError as exc:
         return str(exc)
     except TimeoutError:

@@ -42,7 +42,7 @@ async def _healthchecks(settings: Settings) -> int:
         output: Output[Any] = output_class(spec.config.type)(spec.config)
         try:
             await output.start()
-            problem = await healthcheck_problem(output)
+            problem = await healthcheck_problem(output.healthcheck)
         except OSError as exc:
             problem = str(exc)
         finally:

@@ -142,6 +142,14 @@ class Output(ABC, Generic[ConfigT]):
     async def healthcheck(self) -> None:
         """Raise `HealthcheckError` unless a real send would be accepted right now."""
 
+    async def liveness(self) -> None:
+        """Raise `HealthcheckError` unless the destination is there; run every 30 s.
+
+        The healthcheck itself by default. An output whose healthcheck writes something the
+        destination keeps overrides this with a check that writes nothing.
+        """
+        await self.healthcheck()
+
     async def reopen(self) -> None:
         """Reopen files and reload certificates (SIGHUP, logrotate)."""
 

@@ -547,3 +547,25 @@ async def test_healthcheck_passes_when_one_node_of_several_is_healthy(
     fake_es: FakeEs, connect: Connect
 ) -> None:
     await (await connect([closed_port_url(), fake_es.url])).healthcheck()
+
+
+async def test_liveness_reads_and_never_writes(fake_es: FakeEs, connect: Connect) -> None:
+    # Run every 30 s: the healthcheck's probe document would land in a failure store.
+    await (await connect()).liveness()
+    assert fake_es.requests == []  # no bulk request at all
+    assert fake_es.all_ids() == []
+
+
+async def test_liveness_tells_bad_credentials_and_a_dead_cluster(connect: Connect) -> None:
+    async with FakeEs(api_keys={API_KEY}) as secured:
+        with pytest.raises(HealthcheckError, match="HTTP 401"):
+            await (await connect(secured.url, api_key=encode_api_key("a", "b"))).liveness()
+        await (await connect(secured.url, api_key=API_KEY)).liveness()
+    with pytest.raises(HealthcheckError, match="cannot connect"):
+        await (await connect(closed_port_url())).liveness()
+
+
+async def test_liveness_fails_while_the_cluster_is_busy(fake_es: FakeEs, connect: Connect) -> None:
+    fake_es.faults.push(Respond(503, "unavailable"))
+    with pytest.raises(HealthcheckError, match="HTTP 503"):
+        await (await connect()).liveness()

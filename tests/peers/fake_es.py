@@ -349,6 +349,9 @@ class FakeEs(FakePeer):
     # Read routes
 
     async def _root_route(self, request: web.Request) -> web.StreamResponse:
+        scripted = await self.suffer(self.faults, request)
+        if scripted is not None:
+            return scripted
         refused = self._authenticate(request)
         if refused is not None:
             return refused
