@@ -87,6 +87,30 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     listen = settings.listen
     if listen.auth is None or listen.auth == "none":
         log.warning("Webhook accepts posts without authentication.", host=listen.host)
+    loop = asyncio.get_running_loop()
+    notifier = systemd.Notifier.from_environ()
+    stop = asyncio.Event()
+    # SIGHUPs that arrive while a reload runs ask for one more reload, not one each.
+    reload_wanted = asyncio.Event()
+
+    def on_stop(signame: str) -> None:
+        if stop.is_set():
+            log.warning("Second stop signal; exiting at once.", signal=signame)
+            os._exit(1)
+        log.info("Stopping.", signal=signame)
+        stop.set()
+
+    def on_reload() -> None:
+        if stop.is_set():
+            log.info("Reload requested while stopping; ignored.")
+            return
+        reload_wanted.set()
+
+    # From the start, and kept to the end: a signal during start-up or shutdown must not
+    # take its default action (SIGHUP would kill the daemon in the middle of a commit).
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     try:
         pipeline = await Pipeline.start(settings)
     except Exception as exc:
@@ -117,18 +141,6 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         await pipeline.stop(graceful_secs)
         return 1
 
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[None]] = set()
-    loop = asyncio.get_running_loop()
-    notifier = systemd.Notifier.from_environ()
-
-    def on_stop(signame: str) -> None:
-        if stop.is_set():
-            log.warning("Second stop signal; exiting at once.", signal=signame)
-            os._exit(1)
-        log.info("Stopping.", signal=signame)
-        stop.set()
-
     async def reload() -> None:
         replaced = False
         try:
@@ -141,18 +153,19 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
                 # reopen theirs, or they write on into the file logrotate moved away. In a
                 # `finally`, so even a reload that failed unexpectedly leaves no stale file.
                 await pipeline.reopen_outputs()
-            # systemd waits for READY=1 after RELOADING=1, whether the reload worked or not.
-            notifier.ready(status=_status_line(pipeline))
+            # systemd waits for READY=1 after RELOADING=1, whether the reload worked or not;
+            # but once STOPPING=1 is out, READY=1 would tell it the daemon runs on.
+            if not stop.is_set():
+                notifier.ready(status=_status_line(pipeline))
 
-    def on_reload() -> None:
-        notifier.reloading()
-        task = asyncio.create_task(reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
-    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
-    loop.add_signal_handler(signal.SIGHUP, on_reload)
+    async def reload_when_asked() -> None:
+        while True:
+            await reload_wanted.wait()
+            reload_wanted.clear()
+            if stop.is_set():
+                return
+            notifier.reloading()
+            await reload()
 
     addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
     log.info(
@@ -167,6 +180,7 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     watchdog = asyncio.create_task(
         systemd.watchdog_loop(lambda: _status_line(pipeline), notifier=notifier)
     )
+    reloader = asyncio.create_task(reload_when_asked(), name="reloader")
     try:
         await stop.wait()
     finally:
@@ -176,8 +190,6 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
         # aiohttp's cleanup stops reading every connection at once, which would strand a request
         # still receiving its body until the timeout; so stop listening first and let the
         # requests in progress finish, then let aiohttp close the connections.
@@ -186,9 +198,10 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(app[IN_FLIGHT].wait_idle(), deadline - loop.time())
         await runner.cleanup()
-        for task in list(reloads):
-            with contextlib.suppress(Exception):
-                await task
+        # A reload under way finishes (it may be swapping outputs); none starts after it.
+        reload_wanted.set()
+        with contextlib.suppress(Exception):
+            await reloader
         await pipeline.stop(max(1.0, deadline - loop.time()))
         log.info("Stopped.")
     return 0

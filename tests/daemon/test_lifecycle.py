@@ -8,6 +8,7 @@ subprocess on 127.0.0.1 and checks exit codes, log lines, the output files and t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import signal
@@ -134,6 +135,53 @@ async def test_public_address_with_explicit_auth_none_starts(
 # SIGTERM and SIGINT
 
 
+async def _request_in_flight(
+    session: aiohttp.ClientSession, daemon: Daemon, received: int
+) -> tuple[str, bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A post whose handler is running: headers and half its body sent, on a connection the
+    server has already served once (so it is accepted, not waiting in the listen backlog).
+    `received` is the count of posts the daemon will then have seen."""
+    event_id, body = incident()
+    reader, writer = await asyncio.open_connection(HOST, daemon.port)
+    writer.write(f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    status, answer = await _read_answer(reader)
+    assert status.startswith(b"HTTP/1.1 200") and answer == {"status": "alive"}
+    writer.write(
+        f"POST /canary HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body[: len(body) // 2]
+    )
+    await writer.drain()
+
+    async def handler_started() -> bool:
+        return await daemon.metric(session, "canary_forwarder_received_total") == received
+
+    await wait_until_async(handler_started, timeout=5, what="the handler to start")
+    return event_id, body, reader, writer
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, Any]:
+    status_line = await reader.readline()
+    headers = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in headers.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return status_line, json.loads(await reader.readexactly(length))
+
+
+async def _finish_request(
+    body: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[bytes, Any]:
+    """Send the rest of a `_request_in_flight` body; its status line and JSON answer."""
+    writer.write(body[len(body) // 2 :])
+    await writer.drain()
+    answer = await _read_answer(reader)
+    writer.close()
+    return answer
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 async def test_stop_signal_finishes_in_flight_request_closes_store_and_keeps_queue(
     daemons: DaemonFactory, tmp_path: Path, stop_signal: signal.Signals
@@ -147,31 +195,7 @@ async def test_stop_signal_finishes_in_flight_request_closes_store_and_keeps_que
     async with _session() as session:
         queued_ids = await _post_stored(session, daemon, 5)
 
-        # A request in flight: headers and half its body sent on a connection the server has
-        # already served once (so it is accepted, not waiting in the listen backlog).
-        event_id, body = incident()
-        reader, writer = await asyncio.open_connection(HOST, daemon.port)
-        head = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n"
-        writer.write(head.encode())
-        head_lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
-        assert head_lines[0].startswith("HTTP/1.1 200")
-        length = next(
-            int(line.split(":", 1)[1])
-            for line in head_lines
-            if line.lower().startswith("content-length:")
-        )
-        assert json.loads(await reader.readexactly(length)) == {"status": "alive"}
-        writer.write(
-            f"POST /canary HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body[: len(body) // 2]
-        )
-        await writer.drain()
-
-        async def handler_started() -> bool:
-            return await daemon.metric(session, "canary_forwarder_received_total") == 6
-
-        await wait_until_async(handler_started, timeout=5, what="the handler to start")
+        event_id, body, reader, writer = await _request_in_flight(session, daemon, 6)
 
         daemon.send_signal(stop_signal)
         stopping = await daemon.wait_for_log("Stopping.")
@@ -189,17 +213,7 @@ async def test_stop_signal_finishes_in_flight_request_closes_store_and_keeps_que
         await wait_until_async(refused, timeout=5, what="new connections to be refused")
         assert daemon.alive(), "exited before its in-flight request finished"
 
-        writer.write(body[len(body) // 2 :])
-        await writer.drain()
-        status_line = await reader.readline()
-        headers = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in headers.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        answer = json.loads(await reader.readexactly(length))
-        writer.close()
+        status_line, answer = await _finish_request(body, reader, writer)
     assert status_line.startswith(b"HTTP/1.1 200"), status_line
     assert answer == {"status": "stored", "id": event_id, "kind": "incident"}
 
@@ -218,6 +232,63 @@ async def test_stop_signal_finishes_in_flight_request_closes_store_and_keeps_que
     assert await daemon.stop() == 0
     assert set(seen) == {*queued_ids, event_id}
     assert not [line for line in daemon.logs() if line.get("level") == "error"]
+
+
+async def test_signals_during_shutdown(daemons: DaemonFactory, tmp_path: Path) -> None:
+    """SIGHUP while stopping is ignored (logrotate may send one); a second SIGTERM exits at
+    once, saying so, instead of dying by the signal's default action."""
+    daemon = daemons({"outputs": [file_output("out", tmp_path / "out.jsonl")]})
+    await daemon.start()
+    async with _session() as session:
+        event_id, body, reader, writer = await _request_in_flight(session, daemon, 1)
+        daemon.send_signal(signal.SIGTERM)
+        await daemon.wait_for_log("Stopping.")
+        daemon.send_signal(signal.SIGHUP)
+        await daemon.wait_for_log("Reload requested while stopping; ignored.")
+        assert daemon.alive()
+        status_line, answer = await _finish_request(body, reader, writer)
+    assert status_line.startswith(b"HTTP/1.1 200") and answer["id"] == event_id
+    assert await daemon.wait_exit(timeout=15) == 0
+    assert not daemon.find_logs("Reloading configuration.")
+
+    await daemon.start()
+    async with _session() as session:
+        *_, writer = await _request_in_flight(session, daemon, 1)
+        daemon.send_signal(signal.SIGTERM)
+        await daemon.wait_for_log("Stopping.")
+        daemon.send_signal(signal.SIGTERM)
+        assert await daemon.wait_exit(timeout=15) == 1
+        writer.close()
+    [line] = daemon.find_logs("Second stop signal; exiting at once.")
+    assert line["signal"] == "SIGTERM"
+
+
+async def test_sighups_coalesce_and_ready_never_follows_stopping(
+    daemons: DaemonFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notify_path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
+        daemon = daemons({"outputs": [file_output("out", tmp_path / "out.jsonl")]})
+        await daemon.start()
+        for _ in range(20):
+            daemon.send_signal(signal.SIGHUP)
+        await daemon.wait_for_log("Configuration reloaded.")
+        assert await daemon.stop() == 0
+        notify.setblocking(False)
+        messages = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                messages.append(notify.recv(4096).decode())
+    reloads = len(daemon.find_logs("Reloading configuration."))
+    # The first SIGHUP starts a reload; the rest arrive during it and ask for one more.
+    assert 1 <= reloads <= 2, reloads
+    states = [m.split("\n")[0] for m in messages if not m.startswith("WATCHDOG")]
+    assert states[0].startswith("READY=1")
+    assert states[-1].startswith("STOPPING=1")
+    assert sum(s.startswith("RELOADING=1") for s in states) == reloads
+    assert sum(s.startswith("READY=1") for s in states) == reloads + 1
 
 
 # SIGHUP
