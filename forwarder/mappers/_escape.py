@@ -11,12 +11,14 @@ character into a space.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
 
 import orjson
 
 __all__ = [
     "TRUNCATION_MARKER",
+    "cached_key_layouts",
     "cef_header",
     "cef_value",
     "cef_values",
@@ -171,12 +173,16 @@ def sd_name(text: str) -> str:
 def unique(names: Iterable[str], limit: int = 32, separator: str = "_") -> Iterator[str]:
     """`names` with repeats made distinct (`key`, `key_2`, `key_3`, ...), each at most `limit`."""
     seen: set[str] = set()
+    # Where to go on counting for each name: an attacker repeating one key ten thousand times
+    # must not make each repeat count up from 2 again (quadratic, minutes per event).
+    last_number: dict[str, int] = {}
     for name in names:
-        candidate, number = name, 1
+        candidate, number = name, last_number.get(name, 1)
         while candidate in seen:
             number += 1
             suffix = f"{separator}{number}"
             candidate = name[: limit - len(suffix)] + suffix
+        last_number[name] = number
         seen.add(candidate)
         yield candidate
 
@@ -201,3 +207,25 @@ def cut_point(data: bytes, limit: int) -> int:
     while run < index and data[index - 1 - run] == 0x5C:
         run += 1
     return index - (run % 2)
+
+
+# Key layouts of up to this many keys are cached: every real Canary layout fits many times over.
+_CACHED_LAYOUT_KEYS = 64
+KeyLayout = tuple[str, ...]
+
+
+def cached_key_layouts(
+    compute: Callable[[KeyLayout], KeyLayout],
+) -> Callable[[KeyLayout], KeyLayout]:
+    """`compute` (field names for a layout of AdditionalDetails keys), cached per layout.
+
+    Events of one type carry the same keys, so the names are worked out once per type. A web
+    bug's keys are the header names the attacker sent, though: a layout of thousands of keys
+    would be kept a thousand times over, so long layouts are computed each time instead.
+    """
+    cached = lru_cache(maxsize=1024)(compute)
+
+    def names(keys: KeyLayout) -> KeyLayout:
+        return cached(keys) if len(keys) <= _CACHED_LAYOUT_KEYS else compute(keys)
+
+    return names

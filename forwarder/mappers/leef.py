@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from functools import lru_cache
 
 from pydantic import field_validator
 
 from forwarder.events import CanaryEvent
-from forwarder.mappers._escape import leef_header, leef_key, leef_values, unique
+from forwarder.mappers._escape import (
+    cached_key_layouts,
+    leef_header,
+    leef_key,
+    leef_values,
+    unique,
+)
 from forwarder.mappers._fields import Fields, epoch_ms, extract, host_or_ip, leftovers, signature_id
 from forwarder.mappers._framing import DeviceLineConfig, carried
 from forwarder.mappers.base import Mapper, Record
@@ -93,9 +98,8 @@ def attributes(event: CanaryEvent, severity: int) -> list[tuple[str, str]]:
     return [(key, value) for key, (_, value) in zip(keys, present, strict=True)]
 
 
-@lru_cache(maxsize=1024)
+@cached_key_layouts
 def _unique_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
-    # Events of one type carry the same keys, so this is computed once per type.
     return tuple(unique(keys, separator=""))
 
 

@@ -14,13 +14,12 @@ The message is always one line: CR and LF in a value or in MSG become the two ch
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from functools import lru_cache
 from typing import Annotated
 
 from pydantic import StringConstraints
 
 from forwarder.events import AuditRecord, CanaryEvent
-from forwarder.mappers._escape import one_line, sd_name, sd_values, unique
+from forwarder.mappers._escape import cached_key_layouts, one_line, sd_name, sd_values, unique
 from forwarder.mappers._fields import iso_ms
 from forwarder.mappers._framing import SyslogOptions, syslog_hostname
 from forwarder.mappers._syslog import BOM, rfc5424_header, syslog_severity
@@ -105,9 +104,8 @@ def structured_data_element(sd_id: str, params: Iterable[Param]) -> str:
     return f"[{sd_id}{body}]"
 
 
-@lru_cache(maxsize=1024)
+@cached_key_layouts
 def _param_names(keys: tuple[str, ...]) -> tuple[str, ...]:
-    # Events of one type carry the same keys, so this is computed once per type and layout.
     return tuple(unique(sd_name(key) for key in keys))
 
 
