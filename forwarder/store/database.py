@@ -189,6 +189,10 @@ class Database:
         location: str | Path = self.path
         if create:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Made 0600 before SQLite sees it: the -wal and -shm files SQLite creates take the
+            # database's mode, and the WAL holds payloads (an intruder's passwords included).
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         elif self.path.is_file():
             # mode=rw: should the file vanish meanwhile, SQLite fails instead of creating it.
             location = self.path.absolute().as_uri() + "?mode=rw"
@@ -202,8 +206,9 @@ class Database:
         except BaseException:
             self._db.close()
             raise
-        with contextlib.suppress(OSError):
-            os.chmod(self.path, 0o600)
+        for path in (self.path, *_journal_files(self.path)):
+            with contextlib.suppress(OSError):
+                os.chmod(path, 0o600)
 
     def _prepare(self, sync: str, background_checkpoints: bool) -> None:
         try:
@@ -768,6 +773,11 @@ def _schema_problems(tables: dict[str, _Layout]) -> list[str]:
             if column in found and found[column] != declared
         ]
     return problems
+
+
+def _journal_files(database: Path) -> list[Path]:
+    """The WAL and shared-memory files beside `database` that exist."""
+    return [p for p in (Path(f"{database}-wal"), Path(f"{database}-shm")) if p.exists()]
 
 
 def _looks_corrupt(exc: sqlite3.OperationalError) -> bool:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,18 @@ def test_background_checkpoints_leave_the_wal_to_the_checkpointer(tmp_path: Path
     assert database.stats().events == 1000
     checkpointer.close()
     database.close()
+
+
+def test_database_and_its_journal_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    # The WAL holds payloads, intruders' passwords among them; Docker's umask is 022.
+    previous = os.umask(0o022)
+    try:
+        database = Database(tmp_path / "state")
+        database.append([new_event(1)], ["a"], dedupe_window=0)
+        files = [database.path, Path(f"{database.path}-wal"), Path(f"{database.path}-shm")]
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {
+            f.name: 0o600 for f in files
+        }
+        database.close()
+    finally:
+        os.umask(previous)
