@@ -123,10 +123,19 @@ def test_every_command_uses_the_documented_venv_executable() -> None:
         for _, key, value in directives(text)
         if key in ("ExecStartPre", "ExecStart", "ExecReload") and "canary-forwarder" in value
     ]
-    assert len(commands) == 3
+    assert len(commands) == 2
     assert all(command.startswith(f"{INSTALLED_EXECUTABLE} ") for command in commands)
-    assert values(text, "ExecStartPre") == [f"{INSTALLED_EXECUTABLE} validate -c {CONFIG}"]
     assert values(text, "ExecStart") == [f"{INSTALLED_EXECUTABLE} run -c {CONFIG}"]
+    assert values(text, "ExecReload")[0] == f"{INSTALLED_EXECUTABLE} validate -c {CONFIG}"
+
+
+def test_a_bad_configuration_is_not_restarted() -> None:
+    """RestartPreventExitStatus= looks at the main process only (systemd#11868): an
+    ExecStartPre= validate exiting 78 would be restarted until the start limit. `run` exits 78
+    itself on a bad configuration (tests/daemon/test_lifecycle.py), so nothing runs before it."""
+    text = UNIT.read_text()
+    assert values(text, "ExecStartPre") == []
+    assert "78" in values(text, "RestartPreventExitStatus")[0].split()
 
 
 def test_the_unit_matches_what_the_daemon_does() -> None:
