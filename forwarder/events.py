@@ -456,7 +456,10 @@ def _classify(
         connection = log_type == CONNECTION_LOG_TYPE
         operation = _operation_words(description, connection_only=connection)
         if operation is None and (connection or alert_type is None):
-            operation = _operation_words(intro, connection_only=connection)
+            # Without the Canary's name: an admin may call one "db-rollback-01".
+            name = payload.get("CanaryName")
+            console_words = intro.replace(name, " ") if isinstance(name, str) and name else intro
+            operation = _operation_words(console_words, connection_only=connection)
         if operation is not None or connection:
             return EventKind.OPERATIONAL, operation
     if alert_type == "CanaryIncident":

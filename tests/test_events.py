@@ -660,6 +660,18 @@ def test_unknown_payloads_are_kept_whole() -> None:
             EventKind.INCIDENT, None, id="canary-name-in-intro-is-not-an-operation",
         ),
         pytest.param(
+            incident(AlertType=None, LogType=None, CanaryName="db-rollback-01",
+                     Intro="FTP Login Attempt has been detected against one of your Canaries "
+                     "(db-rollback-01) at 10.0.0.9."),
+            EventKind.INCIDENT, None, id="no-code-no-alert-type-canary-name-is-not-an-operation",
+        ),
+        pytest.param(
+            incident(LogType="1004", Description="", CanaryName="reconnected-lab",
+                     Intro="One of your Canaries (reconnected-lab) previously at 10.0.0.2 has "
+                     "disconnected."),
+            EventKind.OPERATIONAL, "disconnected", id="1004-canary-name-is-not-the-direction",
+        ),
+        pytest.param(
             incident(Intro="FTP Login Attempt against one of your Canaries (disconnected-lab)."),
             EventKind.INCIDENT, None, id="known-incident-code-ignores-words",
         ),
