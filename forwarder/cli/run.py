@@ -186,7 +186,7 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     finally:
         # One graceful budget for the whole shutdown, not one per stage.
         deadline = loop.time() + graceful_secs
-        notifier.stopping()
+        notifier.stopping(status=f"stopping: {_status_line(pipeline)}")
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watchdog

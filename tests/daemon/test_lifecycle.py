@@ -287,6 +287,7 @@ async def test_sighups_coalesce_and_ready_never_follows_stopping(
     states = [m.split("\n")[0] for m in messages if not m.startswith("WATCHDOG")]
     assert states[0].startswith("READY=1")
     assert states[-1].startswith("STOPPING=1")
+    assert "STATUS=stopping: " in messages[-1]  # `systemctl status` shows the stop, not the queue
     assert sum(s.startswith("RELOADING=1") for s in states) == reloads
     assert sum(s.startswith("READY=1") for s in states) == reloads + 1
 
