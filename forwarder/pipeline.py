@@ -79,9 +79,19 @@ class Pipeline:
         await pipeline._warn_orphans()
         for dispatcher in dispatchers:
             dispatcher.start()
-        pipeline._sweeper = asyncio.create_task(pipeline._sweep_forever(), name="store-sweep")
+        pipeline._sweeper = asyncio.create_task(
+            _every(lambda: SWEEP_INTERVAL_SECS, pipeline.sweep, "Store sweep failed."),
+            name="store-sweep",
+        )
         pipeline._prober = asyncio.create_task(pipeline._probe_forever(), name="store-probe")
-        pipeline._checker = asyncio.create_task(pipeline._check_forever(), name="healthchecks")
+        pipeline._checker = asyncio.create_task(
+            _every(
+                lambda: HEALTHCHECK_INTERVAL_SECS,
+                pipeline.check_outputs,
+                "Output healthchecks failed to run.",
+            ),
+            name="healthchecks",
+        )
         return pipeline
 
     async def reload(self, settings: Settings, graceful_secs: float) -> None:
@@ -199,21 +209,19 @@ class Pipeline:
             if not self.outbox.healthy:
                 await self.outbox.probe()
 
-    async def _check_forever(self) -> None:
-        while True:
-            try:
-                await self.check_outputs()
-            except Exception as exc:
-                log.warning("Output healthchecks failed to run.", error=str(exc))
-            await asyncio.sleep(HEALTHCHECK_INTERVAL_SECS)
 
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception as exc:
-                log.warning("Store sweep failed.", error=str(exc))
-            await asyncio.sleep(SWEEP_INTERVAL_SECS)
+async def _every(
+    interval_secs: Callable[[], float], job: Callable[[], Awaitable[None]], failure: str
+) -> None:
+    """Run `job` now and then every `interval_secs()` seconds; a failure is logged, not fatal.
+
+    The interval is read each time, so a test can shorten the module's constant."""
+    while True:
+        try:
+            await job()
+        except Exception as exc:
+            log.warning(failure, error=str(exc))
+        await asyncio.sleep(interval_secs())
 
 
 async def _start_outputs(specs: Sequence[OutputSpec], outbox: Outbox) -> list[Dispatcher]:
