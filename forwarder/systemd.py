@@ -6,6 +6,10 @@ store open, RELOADING=1 while SIGHUP is handled, STOPPING=1 at shutdown, WATCHDO
 per WatchdogSec, and STATUS=<text> for `systemctl status`. See
 https://www.freedesktop.org/software/systemd/man/sd_notify.html.
 
+A WATCHDOG=1 from `watchdog_loop` proves two things: the event loop runs, and the store thread
+answers (it runs every SQLite call; stuck, it leaves every post waiting for its commit while the
+loop looks fine). Either one stuck stops the pings, and systemd restarts the daemon.
+
 Outside systemd (NOTIFY_SOCKET unset) every call is a no-op. A failed send never raises: losing a
 status line must not take the daemon down. The first failure is logged as a warning; later ones
 are not, so a broken socket cannot flood the journal at every watchdog tick.
@@ -17,7 +21,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import structlog
@@ -101,7 +105,10 @@ class Notifier:
         return self.notify(STATUS=text)
 
     def watchdog(self, status: str | None = None) -> bool:
-        """WATCHDOG=1: the event loop is alive. Missing pings for WatchdogSec gets us restarted."""
+        """WATCHDOG=1: the daemon is alive. Missing pings for WatchdogSec gets us restarted.
+
+        `watchdog_loop` decides what alive means: the event loop runs and the store thread answers.
+        """
         if status is None:
             return self.notify(WATCHDOG=1)
         return self.notify(WATCHDOG=1, STATUS=status)
@@ -195,25 +202,61 @@ async def watchdog_loop(
     *,
     notifier: Notifier | None = None,
     interval: float | None = None,
+    alive: Callable[[float], Awaitable[bool]] | None = None,
 ) -> None:
     """Ping the watchdog and refresh STATUS= until cancelled.
 
-    The pings come from the event loop on purpose: a loop that is stuck stops pinging and systemd
-    restarts the daemon. Without a watchdog only STATUS= is sent, every STATUS_REFRESH_SECS.
-    Returns at once when NOTIFY_SOCKET is unset.
+    A ping proves the event loop is alive, since it sends them, and, with `alive`, that the store
+    thread is too: before each ping `alive` is awaited, for at most the ping interval, and while
+    it fails (False, an exception or no answer in time) no WATCHDOG=1 is sent, only STATUS= saying
+    the store thread is not responding. A stall that lasts WatchdogSec gets the daemon restarted;
+    its start is logged as an ERROR, once, and its end as a warning. Without a watchdog only
+    STATUS= is sent, every STATUS_REFRESH_SECS, and mentions a stall all the same. Returns at once
+    when NOTIFY_SOCKET is unset.
 
     Args:
         status: returns the one-line status, e.g. "queued 12, oldest 3s, outputs 2/2 healthy".
         notifier: where to send; defaults to `Notifier.from_environ()`.
         interval: seconds between pings; defaults to `watchdog_interval()`.
+        alive: the store thread's liveness check, called with the seconds it may take, e.g.
+            `Outbox.responsive`; None checks the event loop only.
     """
     notifier = Notifier.from_environ() if notifier is None else notifier
     if not notifier.enabled:
         return
     ping_interval = watchdog_interval() if interval is None else interval
     period = STATUS_REFRESH_SECS if ping_interval is None else ping_interval
+    loop = asyncio.get_running_loop()
     status_failure_logged = False
+    check_failure_logged = False
+    stalled_since: float | None = None
     while True:
+        started = loop.time()
+        responding = True
+        if alive is not None:
+            try:
+                responding = await asyncio.wait_for(alive(period), period)
+            except TimeoutError:
+                responding = False
+            except Exception:
+                # Counted as a stall: a ping must not vouch for a thread nobody could ask.
+                if not check_failure_logged:
+                    check_failure_logged = True
+                    log.exception("The store thread's liveness check failed.")
+                responding = False
+        if responding and stalled_since is not None:
+            log.warning(
+                "The store thread responds again.",
+                stalled_secs=round(loop.time() - stalled_since, 1),
+            )
+            stalled_since = None
+        elif not responding and stalled_since is None:
+            stalled_since = started
+            log.error(
+                "The store thread is not responding; posts wait for their commit.",
+                waited_secs=round(loop.time() - started, 1),
+                watchdog_pings_withheld=ping_interval is not None,
+            )
         try:
             text: str | None = status()
         except Exception:
@@ -223,8 +266,13 @@ async def watchdog_loop(
                 status_failure_logged = True
                 log.exception("Cannot build the systemd status line.")
             text = None
-        if ping_interval is not None:
+        if stalled_since is not None:
+            stall = f"store thread not responding for {loop.time() - stalled_since:.0f}s"
+            text = stall if text is None else f"{stall}; {text}"
+        if ping_interval is not None and stalled_since is None:
             notifier.watchdog(text)
         elif text is not None:
             notifier.status(text)
-        await asyncio.sleep(period)
+        # Ticks stay `period` apart however long the check took, or a slow answer from the store
+        # thread would stretch the gap between pings towards WatchdogSec.
+        await asyncio.sleep(max(0.0, period - (loop.time() - started)))

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from forwarder import systemd
+from forwarder.settings import StoreConfig
+from forwarder.store.outbox import Outbox
 
 RECEIVE_TIMEOUT_SECS = 5.0
+STALL_STATUS = "store thread not responding for "
+STALLED = "The store thread is not responding; posts wait for their commit."
+RECOVERED = "The store thread responds again."
 
 
 class RecordingLog:
@@ -25,8 +33,14 @@ class RecordingLog:
     def __init__(self) -> None:
         self.records: list[tuple[str, str]] = []
 
+    def info(self, message: str, **fields: Any) -> None:
+        self.records.append(("info", message))
+
     def warning(self, message: str, **fields: Any) -> None:
         self.records.append(("warning", message))
+
+    def error(self, message: str, **fields: Any) -> None:
+        self.records.append(("error", message))
 
     def exception(self, message: str, **fields: Any) -> None:
         self.records.append(("exception", message))
@@ -68,6 +82,52 @@ async def receive_async(sock: socket.socket) -> dict[str, str]:
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
     return parse(await asyncio.wait_for(loop.sock_recv(sock, 4096), RECEIVE_TIMEOUT_SECS))
+
+
+async def receive_until(
+    sock: socket.socket, wanted: Callable[[dict[str, str]], bool]
+) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """The datagrams before the first one `wanted` accepts, and that one."""
+
+    async def scan() -> tuple[list[dict[str, str]], dict[str, str]]:
+        before: list[dict[str, str]] = []
+        while not wanted(fields := await receive_async(sock)):
+            before.append(fields)
+        return before, fields
+
+    # One bound for the whole scan: datagrams that keep coming must not keep the test waiting.
+    return await asyncio.wait_for(scan(), RECEIVE_TIMEOUT_SECS)
+
+
+def is_ping(fields: dict[str, str]) -> bool:
+    return fields.get("WATCHDOG") == "1"
+
+
+def is_stall(fields: dict[str, str]) -> bool:
+    return "WATCHDOG" not in fields and fields.get("STATUS", "").startswith(STALL_STATUS)
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class Liveness:
+    """A liveness check the test turns on and off; while off it answers False."""
+
+    def __init__(self, *, answer: bool) -> None:
+        self.answer = answer
+        self.calls: list[float] = []
+
+    async def __call__(self, wait_secs: float) -> bool:
+        self.calls.append(wait_secs)
+        return self.answer
+
+
+def store_records(recording_log: RecordingLog) -> list[tuple[str, str]]:
+    """What was logged about the store thread (a full notify socket may add a warning)."""
+    return [record for record in recording_log.records if "store thread" in record[1]]
 
 
 def test_ready(receiver: socket.socket) -> None:
@@ -237,3 +297,129 @@ async def test_watchdog_loop_returns_at_once_outside_systemd(
         raise AssertionError("status built although nothing listens")
 
     await asyncio.wait_for(systemd.watchdog_loop(status_never_needed), RECEIVE_TIMEOUT_SECS)
+
+
+async def test_watchdog_loop_withholds_pings_while_the_store_thread_is_stuck(
+    receiver: socket.socket,
+) -> None:
+    alive = Liveness(answer=False)
+    task = asyncio.create_task(
+        systemd.watchdog_loop(lambda: "queued 4", interval=0.005, alive=alive)
+    )
+    try:
+        stalled = [await receive_async(receiver) for _ in range(3)]
+        alive.answer = True
+        before, resumed = await receive_until(receiver, is_ping)
+        pings = [await receive_async(receiver) for _ in range(2)]
+    finally:
+        await stop(task)
+    assert all(is_stall(fields) for fields in stalled + before), stalled + before
+    assert all(fields["STATUS"].endswith("s; queued 4") for fields in stalled)
+    assert resumed == {"WATCHDOG": "1", "STATUS": "queued 4"}
+    assert pings == [{"WATCHDOG": "1", "STATUS": "queued 4"}] * 2
+    assert set(alive.calls) == {0.005}  # the check may take at most the ping interval
+
+
+async def test_a_check_that_never_answers_is_cut_at_the_ping_interval(
+    receiver: socket.socket,
+) -> None:
+    thread_back = asyncio.Event()
+
+    async def hangs_until_released(wait_secs: float) -> bool:
+        await thread_back.wait()
+        return True
+
+    task = asyncio.create_task(
+        systemd.watchdog_loop(lambda: "queued 0", interval=0.01, alive=hangs_until_released)
+    )
+    try:
+        stalled = [await receive_async(receiver) for _ in range(2)]
+        thread_back.set()
+        before, resumed = await receive_until(receiver, is_ping)
+    finally:
+        await stop(task)
+    assert all(is_stall(fields) for fields in stalled + before), stalled + before
+    assert resumed == {"WATCHDOG": "1", "STATUS": "queued 0"}
+
+
+async def test_each_stall_is_logged_once_and_so_is_its_end(
+    receiver: socket.socket, recording_log: RecordingLog
+) -> None:
+    alive = Liveness(answer=False)
+    task = asyncio.create_task(
+        systemd.watchdog_loop(lambda: "queued 0", interval=0.005, alive=alive)
+    )
+    try:
+        for _ in range(2):
+            # Several ticks fail within each stall, yet it gives one ERROR.
+            for _ in range(3):
+                await receive_until(receiver, is_stall)
+            alive.answer = True
+            await receive_until(receiver, is_ping)
+            await receive_until(receiver, is_ping)
+            alive.answer = False
+    finally:
+        await stop(task)
+    assert store_records(recording_log) == [
+        ("error", STALLED),
+        ("warning", RECOVERED),
+        ("error", STALLED),
+        ("warning", RECOVERED),
+    ]
+
+
+async def test_a_failing_check_counts_as_a_stall(
+    receiver: socket.socket, recording_log: RecordingLog
+) -> None:
+    async def broken(wait_secs: float) -> bool:
+        raise RuntimeError("no executor")
+
+    task = asyncio.create_task(
+        systemd.watchdog_loop(lambda: "queued 0", interval=0.005, alive=broken)
+    )
+    try:
+        stalled = [await receive_async(receiver) for _ in range(3)]
+    finally:
+        await stop(task)
+    assert all(is_stall(fields) for fields in stalled), stalled
+    assert store_records(recording_log) == [
+        ("exception", "The store thread's liveness check failed."),
+        ("error", STALLED),
+    ]
+
+
+async def test_without_a_watchdog_the_status_mentions_the_stall(receiver: socket.socket) -> None:
+    task = asyncio.create_task(
+        systemd.watchdog_loop(lambda: "queued 0", alive=Liveness(answer=False))
+    )
+    try:
+        fields = await receive_async(receiver)
+    finally:
+        await stop(task)
+    assert list(fields) == ["STATUS"]
+    assert fields["STATUS"].startswith(STALL_STATUS)
+    assert fields["STATUS"].endswith("; queued 0")
+
+
+async def test_a_stuck_store_thread_stops_the_pings_end_to_end(
+    receiver: socket.socket, tmp_path: Path
+) -> None:
+    gate = threading.Event()
+    store_thread = ThreadPoolExecutor(max_workers=1)
+    outbox = Outbox(StoreConfig(path=tmp_path / "state"), store_thread)
+    task = asyncio.create_task(
+        systemd.watchdog_loop(lambda: "queued 0", interval=0.01, alive=outbox.responsive)
+    )
+    try:
+        assert is_ping(await receive_async(receiver))
+        # As an fsync on a dead disk would: every later store call waits behind this one.
+        store_thread.submit(gate.wait, RECEIVE_TIMEOUT_SECS * 4)
+        await receive_until(receiver, is_stall)
+        stalled = [await receive_async(receiver) for _ in range(2)]
+        gate.set()
+        before, _ = await receive_until(receiver, is_ping)
+    finally:
+        gate.set()
+        await stop(task)
+        await outbox.aclose()
+    assert all(is_stall(fields) for fields in stalled + before), stalled + before

@@ -178,7 +178,9 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     )
     notifier.ready(status=_status_line(pipeline))
     watchdog = asyncio.create_task(
-        systemd.watchdog_loop(lambda: _status_line(pipeline), notifier=notifier)
+        systemd.watchdog_loop(
+            lambda: _status_line(pipeline), notifier=notifier, alive=pipeline.outbox.responsive
+        )
     )
     reloader = asyncio.create_task(reload_when_asked(), name="reloader")
     try:

@@ -49,6 +49,10 @@ _PARSED_CACHE_BYTES = 2 * 1024 * 1024
 PROBE_BYTES = 16 * 1024
 
 
+def _no_op() -> None:
+    """What `Outbox.responsive` runs on the store thread: getting to run it is the answer."""
+
+
 class StoreFull(Exception):
     """The store holds `max_bytes` of undelivered payload; the client should retry later."""
 
@@ -87,6 +91,9 @@ class Outbox:
         self.events = 0
         self.healthy = False
         self.last_error: str | None = "not opened yet"
+        # The no-op `responsive` queued on the store thread, kept until it has run so that a
+        # stuck thread holds one of them, not one per watchdog tick.
+        self._responsive_probe: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(cls, config: StoreConfig, outputs: Iterable[str] = ()) -> Outbox:
@@ -131,6 +138,31 @@ class Outbox:
             return call(self._db)
 
         return await self._run(run)
+
+    async def responsive(self, wait_secs: float) -> bool:
+        """Whether the store thread runs a no-op within `wait_secs`; for the watchdog.
+
+        A thread stuck in a call (an fsync on a dead disk, a lock never released) leaves every
+        post waiting for its commit while the event loop looks healthy. This asks the thread,
+        not the disk: the database is not touched (a failing disk shows in `healthy`). A thread
+        busy with one long call answers once that call is done.
+
+        While the last no-op has not run, it is waited on again instead of queueing another.
+        Works before `open` and returns False after `aclose`.
+        """
+        probe = self._responsive_probe
+        if probe is None or probe.done():
+            try:
+                probe = asyncio.get_running_loop().run_in_executor(self._executor, _no_op)
+            except RuntimeError:  # the executor is shut down: no thread left to answer
+                return False
+            self._responsive_probe = probe
+        try:
+            # Shielded: a timeout must leave the no-op queued for the next call to wait on.
+            await asyncio.wait_for(asyncio.shield(probe), wait_secs)
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def available(self) -> bool:
