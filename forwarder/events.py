@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cache
 from importlib import resources
@@ -84,9 +84,23 @@ _KNOWN_KEYS = frozenset(
 )  # fmt: skip
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9:._@-]{1,200}")
+# At most 18 digits, so int() never meets a long string (slow, then refused past
+# sys.int_max_str_digits) and every value it gives fits a signed 64-bit field.
 _INTEGER = re.compile(r"\s*-?[0-9]{1,18}\s*", re.ASCII)
+# Integer fields end up in typed SIEM fields (ECS `long`, CEF and LEEF numbers), all signed
+# 64-bit at most; orjson alone would hand over anything up to 2**64 - 1.
+_INT64 = (-(2**63), 2**63 - 1)
+# A count is never negative, and CEF's `cnt` is an ArcSight Integer (signed 32-bit).
+_COUNT = (0, 2**31 - 1)
+# -1 is the console's "no port" (tampering, scans); it is turned into None, not a quirk.
+_PORT = (-1, 65535)
 _EPOCH_SECONDS = re.compile(r"[0-9]{9,11}(\.[0-9]+)?")
-_EPOCH_MILLISECONDS = re.compile(r"[0-9]{12,13}(\.[0-9]+)?")
+# 13 digits only: as milliseconds 12 digits would be before 2001-09-09, older than any Canary,
+# and they are just as likely a compact YYYYMMDDhhmm (see `parse_timestamp`).
+_EPOCH_MILLISECONDS = re.compile(r"[0-9]{13}(\.[0-9]+)?")
+# The event time every SIEM can use (see `_timestamp`).
+EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_EVENT_TIME_AHEAD = timedelta(days=30)
 
 
 class EventKind(StrEnum):
@@ -422,7 +436,7 @@ def _parse_alert(
         incident_key=incident_key,
         token=_text(payload.get("Token")),
         reminder=_text(payload.get("Reminder")),
-        triggered=_integer(payload.get("Triggered"), "Triggered", quirks),
+        triggered=_integer(payload.get("Triggered"), "Triggered", quirks, bounds=_COUNT),
         details=_details(payload.get("AdditionalDetails"), quirks),
         annotations=_annotations(payload.get("MatchedAnnotations"), quirks),
         extra={k: v for k, v in payload.items() if k not in _KNOWN_KEYS},
@@ -517,24 +531,32 @@ def _raw_text(value: Any) -> str | None:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _integer(value: Any, name: str, quirks: list[str]) -> int | None:
+def _integer(
+    value: Any, name: str, quirks: list[str], *, bounds: tuple[int, int] = _INT64
+) -> int | None:
+    """A JSON integer or a string of ASCII digits, within `bounds` (both ends included).
+
+    Anything else is unreadable: None and a quirk, the value staying as sent in the payload.
+    """
     if value is None or value == "":
         return None
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and _INTEGER.fullmatch(value):
-        return int(value)
-    quirks.append(f"{name} is not an integer: {value!r:.80}")
+        number = value
+    elif isinstance(value, str) and _INTEGER.fullmatch(value):
+        number = int(value)
+    else:
+        quirks.append(f"{name} is not an integer: {value!r:.80}")
+        return None
+    if bounds[0] <= number <= bounds[1]:
+        return number
+    # orjson gives at most 20 digits, so the number itself is short enough to quote.
+    quirks.append(f"{name} out of range: {number}")
     return None
 
 
 def _port(value: Any, quirks: list[str]) -> int | None:
-    port = _integer(value, "CanaryPort", quirks)
-    if port is None or 0 <= port <= 65535:
-        return None if port == -1 else port
-    if port != -1:
-        quirks.append(f"CanaryPort out of range: {port}")
-    return None
+    port = _integer(value, "CanaryPort", quirks, bounds=_PORT)
+    return None if port == -1 else port
 
 
 def _details(value: Any, quirks: list[str]) -> tuple[Detail, ...]:
@@ -604,7 +626,17 @@ _TIMESTAMP_FORMATS = (
 
 
 def parse_timestamp(text: str) -> datetime | None:
-    """Every timestamp shape the console uses, as an aware UTC datetime; None if unreadable."""
+    """Every timestamp shape the console uses, as an aware UTC datetime; None if unreadable.
+
+    Digits alone (with an optional fraction) are an epoch, told apart by their count: 9 to 11
+    digits are seconds (1973-03-03 to 5138), 13 digits milliseconds (2001-09-09 to 2286). Any
+    other count is unreadable: 12 digits in particular, which would be milliseconds before
+    2001 (older than any Canary) but are as likely a compact YYYYMMDDhhmm, a shape the console
+    does not use (nor YYYYMMDDhhmmss). Eight digits are an ISO 8601 basic date (`20261127`).
+
+    This reads shapes only. Whether the time is plausible for an event is `parse_event`'s
+    call: see `EARLIEST_EVENT_TIME` and `MAX_EVENT_TIME_AHEAD`.
+    """
     text = text.strip()
     try:
         if _CONSOLE_STAMP.fullmatch(text):  # the incident format, by far the most common
@@ -636,12 +668,32 @@ def _utc(value: datetime) -> datetime:
 
 
 def _timestamp(text: str | None, received_at: datetime, quirks: list[str]) -> datetime:
+    """The event time, or `received_at` (with a quirk) when there is none a SIEM can use.
+
+    Usable means from `EARLIEST_EVENT_TIME` (1970-01-01) to `MAX_EVENT_TIME_AHEAD` (30 days)
+    after `received_at`. Before 1970, CEF `rt`, LEEF `devTime`, HEC `time` and the Thinkst
+    syslog layout would carry a negative epoch, which SIEMs refuse or misread. A time in the
+    future files the alert where no search for recent events finds it; the allowance is wide
+    because the forwarder's own clock is likelier to be wrong than the console's, and an
+    event time that is days ahead of it is then right. Garbage (year 2999, an 11-digit epoch)
+    is years out. `timestamp_raw` and the payload keep the text as it was sent.
+    """
     if text is None:
         quirks.append("no timestamp; using the time it was received")
         return received_at
     parsed = parse_timestamp(text)
     if parsed is None:
         quirks.append(f"unreadable timestamp {text!r:.80}; using the time it was received")
+        return received_at
+    if parsed < EARLIEST_EVENT_TIME:
+        quirks.append(f"timestamp {text!r:.80} is before 1970; using the time it was received")
+        return received_at
+    # A difference, not received_at + 30 days: that could pass year 9999 and raise.
+    if parsed - received_at > MAX_EVENT_TIME_AHEAD:
+        quirks.append(
+            f"timestamp {text!r:.80} is more than {MAX_EVENT_TIME_AHEAD.days} days after it"
+            " was received; using the time it was received"
+        )
         return received_at
     return parsed
 

@@ -93,8 +93,31 @@ def test_valid_surrogate_pair_is_accepted() -> None:
 def test_huge_integers_do_not_break_serialisation() -> None:
     raw = b'{"LogType": 18446744073709551615, "Triggered": -9223372036854775809, "X": 1e308}'
     event = parse(raw)
-    assert event.log_type == 18446744073709551615
+    # An unsigned 64-bit LogType does not fit ECS `long` (signed 64-bit): kept as text only.
+    assert event.log_type is None
+    assert event.log_type_raw == "18446744073709551615"
+    assert event.triggered is None  # orjson reads -2**63 - 1 as a float
+    assert any("LogType out of range: 18446744073709551615" in q for q in event.quirks)
+    assert any("Triggered is not an integer" in q for q in event.quirks)
     orjson.dumps(event.to_dict())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b'{"LogType": 1' + b"0" * 30 + b"}", id="10**30-number"),
+        pytest.param(b'{"LogType": "1' + b"0" * 30 + b'"}', id="10**30-string"),
+        pytest.param(b'{"LogType": "' + b"7" * 5000 + b'"}', id="5000-digit-string"),
+        pytest.param(b'{"Triggered": "-' + b"7" * 5000 + b'"}', id="5000-digit-negative"),
+        pytest.param(b'{"CanaryPort": "' + b"7" * 5000 + b'"}', id="5000-digit-port"),
+    ],
+)
+def test_long_numbers_are_unreadable_not_typed(raw: bytes) -> None:
+    """Past int_max_str_digits int() refuses; before it, it is slow: neither is ever tried."""
+    event = parse(raw)
+    assert (event.log_type, event.triggered, event.canary_port) == (None, None, None)
+    (quirk,) = (q for q in event.quirks if "is not an integer" in q)
+    assert len(quirk) < 150
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,7 +142,9 @@ MEANINGFUL = (
     "Network Settings Roll-back", "Flock Settings Changed", "has disconnected", "{}", "{",
     "[1]", '{"a": "\\ud800"}', "2026-02-02 14:10:14 (UTC)", "2026-02-02T14:12:34+00:00",
     "2020-04-03 12:56:42 UTC+0000", "1691096157", "1691096157000", "9999-12-31T23:59:59-01:00",
-    "0001-01-01T00:00:00+01:00", "abc\n", "a b", "x" * 201, "\x00",
+    "0001-01-01T00:00:00+01:00", "abc\n", "a b", "x" * 201, "\x00", "-3", "2147483648",
+    "9223372036854775807", "-9223372036854775808", "202611271230", "1969-12-31 23:59:59",
+    "1970-01-01 00:00:00", "99999999999", "9999999999999",
 )  # fmt: skip
 OPERATIONS = {
     None,
@@ -152,6 +177,7 @@ audits = st.builds(
     objects,
 )
 SAMPLE_PAYLOADS = {path.name: json.loads(path.read_bytes()) for path in SAMPLES.glob("*.json")}
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -170,6 +196,11 @@ def check(raw: bytes) -> CanaryEvent | None:
     assert HEX32.fullmatch(event.fingerprint)
     assert event.timestamp.utcoffset() == timedelta(0)
     assert event.canary_port is None or 0 <= event.canary_port <= 65535
+    assert event.triggered is None or 0 <= event.triggered < 2**31
+    assert event.log_type is None or -(2**63) <= event.log_type < 2**63
+    assert event.timestamp == event.received_at or (
+        EARLIEST <= event.timestamp <= event.received_at + timedelta(days=30)
+    )
     assert all(isinstance(d.key, str) and isinstance(d.value, str) for d in event.details)
     data = event.to_dict()
     # The json format adds the payload beside the event; an output may wrap it once more.
@@ -257,6 +288,9 @@ def test_fuzz_every_console_format_round_trips(moment: datetime, style: str) -> 
         "epoch-ms": str(int(moment.timestamp()) * 1000),
         "opencanary": f"{moment:%Y-%m-%d %H:%M:%S}.000000",
     }[style]
-    if style == "epoch" and len(text) < 9:
-        return  # before 1973 an epoch is too short to tell from other numbers
+    if len(text) < {"epoch": 9, "epoch-ms": 13}.get(style, 0):
+        # Before 1973 (seconds) or 2001 (milliseconds) an epoch is too short to tell from
+        # other numbers: 12 digits are also YYYYMMDDhhmm.
+        assert parse_timestamp(text) is None or style == "epoch"
+        return
     assert parse_timestamp(text) == moment

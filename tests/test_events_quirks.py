@@ -31,6 +31,11 @@ from tests.events_support import RECEIVED, at, incident, load, parse
         pytest.param("\uff12\uff10\uff10\uff10", None, "\uff12\uff10\uff10\uff10",
                      "LogType is not an integer", id="non-ascii-digits"),
         pytest.param("1" * 19, None, "1" * 19, "LogType is not an integer", id="too-long"),
+        pytest.param("9" * 5000, None, "9" * 5000, "LogType is not an integer", id="5000-digits"),
+        pytest.param(2**63 - 1, 2**63 - 1, str(2**63 - 1), None, id="int64-max"),
+        pytest.param(-(2**63), -(2**63), str(-(2**63)), None, id="int64-min"),
+        pytest.param(2**63, None, str(2**63), "LogType out of range", id="past-int64"),
+        pytest.param(2**64 - 1, None, str(2**64 - 1), "LogType out of range", id="uint64-max"),
     ],
 )  # fmt: skip
 def test_log_type(
@@ -92,6 +97,33 @@ def test_triggered(value: Any, triggered: int | None, quirk: bool) -> None:
     assert event.kind is EventKind.CANARYTOKEN
     assert event.triggered == triggered
     assert any("Triggered is not an integer" in q for q in event.quirks) is quirk
+
+
+@pytest.mark.parametrize(
+    ("value", "triggered", "quirk"),
+    [
+        pytest.param("0", 0, None, id="zero"),
+        pytest.param(2**31 - 1, 2**31 - 1, None, id="cef-integer-max"),
+        pytest.param("-3", None, "Triggered out of range: -3", id="negative-string"),
+        pytest.param(-3, None, "Triggered out of range: -3", id="negative-int"),
+        pytest.param("-0", 0, None, id="minus-zero"),
+        pytest.param(2**31, None, "Triggered out of range", id="past-cef-integer"),
+        pytest.param(str(2**63), None, "Triggered is not an integer", id="19-digits"),
+        pytest.param(2**64 - 1, None, "Triggered out of range", id="uint64-max"),
+    ],
+)
+def test_triggered_range(value: Any, triggered: int | None, quirk: str | None) -> None:
+    """A count is never negative, and CEF's `cnt` is an ArcSight Integer (signed 32-bit)."""
+    payload = incident(AlertType="CanarytokenIncident", Token="t" * 25, Triggered=value)
+    event = parse(payload)
+    assert event.triggered == triggered
+    assert event.to_dict()["token"]["triggered"] == triggered
+    assert event.payload["Triggered"] == value  # what was sent is kept
+    if quirk is None:
+        assert event.quirks == ()
+    else:
+        assert len(event.quirks) == 1
+        assert quirk in event.quirks[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,6 +295,11 @@ def test_matched_annotations(value: Any, annotations: dict[str, Any], quirk: str
         pytest.param("1691096157250", at(2023, 8, 3, 20, 55, 57) + timedelta(milliseconds=250),
                      id="epoch-ms-fraction"),
         pytest.param("  2026-02-02 14:10:14 (UTC)\n", at(2026, 2, 2, 14, 10, 14), id="spaces"),
+        pytest.param("100000000", at(1973, 3, 3, 9, 46, 40), id="epoch-9-digits"),
+        pytest.param("1000000000000", at(2001, 9, 9, 1, 46, 40), id="epoch-ms-13-digits"),
+        pytest.param("20261127", at(2026, 11, 27), id="iso-basic-date"),
+        pytest.param("20261127T1230", at(2026, 11, 27, 12, 30), id="iso-basic-date-time"),
+        pytest.param("1969-12-31 23:59:59", at(1969, 12, 31, 23, 59, 59), id="before-1970"),
     ],
 )  # fmt: skip
 def test_parse_timestamp(text: str, expected: datetime) -> None:
@@ -283,6 +320,12 @@ def test_parse_timestamp(text: str, expected: datetime) -> None:
         "9999-12-31 23:59:59 UTC-0100",  # likewise past year 9999
         "12345",
         "\u0661\u0666\u0669\u0661\u0660\u0669\u0666\u0661\u0665\u0667",  # Arabic-Indic digits
+        "-1",  # a negative epoch
+        "-86400.5",
+        "202611271230",  # 12 digits: YYYYMMDDhhmm, or epoch milliseconds before 2001
+        "999999999999",  # the last 12-digit millisecond, 2001-09-09T01:46:39.999Z
+        "202611271230.5",
+        "20261127123000",  # compact YYYYMMDDhhmmss is not a console format either
     ],
 )
 def test_parse_timestamp_unreadable(text: str) -> None:
@@ -311,6 +354,61 @@ def test_unreadable_timestamp_falls_back_to_received_at() -> None:
     assert event.timestamp_raw == "the day before yesterday"
     assert len(event.quirks) == 1
     assert "unreadable timestamp" in event.quirks[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "quirk"),
+    [
+        pytest.param(-1, "unreadable timestamp", id="negative-epoch-number"),
+        pytest.param("-86400", "unreadable timestamp", id="negative-epoch-string"),
+        pytest.param("202611271230", "unreadable timestamp", id="12-digits"),
+        pytest.param(202611271230, "unreadable timestamp", id="12-digit-number"),
+        pytest.param("1969-12-31 23:59:59", "is before 1970", id="last-second-of-1969"),
+        pytest.param("1969-12-31T23:59:59.999Z", "is before 1970", id="last-ms-of-1969"),
+        pytest.param("0001-01-01 00:00:00 (UTC)", "is before 1970", id="year-1"),
+        pytest.param("1970-01-01T00:00:00+00:01", "is before 1970", id="offset-before-1970"),
+        pytest.param("2026-05-01 12:00:01 (UTC)", "after it was received", id="30-days-and-1s"),
+        pytest.param("2999-01-01 00:00:00 (UTC)", "after it was received", id="year-2999"),
+        pytest.param("9999-12-31T23:59:59Z", "after it was received", id="year-9999"),
+        pytest.param("99999999999", "after it was received", id="epoch-11-digits"),
+        pytest.param("9999999999999", "after it was received", id="epoch-ms-2286"),
+    ],
+)
+def test_event_time_outside_the_window_falls_back_to_received_at(value: Any, quirk: str) -> None:
+    event = parse(incident(Timestamp=value))
+    assert event.timestamp == RECEIVED
+    assert event.timestamp_raw == str(value)
+    assert event.payload["Timestamp"] == value
+    assert len(event.quirks) == 1
+    assert quirk in event.quirks[0]
+    assert event.quirks[0].endswith("using the time it was received")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("1970-01-01 00:00:00 (UTC)", at(1970, 1, 1), id="epoch-zero"),
+        pytest.param("000000000", at(1970, 1, 1), id="epoch-zero-digits"),
+        pytest.param("1990-01-01T00:00:00Z", at(1990, 1, 1), id="1990"),
+        pytest.param("2026-04-01 12:00:00 (UTC)", RECEIVED, id="received"),
+        pytest.param("2026-05-01 12:00:00 (UTC)", RECEIVED + timedelta(days=30), id="30-days"),
+        pytest.param("1777636800", RECEIVED + timedelta(days=30), id="30-days-epoch"),
+    ],
+)
+def test_event_time_inside_the_window_is_kept(value: Any, expected: datetime) -> None:
+    event = parse(incident(Timestamp=value))
+    assert event.timestamp == expected
+    assert event.quirks == ()
+
+
+def test_audit_time_outside_the_window_falls_back_to_received_at() -> None:
+    body = {"timestamp": "1969-07-20T20:17:40+00:00", "action_type": "user_login"}
+    event = parse({"type": "console-audit", "payload": body})
+    assert event.kind is EventKind.AUDIT
+    assert event.timestamp == RECEIVED
+    assert event.timestamp_raw == "1969-07-20T20:17:40+00:00"
+    assert len(event.quirks) == 1
+    assert "is before 1970" in event.quirks[0]
 
 
 def test_missing_timestamp_falls_back_to_received_at() -> None:
