@@ -380,6 +380,21 @@ class HttpClient:
         if isinstance(session, Retry):
             raise HealthcheckError(session.reason)
 
+    async def check_nodes(self, check: Callable[[URL], Awaitable[str | None]]) -> None:
+        """Return once `check` (a node's problem, or None) passes on some node, tried in order;
+        else HealthcheckError with every node's problem.
+
+        One healthy node is enough: sends fail over to it, so the destination takes records.
+        """
+        self.raise_if_unusable()
+        problems: list[str] = []
+        for endpoint in self._base_urls:
+            problem = await check(endpoint)
+            if problem is None:
+                return
+            problems.append(problem)
+        raise HealthcheckError("; ".join(problems))
+
     async def reopen(self) -> None:
         """A new session: certificates and keys are read again. If they cannot be loaded the
         current session stays in use and `TlsFilesUnusable` says which file is wrong."""

@@ -42,7 +42,6 @@ from forwarder.outputs._http import (
 )
 from forwarder.outputs.base import (
     Delivered,
-    HealthcheckError,
     Output,
     Partial,
     Reject,
@@ -309,15 +308,12 @@ class ElasticsearchOutput(Output[ElasticsearchConfig]):
         or 404 item for missing privileges or a missing index / data stream and template, and
         a 400 item when everything up to indexing is fine. Nothing is written.
         """
-        self._client.raise_if_unusable()
-        problems: list[str] = []
         body = self._action(HEALTHCHECK_ID) + _HEALTHCHECK_SOURCE
-        for endpoint in self._client.base_urls:
-            problem = self._probe_problem(await self._bulk(body, endpoint))
-            if problem is None:
-                return
-            problems.append(problem)
-        raise HealthcheckError("; ".join(problems))
+
+        async def probe(endpoint: URL) -> str | None:
+            return self._probe_problem(await self._bulk(body, endpoint))
+
+        await self._client.check_nodes(probe)
 
     async def liveness(self) -> None:
         """Healthy when some node answers `GET /` and takes the credentials.
@@ -326,17 +322,15 @@ class ElasticsearchOutput(Output[ElasticsearchConfig]):
         once every 30 s; a read writes nothing. 403 still proves the credentials: a key that
         may only write documents is refused the cluster's info, as it should be.
         """
-        self._client.raise_if_unusable()
-        problems: list[str] = []
-        for endpoint in self._client.base_urls:
-            answer = await self._client.request("GET", "/", endpoint=endpoint)
-            if isinstance(answer, Retry):
-                problems.append(answer.reason)
-            elif answer.status == 401 or answer.status >= 500:
-                problems.append(f"{endpoint_name(endpoint)}: HTTP {answer.status}")
-            else:
-                return
-        raise HealthcheckError("; ".join(problems))
+        await self._client.check_nodes(self._root_problem)
+
+    async def _root_problem(self, endpoint: URL) -> str | None:
+        answer = await self._client.request("GET", "/", endpoint=endpoint)
+        if isinstance(answer, Retry):
+            return answer.reason
+        if answer.status == 401 or answer.status >= 500:
+            return f"{endpoint_name(endpoint)}: HTTP {answer.status}"
+        return None
 
     def _probe_problem(self, answer: HttpAnswer | Retry) -> str | None:
         result = self._classify(answer, 1)

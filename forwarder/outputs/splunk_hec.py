@@ -9,11 +9,16 @@ before N and stopped, so N is dead-lettered and only the envelopes after N are s
 With `indexer_ack`, a 200 only counts once `/services/collector/ack` confirms its `ackId`; if
 that takes longer than `ack_timeout_secs` the batch is sent again (at least once: a duplicate is
 possible, and the indexed field `canary_fingerprint` tells duplicates apart in a search).
+
+`healthcheck` proves the token with an empty post, which HEC answers 400 "No data" and counts as
+an error; `liveness`, run every 30 s, asks `/services/collector/health` and proves the token
+again (that post, or with acks an empty ack poll) only when nothing did for `TOKEN_PROOF_SECS`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -38,7 +43,6 @@ from forwarder.outputs._http import (
 )
 from forwarder.outputs.base import (
     Delivered,
-    HealthcheckError,
     Output,
     Partial,
     Reject,
@@ -61,6 +65,11 @@ ACK_PATH = "/services/collector/ack"
 HEALTH_PATH = "/services/collector/health"
 CHANNEL_HEADER = "X-Splunk-Request-Channel"
 
+TOKEN_PROOF_SECS = 6 * 3600.0
+"""How long an accepted send or a passed token check proves the token to `liveness`. Splunk
+counts the empty probe post as an HEC error, so an idle output makes it at most this often;
+read at each check, so a test can shorten it."""
+
 # 400 codes that no event is to blame for: every event would fail the same way until the
 # configuration (or the token's settings in Splunk) changes, so keep the events and alert.
 _CONFIG_CODES: Mapping[int, str] = {
@@ -69,6 +78,9 @@ _CONFIG_CODES: Mapping[int, str] = {
     11: "the channel is not a GUID: fix `channel`",
     14: "the token has indexer acknowledgement disabled: turn `indexer_ack` off",
     16: "query-string tokens are disabled",
+    # The health endpoint's own answers for a token it knows to be bad.
+    21: "HEC does not know this token: fix `token`",
+    22: "the token is disabled in Splunk: enable it or use another",
 }
 _SLOW_DOWN_CODES = frozenset({24, 25})
 _WRONG_URL_STATUSES = frozenset({404, 405})
@@ -195,6 +207,8 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
             },
         )
         self._warned_ack_off = False
+        self._token_proven_at: float | None = None
+        """When HEC last took the token (monotonic clock): an accepted send or a passed check."""
 
     async def start(self) -> None:
         await self._client.start()
@@ -232,7 +246,11 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
             return answer
         reply = HecReply.of(answer)
         where = endpoint_name(answer.endpoint)
+        if answer.status in (401, 403):
+            # A revoked token: the next liveness check probes it and reports the output down.
+            self._token_proven_at = None
         if 200 <= answer.status <= 299:
+            self._token_proven_at = time.monotonic()
             if reply.code in _SLOW_DOWN_CODES:
                 log.warning("Splunk asks senders to slow down.", output=self.name, hec=reply.text)
             unconfirmed = await self._await_ack(answer.endpoint, reply.ack_id)
@@ -344,27 +362,71 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         """Healthy when some node answers the health endpoint and accepts the token.
 
         The token check posts an empty body: HEC answers code 5 "No data" to a valid token and
-        401/403 to a bad one, so nothing is indexed. With `indexer_ack`, an empty ack poll
-        checks that the token really has acknowledgement on.
+        401/403 to a bad one, so nothing is indexed, but Splunk counts and logs that 400 as an
+        HEC error. With `indexer_ack`, an empty ack poll checks that the token really has
+        acknowledgement on.
         """
-        self._client.raise_if_unusable()
-        problems: list[str] = []
-        for endpoint in self._client.base_urls:
-            problem = await self._check(endpoint)
-            if problem is None:
-                return
-            problems.append(problem)
-        raise HealthcheckError("; ".join(problems))
+        await self._client.check_nodes(self._full_check)
 
-    async def _check(self, endpoint: URL) -> str | None:
-        where = endpoint_name(endpoint)
+    async def liveness(self) -> None:
+        """Healthy when some node's `GET /services/collector/health` answers 200; every 30 s.
+
+        The healthcheck's empty post, made every 30 s, would put a 400 "No data" into Splunk's
+        HEC error counts and splunkd.log twice a minute for as long as the daemon runs; the
+        health endpoint writes and counts nothing. It carries the token, and Splunk documents a
+        400 there for a bad or disabled one (codes 21, 22), but a 200 is not taken as proof of
+        the token: a Splunk that ignored the header there was seen answering 200 to a bad one.
+        An accepted send or a passed check proves the token for `TOKEN_PROOF_SECS`; when
+        nothing has (at start, after a send answered 401/403, or after that long idle), the
+        node that answered healthy is also asked to take it: the healthcheck's empty post, or
+        with `indexer_ack` only its empty ack poll, which HEC answers 200.
+        """
+        await self._client.check_nodes(self._live_check)
+
+    async def _full_check(self, endpoint: URL) -> str | None:
+        problem = (
+            await self._health_problem(endpoint)
+            or await self._probe_post_problem(endpoint)
+            or (await self._ack_poll_problem(endpoint) if self.config.indexer_ack else None)
+        )
+        if problem is None:
+            self._token_proven_at = time.monotonic()
+        return problem
+
+    async def _live_check(self, endpoint: URL) -> str | None:
+        problem = await self._health_problem(endpoint)
+        if problem is not None or not self._token_proof_due():
+            return problem
+        # With acks on, the empty ack poll proves all the empty post does (token, channel),
+        # and HEC answers it 200: no error in Splunk's counts at all.
+        if self.config.indexer_ack:
+            problem = await self._ack_poll_problem(endpoint)
+        else:
+            problem = await self._probe_post_problem(endpoint)
+        if problem is None:
+            self._token_proven_at = time.monotonic()
+        return problem
+
+    def _token_proof_due(self) -> bool:
+        proven = self._token_proven_at
+        return proven is None or time.monotonic() - proven >= TOKEN_PROOF_SECS
+
+    async def _health_problem(self, endpoint: URL) -> str | None:
+        """Why `GET /services/collector/health` on `endpoint` is not a 200, or None."""
         health = await self._client.request("GET", HEALTH_PATH, endpoint=endpoint)
         if isinstance(health, Retry):
             return health.reason
-        if health.status != 200:
-            problem = f"{where}: health: HTTP {health.status}: {HecReply.of(health).describe()}"
-            wrong_url = health.status in _WRONG_URL_STATUSES
-            return f"{problem}: {_WRONG_URL_HINT}" if wrong_url else problem
+        if health.status == 200:
+            return None
+        reply = HecReply.of(health)
+        problem = f"{endpoint_name(endpoint)}: health: HTTP {health.status}: {reply.describe()}"
+        if health.status in _WRONG_URL_STATUSES:
+            return f"{problem}: {_WRONG_URL_HINT}"
+        hint = _config_hint(reply.code) if health.status == 400 else None
+        return f"{problem}: {hint}" if hint else problem
+
+    async def _probe_post_problem(self, endpoint: URL) -> str | None:
+        """Why `endpoint` refuses this token for an empty event post (HEC's code 5 passes)."""
         probe = await self._client.request(
             "POST",
             EVENT_PATH,
@@ -375,22 +437,27 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         if isinstance(probe, Retry):
             return probe.reason
         reply = HecReply.of(probe)
-        if not (200 <= probe.status <= 299 or (probe.status == 400 and reply.code == _NO_DATA)):
-            hint = _config_hint(reply.code) or ""
-            return f"{where}: probe send: HTTP {probe.status}: {reply.describe()} {hint}".strip()
-        if self.config.indexer_ack:
-            poll = await self._client.request(
-                "POST",
-                ACK_PATH,
-                endpoint=endpoint,
-                body=b'{"acks":[]}',
-                headers={"Content-Type": "application/json"},
-                params={"channel": self.channel},
-            )
-            if isinstance(poll, Retry):
-                return poll.reason
-            if poll.status != 200:
-                reply = HecReply.of(poll)
-                hint = _config_hint(reply.code) or ""
-                return f"{where}: ack poll: HTTP {poll.status}: {reply.describe()} {hint}".strip()
-        return None
+        if 200 <= probe.status <= 299 or (probe.status == 400 and reply.code == _NO_DATA):
+            return None
+        hint = _config_hint(reply.code) or ""
+        where = endpoint_name(endpoint)
+        return f"{where}: probe send: HTTP {probe.status}: {reply.describe()} {hint}".strip()
+
+    async def _ack_poll_problem(self, endpoint: URL) -> str | None:
+        """Why an empty ack poll on this output's channel is not a 200 (code 14: acks off)."""
+        poll = await self._client.request(
+            "POST",
+            ACK_PATH,
+            endpoint=endpoint,
+            body=b'{"acks":[]}',
+            headers={"Content-Type": "application/json"},
+            params={"channel": self.channel},
+        )
+        if isinstance(poll, Retry):
+            return poll.reason
+        if poll.status == 200:
+            return None
+        reply = HecReply.of(poll)
+        hint = _config_hint(reply.code) or ""
+        where = endpoint_name(endpoint)
+        return f"{where}: ack poll: HTTP {poll.status}: {reply.describe()} {hint}".strip()

@@ -11,12 +11,17 @@ What it implements, as Splunk documents it (endpoints, envelope, status and code
 - Indexer acknowledgement when the token has it: a channel is required (codes 10, 11), every
   200 carries an `ackId` (per channel, from 0), `POST /services/collector/ack` answers
   `{"acks": {"0": true}}` once an id is acknowledged; without ack on the token, code 14.
-- `GET /services/collector/health[/1.0]`: code 17, 503 code 18 when unhealthy, 400 codes 21/22
-  for a bad token in the Authorization header.
-- Faults: `faults` (event posts) and `ack_faults` (ack polls) are `FaultScript`s; `poison` holds
-  values that make an envelope with that value in its `fields` an "Invalid data format" (code 6).
+- `GET /services/collector/health[/1.0]` (Splunk 6.6 and later): 200 code 17; 503 code 18
+  "HEC is unhealthy, queues are full" while `healthy` is False; 400 codes 21/22 for an unknown
+  or disabled token in the Authorization header, as Splunk's REST reference and status table
+  list them, or, with `health_checks_token` False, 200 whatever the token (as one client saw a
+  Splunk answer). A caller without a token gets the health, as a load balancer does.
+- Faults: `faults` (event posts), `ack_faults` (ack polls) and `health_faults` (health checks)
+  are `FaultScript`s; `poison` holds values that make an envelope with that value in its
+  `fields` an "Invalid data format" (code 6).
 
-Every accepted envelope is kept in `events`, in order, with its arrival time. As a module:
+Every accepted envelope is kept in `events`, in order, with its arrival time; every request to
+a `/services/collector` route, refused or not, in `seen` as (method, path). As a module:
 `python -m tests.peers.fake_hec --port 0 --token T [--ack]` prints the port and serves; the
 `/_fake/stats`, `/_fake/events`, `/_fake/faults` and `/_fake/reset` routes drive it.
 """
@@ -123,6 +128,11 @@ class FakeHec(FakePeer):
         self.max_content_length = max_content_length
         self.allow_query_token = allow_query_token
         self.healthy = True
+        """False: HEC's queues are full, and the health endpoint says so (503 code 18)."""
+        self.health_checks_token = True
+        """False: the health endpoint answers 200 even to a bad token in the header."""
+        self.health_faults = FaultScript()
+        self.seen: list[tuple[str, str]] = []
         self.ack_after_polls: int | None = 0
         """Polls answered `false` before an ack id turns `true`; None: never acknowledged."""
         self.poison: set[str] = set()
@@ -162,7 +172,9 @@ class FakeHec(FakePeer):
     def reset(self) -> None:
         super().reset()
         self.events.clear()
+        self.seen.clear()
         self.ack_faults.clear()
+        self.health_faults.clear()
         self.poison.clear()
 
     # Auth
@@ -201,6 +213,7 @@ class FakeHec(FakePeer):
     # Routes
 
     async def _event_route(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append((request.method, request.path))
         scripted = await self.suffer(self.faults, request)
         if scripted is not None:
             return scripted
@@ -275,6 +288,7 @@ class FakeHec(FakePeer):
         return ack_id
 
     async def _ack_route(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append((request.method, request.path))
         self.ack_polls += 1
         scripted = await self.suffer(self.ack_faults, request)
         if scripted is not None:
@@ -311,8 +325,12 @@ class FakeHec(FakePeer):
         return json_response(200, {"acks": answer})
 
     async def _health_route(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append((request.method, request.path))
+        scripted = await self.suffer(self.health_faults, request)
+        if scripted is not None:
+            return scripted
         self.record(request, b"", 0)
-        refused = self._authenticate(request, health=True)
+        refused = self._authenticate(request, health=True) if self.health_checks_token else None
         if refused is not None:
             return refused
         return hec_answer(17 if self.healthy else 18)

@@ -14,6 +14,7 @@ import pytest
 
 from forwarder.outputs.base import Delivered, Retry
 from forwarder.outputs.splunk_hec import SplunkHecConfig, SplunkHecOutput
+from tests.peers._server import Respond
 from tests.peers.fake_hec import DEFAULT_TOKEN, FakeHec
 from tests.peers.process import peer_process
 from tests.peers.records import make_records
@@ -185,6 +186,33 @@ async def test_health_endpoint_with_a_disabled_token_is_code_22(
     fake_hec.token_disabled = True
     async with http.get(fake_hec.url + "/services/collector/health", headers=AUTH) as response:
         assert (response.status, (await response.json())["code"]) == (400, 22)
+
+
+async def test_health_endpoint_may_ignore_the_token_and_suffers_its_own_faults(
+    fake_hec: FakeHec, http: aiohttp.ClientSession
+) -> None:
+    fake_hec.health_checks_token = False
+    wrong = {"Authorization": "Splunk wrong"}
+    url = fake_hec.url + "/services/collector/health"
+    async with http.get(url, headers=wrong) as response:
+        assert (response.status, (await response.json())["code"]) == (200, 17)
+    fake_hec.health_faults.push(Respond(502, "<html>Bad Gateway</html>"))
+    async with http.get(url) as response:
+        assert response.status == 502
+
+
+async def test_every_request_to_hec_is_seen_even_when_refused(
+    fake_hec: FakeHec, http: aiohttp.ClientSession
+) -> None:
+    status, _ = await post(http, fake_hec.url, b'{"event":"x"}', {"Authorization": "Splunk no"})
+    assert status == 403
+    async with http.get(fake_hec.url + "/services/collector/health/1.0"):
+        pass
+    assert fake_hec.seen == [
+        ("POST", "/services/collector/event"),
+        ("GET", "/services/collector/health/1.0"),
+    ]
+    assert fake_hec.events == []
 
 
 def control(url: str, path: str, body: Any = None) -> Any:
