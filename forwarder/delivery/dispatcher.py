@@ -47,6 +47,9 @@ IDLE_POLL_SECS = 1.0
 RESTART_SECS = 1.0
 # How often a dispatcher tries again to record a send's result the store could not write.
 STORE_RETRY_SECS = 1.0
+# Longest a dispatcher maps without letting the event loop run: a 500-event batch takes tens of
+# milliseconds to map, and every webhook post waiting for its 200 would wait that long too.
+MAP_SLICE_SECS = 0.002
 
 _Result = TypeVar("_Result")  # the seqs to ack or retry, or the reasons to dead-letter
 
@@ -224,7 +227,7 @@ class Dispatcher:
                     ahead = asyncio.create_task(
                         self._fetch(in_flight_seqs | {stored.seq for stored in batch})
                     )
-                outcome, sendable = self._prepare(batch)
+                outcome, sendable = await self._prepare(batch)
                 previous: _Outcome | None = None
                 previous_seqs: set[int] = set()
                 if in_flight is not None:
@@ -252,10 +255,16 @@ class Dispatcher:
 
     # One batch
 
-    def _prepare(self, batch: Sequence[StoredEvent]) -> tuple[_Outcome, list[tuple[int, Record]]]:
+    async def _prepare(
+        self, batch: Sequence[StoredEvent]
+    ) -> tuple[_Outcome, list[tuple[int, Record]]]:
         outcome = _Outcome()
         sendable: list[tuple[int, Record]] = []
+        slice_ends = time.perf_counter() + MAP_SLICE_SECS
         for stored in batch:
+            if time.perf_counter() >= slice_ends:
+                await asyncio.sleep(0)
+                slice_ends = time.perf_counter() + MAP_SLICE_SECS
             try:
                 sendable.append((stored.seq, self._map(stored)))
             except (MappingError, PayloadError) as exc:

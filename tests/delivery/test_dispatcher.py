@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
@@ -444,12 +445,12 @@ async def test_a_dispatcher_that_fails_unexpectedly_starts_again(
     real_prepare = dispatcher._prepare
     failures = 0
 
-    def buggy_prepare(batch: Any) -> Any:
+    async def buggy_prepare(batch: Any) -> Any:
         nonlocal failures
         if failures == 0:
             failures += 1
             raise RuntimeError("a bug")
-        return real_prepare(batch)
+        return await real_prepare(batch)
 
     monkeypatch.setattr(dispatcher, "_prepare", buggy_prepare)
     with structlog.testing.capture_logs() as logs:
@@ -556,3 +557,43 @@ async def test_every_send_is_timed_whatever_its_result(
     after = latency()
     changes = {key: round(after[key] - before[key], 6) for key in before}
     assert changes == {"count": 2, "sum": 0.6, "le 0.25": 0, "le 0.5": 2}
+
+
+class TickRecordingMapper(Mapper[MapperConfig]):
+    """Notes, at each event it maps, how often the event loop has run other tasks so far."""
+
+    def __init__(self, ticks: Callable[[], int]) -> None:
+        super().__init__(MapperConfig(type="json"))
+        self.ticks = ticks
+        self.seen: list[int] = []
+
+    def map(self, event: CanaryEvent) -> Record:
+        self.seen.append(self.ticks())
+        return Record(event=event, body="ok")
+
+
+async def test_mapping_a_batch_lets_the_event_loop_run_between_slices(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A big batch mapped in one go would hold every webhook post waiting for its 200.
+    from forwarder.delivery import dispatcher as module
+
+    monkeypatch.setattr(module, "MAP_SLICE_SECS", 0.0)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    mapper = TickRecordingMapper(lambda: ticks)
+    output = ScriptedOutput([])
+    dispatcher = await run(outbox, output, 10, mapper)
+    await output.wait_until(lambda: len(output.delivered) == 10)
+    await dispatcher.stop(5)
+    ticking.cancel()
+    assert output.batches == [[str(n) for n in range(10)]]
+    # Each event of the one batch was mapped after the loop had run the ticker again.
+    assert all(later > earlier for earlier, later in itertools.pairwise(mapper.seen))
