@@ -84,7 +84,9 @@ _SD_VALUE = _Translation(
     }
 )
 _ONE_LINE = _Translation(_LITERAL_BREAKS)
-_LEEF_HEADER = _Translation({**_FLAT, ord("|"): " "})
+# LEEF defines no escape and QRadar splits the header on `|`, so a `|` cannot be written at all;
+# the backslash is doubled for readers that take `\|` as an escaped pipe (as CEF does).
+_LEEF_HEADER = _Translation({**_FLAT, ord("|"): " ", ord("\\"): "\\\\"})
 _LEEF_VALUE = _Translation(_FLAT)
 # JSON leaves these raw inside strings; as \u escapes they stay lossless and on one line.
 _JSON_RAW = _Translation({c: f"\\u{c:04x}" for c in (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)})
@@ -129,8 +131,14 @@ def cef_values(texts: list[str]) -> list[str]:
 
 
 def leef_header(text: str, limit: int) -> str:
-    """A LEEF header field: no `|` and no line breaks (LEEF has no escape), at most `limit`."""
-    return _LEEF_HEADER(text)[:limit]
+    """A LEEF header field: no `|` and no line breaks (LEEF has no escape), `\\` doubled, at
+    most `limit` characters, never ending in half a doubled backslash."""
+    field = _LEEF_HEADER(text)
+    if len(field) <= limit:
+        return field
+    field = field[:limit]
+    run = len(field) - len(field.rstrip("\\"))
+    return field[:-1] if run % 2 else field
 
 
 def leef_value(text: str, delimiter: str) -> str:

@@ -6,6 +6,14 @@ ECS expects for every listed `event.category`. Addresses are validated before th
 `ip` field; a hostname where an address was expected goes into the matching `domain` field.
 Everything Canary-specific is kept under `thinkst_canary.*`, with AdditionalDetails as a list of
 `{key, value}` objects so attacker-chosen keys cannot create Elasticsearch fields.
+
+Elasticsearch's built-in `logs-*-*` template (the elasticsearch output's default target) types
+fields it has no mapping for by their names (its `ecs@mappings` dynamic templates), and
+`thinkst_canary.*` is no exception: a field named `*.ip` or `*_ip` becomes an `ip`, one named
+`*.location` a `geo_point` (before 8.15), and `*.name`, `*file.path` and `*user_agent.original`
+keywords with no `ignore_above`. So the Canary's unvalidated addresses are `*address` there,
+CanaryLocation is `observer.geo.name`, and attacker text in those keywords is cut to
+`KEYWORD_LIMIT` characters (the whole text stays in `thinkst_canary.details`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ _LOCAL_TAMPERING = 30001
 
 Categorisation = tuple[str, list[str], list[str], str | None]
 
+KEYWORD_LIMIT = 8191
+"""Most characters written to a keyword field that may have no `ignore_above`: at most 32,764
+UTF-8 bytes. Lucene refuses a term over 32,766 bytes, and with it the whole document."""
+
 
 class EcsConfig(SeverityConfig):
     """Options of the `ecs` format."""
@@ -60,7 +72,9 @@ class EcsMapper(Mapper[EcsConfig]):
         source_domain = source_host or event.reverse_dns
         url_domain = event.detail("Host") or None
         file_name = ntpath.basename(fields.file_name) if fields.file_name else None  # / and \
+        file_path = fields.file_name if file_name != fields.file_name else None
         hosts = (source_domain, canary_host, event.canary_name if bird else None, url_domain)
+        location = _keyword(event.canary_location)
         doc: dict[str, Any] = {
             "@timestamp": iso_ms(event.timestamp),
             "ecs": {"version": ECS_VERSION},
@@ -70,10 +84,11 @@ class EcsMapper(Mapper[EcsConfig]):
                 vendor="Thinkst",
                 product="Canary",
                 type="honeypot",
-                name=event.canary_name if bird else None,
+                name=_keyword(event.canary_name) if bird else None,
                 hostname=canary_host if bird else None,
                 ip=_unique((canary_ip, public_ip)) if bird else None,
                 serial_number=event.canary_id if bird else None,
+                geo={"name": location} if location else None,
             ),
             "source": _present(
                 address=event.source_ip, ip=source_ip, domain=source_domain, port=fields.source_port
@@ -85,19 +100,18 @@ class EcsMapper(Mapper[EcsConfig]):
                 port=fields.destination_port,
             ),
             "user": _present(
-                name=fields.user_name,
+                name=_keyword(fields.user_name),
                 domain=fields.user_domain,
                 email=fields.user_name if audit and "@" in (fields.user_name or "") else None,
             ),
-            "user_agent": {"original": fields.user_agent} if fields.user_agent else None,
+            "user_agent": {"original": _keyword(fields.user_agent)} if fields.user_agent else None,
             "url": _present(
                 original=fields.url or fields.path, path=fields.path, domain=url_domain
             ),
             "file": _present(
-                name=file_name or fields.file_name,
-                path=fields.file_name if file_name != fields.file_name else None,
+                name=_keyword(file_name or fields.file_name), path=_keyword(file_path)
             ),
-            "dns": {"question": {"name": fields.dns_name}} if fields.dns_name else None,
+            "dns": {"question": {"name": _keyword(fields.dns_name)}} if fields.dns_name else None,
             "related": _present(
                 ip=_unique((source_ip, canary_ip, public_ip)),
                 user=[fields.user_name] if fields.user_name else None,
@@ -135,6 +149,9 @@ def categorisation(event: CanaryEvent) -> Categorisation:
             return "event", ["host"], ["end"], None
         if event.operation == "reconnected":
             return "event", ["host"], ["start"], None
+        if event.operation is None:
+            # LogType 1004 (disconnect and reconnect share it) without the words that say which.
+            return "event", ["host"], ["info"], None
         return "event", ["configuration"], ["change"], None
     if event.kind is EventKind.CANARYTOKEN:
         network = ["network"] if is_dns_token(event) else []
@@ -174,9 +191,23 @@ def _audit_categorisation(action: str) -> Categorisation:
 
 def _canary(event: CanaryEvent) -> dict[str, Any]:
     """The Canary event under the `json` format's names, less what the ECS fields already say
-    (id, times, intro) and in forms that cannot create mapping fields: AdditionalDetails as
-    `{key, value}` objects, annotations and unknown keys as JSON text."""
+    (id, times, intro, location) and in forms that cannot create mapping fields: AdditionalDetails
+    as `{key, value}` objects, annotations and unknown keys as JSON text. The IP fields, which
+    may hold anything, are `address` / `public_address` / `user_address`, names no dynamic
+    template types as `ip` (see the module docstring)."""
     audit = event.audit_fields()
+    if audit is not None:
+        audit = {
+            ("user_address" if key == "user_ip" else key): value for key, value in audit.items()
+        }
+    canary = _present(
+        name=_keyword(event.canary_name),
+        id=event.canary_id,
+        address=event.canary_ip,
+        public_address=event.canary_public_ip,
+        port=event.canary_port,
+        flock=event.flock,
+    )
     return _present(
         fingerprint=event.fingerprint,
         kind=event.kind.value,
@@ -185,8 +216,8 @@ def _canary(event: CanaryEvent) -> dict[str, Any]:
         log_type_name=event.log_type_name,
         alert_type=event.alert_type,
         description=event.description,
-        canary=_present(**event.canary_fields()) or None,
-        source=_present(ip=event.source_ip, reverse_dns=event.reverse_dns) or None,
+        canary=canary or None,
+        source=_present(address=event.source_ip, reverse_dns=event.reverse_dns) or None,
         incident_hash=event.incident_hash,
         incident_key=event.incident_key,
         token=_present(**event.token_fields()) or None,
@@ -201,6 +232,13 @@ def _canary(event: CanaryEvent) -> dict[str, Any]:
 def _present(**values: Any) -> dict[str, Any]:
     """The values that are not None (callers pass None, never an empty text or list)."""
     return {key: value for key, value in values.items() if value is not None}
+
+
+def _keyword(text: str | None) -> str | None:
+    """`text` cut to `KEYWORD_LIMIT` characters, for a keyword with no `ignore_above`."""
+    if text is None or len(text) <= KEYWORD_LIMIT:
+        return text
+    return text[:KEYWORD_LIMIT]
 
 
 def _unique(values: Iterable[str | None]) -> list[str] | None:

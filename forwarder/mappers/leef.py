@@ -3,7 +3,10 @@
 `LEEF:2.0|Thinkst|Canary|<version>|<LogType>|<delimiter>|devTime=...<D>sev=...<D>src=...`
 
 LEEF has no escape mechanism, so the delimiter, CR, LF and other control characters in a value
-become spaces and `|` in a header field a space: no value can add an attribute or a line.
+become spaces and `|` in a header field a space: no value can add an attribute or a line. A
+backslash in a header field is doubled, so a reader that takes `\\|` as an escaped pipe (as CEF
+does) still finds every field end. The delimiter cannot be a character of the addresses, host
+names and names QRadar parses, which it would turn into spaces.
 QRadar's normalised attributes are used where they fit (devTime, sev, cat, src, dst, srcPort,
 dstPort, usrName, url, domain); the rest are custom attributes, and AdditionalDetails nothing
 else carries are kept as `detail<Key>` attributes. The mapping table is in docs/formats.md.
@@ -12,7 +15,9 @@ else carries are kept as `detail<Key>` attributes. The mapping table is in docs/
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from pydantic import field_validator
 
@@ -33,7 +38,22 @@ __all__ = ["LeefConfig", "LeefMapper", "attributes"]
 EVENT_ID_LIMIT = 255
 HEADER_FIELD_LIMIT = 255
 _HEX_DELIMITER = re.compile(r"^0?[xX]([0-9A-Fa-f]{1,4})$")
-_UNUSABLE_DELIMITERS = frozenset("=|\\ \r\n")
+# A delimiter in a value becomes a space. These are in the values QRadar parses: addresses
+# (src, dst), host names, e-mail addresses (usrName), URLs, action names, event ids and the
+# devTimeFormat pattern, which a space would break.
+_IN_PARSED_VALUES = ".:-_@/"
+_UNUSABLE_DELIMITERS = frozenset("=|\\ \r\n" + _IN_PARSED_VALUES)
+# Controls (NUL, NEL, ...) and line separators end a line or a string for some receiver;
+# surrogates cannot be written in UTF-8 at all.
+_BREAKING_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# The header's hex form has 1 to 4 digits.
+_LARGEST_DELIMITER = "\uffff"
+# Epoch milliseconds have 13 digits from 2001-09-09T01:46:40Z on; QRadar reads 10 or 13 digits
+# as an epoch and anything else only through devTimeFormat.
+_THIRTEEN_DIGITS = 10**12
+DEV_TIME_FORMAT = "MMM dd yyyy HH:mm:ss.SSS z"
+"""IBM's own suggested pattern (Java SimpleDateFormat), for event times before 2001-09-09."""
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 Pair = tuple[str, str | int | None]
 
@@ -54,8 +74,10 @@ class LeefConfig(DeviceLineConfig):
             value = chr(int(hex_form.group(1), 16))
         if len(value) != 1:
             raise ValueError("must be one character or its hex code such as x09 or 0x5E")
-        if value.isalnum() or value in _UNUSABLE_DELIMITERS:
+        if value.isalnum() or value in _UNUSABLE_DELIMITERS or value > _LARGEST_DELIMITER:
             raise ValueError(f"{value!r} cannot separate LEEF attributes")
+        if value != "\t" and unicodedata.category(value) in _BREAKING_CATEGORIES:
+            raise ValueError(f"{value!r} cannot separate LEEF attributes: it breaks lines")
         return value
 
 
@@ -106,7 +128,12 @@ def _unique_keys(keys: tuple[str, ...]) -> tuple[str, ...]:
 def _pairs(event: CanaryEvent, fields: Fields, severity: int) -> Iterator[Pair]:
     source_ip, source_host = host_or_ip(event.source_ip)
     canary_ip, canary_host = host_or_ip(event.canary_ip)
-    yield "devTime", epoch_ms(event.timestamp)
+    millis = epoch_ms(event.timestamp)
+    if millis >= _THIRTEEN_DIGITS:
+        yield "devTime", millis
+    else:
+        yield "devTime", _dev_time_text(event.timestamp)
+        yield "devTimeFormat", DEV_TIME_FORMAT
     yield "sev", max(severity, 1)
     yield "cat", event.kind.value
     yield "src", source_ip
@@ -136,3 +163,10 @@ def _pairs(event: CanaryEvent, fields: Fields, severity: int) -> Iterator[Pair]:
     yield "dnsName", fields.dns_name
     for item in leftovers(event, fields):
         yield "detail" + leef_key(item.key), item.value
+
+
+def _dev_time_text(moment: datetime) -> str:
+    """`moment` as `DEV_TIME_FORMAT` writes it, in English whatever the locale."""
+    utc = moment.astimezone(UTC)
+    month = _MONTHS[utc.month - 1]
+    return f"{month} {utc:%d %Y %H:%M:%S}.{utc.microsecond // 1000:03d} GMT"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -111,6 +112,137 @@ def _check(path: str, declared: str, value: Any, problems: list[str]) -> None:
             problems.append(f"{path}: {item} is not a port")
 
 
+# --- what Elasticsearch's built-in `logs-*-*` template makes of every field -----------------------
+#
+# Outside the fields it maps itself (@timestamp, data_stream.*), the `logs-*-*` data stream the
+# elasticsearch output writes to by default types every field by the dynamic templates of its
+# `ecs@mappings` component, by *name*: `thinkst_canary.*` included. Copied from Elasticsearch's
+# x-pack/plugin/core/template-resources/src/main/resources/ecs@mappings.json (first match wins).
+# Up to 8.14 `ecs_geo_point` matched `location` and `*.location` (elastic/elasticsearch#108338).
+# Not modelled: templates on names this project never writes (gen_ai, x509, *.usage, ...).
+
+LUCENE_TERM_BYTES = 32766
+"""Longest term Lucene indexes: a keyword without `ignore_above` over it fails the document."""
+
+
+class Template:
+    def __init__(
+        self,
+        paths: tuple[str, ...],
+        mapping: str,
+        *,
+        only: str | None = None,
+        ignore_above: int | None = None,
+        by_leaf_name: bool = False,
+    ) -> None:
+        self.paths, self.mapping, self.only = paths, mapping, only
+        self.ignore_above, self.by_leaf_name = ignore_above, by_leaf_name
+
+    def matches(self, path: str, json_type: str) -> bool:
+        if self.only is not None and json_type != self.only:
+            return False
+        name = path.rsplit(".", 1)[-1] if self.by_leaf_name else path
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.paths)
+
+
+def _ecs_templates(geo_paths: tuple[str, ...]) -> list[Template]:
+    return [
+        Template(("@timestamp",), "date", by_leaf_name=True),
+        Template(("message", "*.message"), "match_only_text"),
+        Template(("*event.original",), "keyword (not indexed)"),
+        Template(("ip", "*.ip", "*_ip"), "ip", only="string"),
+        Template(("*.io.text", "*.message_id", "*registry.data.strings", "*url.path"), "wildcard"),
+        Template(("*.body.content", "*url.full", "*url.original"), "wildcard"),
+        Template(("*command_line", "*stack_trace"), "wildcard", by_leaf_name=True),
+        Template(
+            (
+                "*.title", "*.executable", "*.name", "*.working_directory", "*.full_name",
+                "*file.path", "*file.target_path", "*os.full", "*email.subject",
+                "*vulnerability.description", "*user_agent.original",
+            ),
+            "keyword",
+        ),
+        Template(
+            (
+                "*.timestamp", "*_timestamp", "*.not_after", "*.not_before", "*.accessed",
+                "created", "*.created", "*.installed", "*.creation_date", "*.ctime", "*.mtime",
+                "ingested", "*.ingested", "*.start", "*.end",
+            ),
+            "date",
+        ),
+        Template(("*.score.*", "*_score*"), "float"),
+        Template(geo_paths, "geo_point"),
+        Template(("*structured_data", "*exports", "*imports"), "flattened", only="object"),
+        Template(("*",), "keyword", only="string", ignore_above=1024),
+    ]  # fmt: skip
+
+
+ECS_MAPPINGS = {
+    "current": _ecs_templates(("*.geo.location",)),
+    "before 8.15": _ecs_templates(("location", "*.location")),
+}
+
+
+def _leaves(node: Any, path: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{path}.{key}" if path else key)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _leaves(item, path)
+    else:
+        yield path, node
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "long"
+    if isinstance(value, float):
+        return "double"
+    return "string"
+
+
+def _refusal(template: Template, value: Any) -> str | None:
+    """Why the field this template creates would not take `value` (None: it does)."""
+    if template.mapping == "ip":
+        text = str(value)
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            return "not an IP address"
+        return "an IPv6 zone" if "%" in text else None
+    if template.mapping == "date":
+        return _type_problem("date", value)
+    if template.mapping == "geo_point":
+        return "not a geo point"  # this project never means to write one
+    if template.mapping == "float":
+        return _type_problem("float", value)
+    if template.mapping == "keyword" and template.ignore_above is None and isinstance(value, str):
+        size = len(value.encode("utf-8", "surrogatepass"))
+        return f"{size} UTF-8 bytes, over Lucene's term limit" if size > LUCENE_TERM_BYTES else None
+    return None
+
+
+def dynamic_mapping_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Every field of `doc` the `logs-*-*` template would refuse or not index as written."""
+    problems: list[str] = []
+    for version, templates in ECS_MAPPINGS.items():
+        for path, value in _leaves(doc, ""):
+            if path.startswith("data_stream."):
+                continue
+            json_type = _json_type(value)
+            if json_type == "long" and not -(2**63) <= value < 2**63:
+                problems.append(f"{path}: {value} is outside long")
+            template = next((t for t in templates if t.matches(path, json_type)), None)
+            problem = None if template is None else _refusal(template, value)
+            if problem is not None and template is not None:
+                shown = repr(value) if len(repr(value)) < 80 else f"{repr(value)[:60]}..."
+                problems.append(f"{path} ({template.mapping}, {version}): {problem}: {shown}")
+    return problems
+
+
 def ecs(event: CanaryEvent, **options: Any) -> dict[str, Any]:
     body = EcsMapper(EcsConfig(type="ecs", **options)).map(event).body
     assert isinstance(body, dict)
@@ -169,6 +301,98 @@ def test_every_hostile_event_is_a_valid_ecs_document(event: CanaryEvent) -> None
     assert json.loads(json.dumps(doc)) == doc
 
 
+def test_the_dynamic_mapping_model_refuses_what_elasticsearch_refuses() -> None:
+    assert dynamic_mapping_problems({"thinkst_canary": {"canary": {"ip": "10.0.0.1"}}}) == []
+    assert dynamic_mapping_problems({"x": {"name": "a" * LUCENE_TERM_BYTES}}) == []
+    assert dynamic_mapping_problems({"x": {"detail": "a" * 40000}}) == []  # ignore_above 1024
+    for doc, problem in [
+        ({"thinkst_canary": {"canary": {"ip": "abc.canary.tools"}}}, "not an IP address"),
+        ({"thinkst_canary": {"audit": {"user_ip": "fe80::1%eth0"}}}, "an IPv6 zone"),
+        ({"thinkst_canary": {"canary": {"location": "DMZ rack 3"}}}, "not a geo point"),
+        ({"user": {"name": "\U0001f600" * 8192}}, "over Lucene's term limit"),
+        ({"file": {"path": "a" * (LUCENE_TERM_BYTES + 1)}}, "over Lucene's term limit"),
+        ({"x": {"end": "tomorrow"}}, "not an ISO 8601 date"),
+    ]:
+        assert any(problem in found for found in dynamic_mapping_problems(doc)), doc
+
+
+@pytest.mark.parametrize("name", sample_names())
+def test_every_sample_fits_the_logs_template(name: str) -> None:
+    assert dynamic_mapping_problems(ecs(sample_event(name))) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(events)
+def test_every_hostile_event_fits_the_logs_template(event: CanaryEvent) -> None:
+    assert dynamic_mapping_problems(ecs(event)) == []
+
+
+def test_addresses_that_are_not_addresses_stay_text() -> None:
+    """A Canary's IP fields can hold host names; `*.ip` and `*_ip` names are typed `ip`."""
+    event = event_from(
+        {
+            "Description": "SSH Login Attempt",
+            "AlertType": "CanaryIncident",
+            "CanaryID": "c",
+            "LogType": "4002",
+            "CanaryIP": "abc123.canary.tools",
+            "CanaryPublicIP": "not an address",
+            "SourceIP": "fe80::1%eth0",
+        }
+    )
+    doc = ecs(event)
+    assert dynamic_mapping_problems(doc) == []
+    assert doc["thinkst_canary"]["canary"]["address"] == "abc123.canary.tools"
+    assert doc["thinkst_canary"]["canary"]["public_address"] == "not an address"
+    assert doc["thinkst_canary"]["source"]["address"] == "fe80::1%eth0"
+    audit = ecs(event_from({"type": "console-audit", "payload": {"user_ip": "proxy.example"}}))
+    assert audit["thinkst_canary"]["audit"]["user_address"] == "proxy.example"
+    assert dynamic_mapping_problems(audit) == []
+
+
+HUGE = "\U0001f600" * 9000  # 36,000 UTF-8 bytes
+
+
+def test_attacker_text_over_the_term_limit_is_cut_in_keyword_fields() -> None:
+    event = event_from(
+        {
+            "Description": "HTTP Login Attempt",
+            "AlertType": "CanaryIncident",
+            "CanaryID": "c",
+            "CanaryName": HUGE,
+            "CanaryLocation": HUGE,
+            "LogType": "3001",
+            "AdditionalDetails": [
+                ["Username", HUGE],
+                ["User-Agent", HUGE],
+                ["Filename", "\\\\srv\\share\\" + HUGE],
+            ],
+        }
+    )
+    doc = ecs(event)
+    assert dynamic_mapping_problems(doc) == []
+    assert ecs_violations(doc) == []
+    assert doc["user"]["name"] == HUGE[:8191]
+    assert doc["user_agent"]["original"] == HUGE[:8191]
+    assert doc["file"]["name"] == HUGE[:8191]
+    assert doc["observer"]["name"] == doc["observer"]["geo"]["name"] == HUGE[:8191]
+    # The whole text stays in fields that take any length.
+    assert [item["value"] for item in doc["thinkst_canary"]["details"]][:2] == [HUGE, HUGE]
+    assert doc["related"]["user"] == [HUGE]
+
+
+def test_two_thousand_detail_keys_add_no_field() -> None:
+    def paths(doc: Mapping[str, Any]) -> set[str]:
+        return {path for path, _ in _leaves(doc, "")}
+
+    base = {"Description": "HTTP Page Load", "AlertType": "CanaryIncident", "CanaryID": "c"}
+    one = ecs(event_from({**base, "AdditionalDetails": [["k", "v"]]}))
+    many = [[f"k{i}.{'x' * i}", str(i)] for i in range(2000)] + [["", "empty"], ["@timestamp", "x"]]
+    doc = ecs(event_from({**base, "AdditionalDetails": many}))
+    assert paths(doc) == paths(one)
+    assert doc["@timestamp"] == one["@timestamp"]
+
+
 # --- the mapping ---------------------------------------------------------------------------------
 
 
@@ -192,6 +416,7 @@ def test_ssh_login_alert() -> None:
         "name": "web-dmz-02",
         "ip": ["10.20.30.42"],
         "serial_number": "00034d476a2c9f22",
+        "geo": {"name": "DMZ rack 3"},
     }
     assert doc["source"] == {
         "address": "10.99.0.7",
@@ -207,7 +432,13 @@ def test_ssh_login_alert() -> None:
     }
     canary = doc["thinkst_canary"]
     assert canary["details"][0] == {"key": "Username", "value": "root"}
-    assert canary["canary"]["location"] == "DMZ rack 3"
+    assert canary["canary"] == {
+        "name": "web-dmz-02",
+        "id": "00034d476a2c9f22",
+        "address": "10.20.30.42",
+        "port": 22,
+    }
+    assert canary["source"] == {"address": "10.99.0.7", "reverse_dns": "jump01.corp.example"}
     assert json.loads(canary["annotations"])["trufflehog_scan"][0].startswith("This looks")
 
 
@@ -264,6 +495,16 @@ def test_disconnect_and_reconnect_are_host_end_and_start() -> None:
     assert ecs(sample_event("operational_disconnected"))["event"]["type"] == ["end"]
     reconnected = ecs(sample_event("operational_reconnected"))["event"]
     assert (reconnected["category"], reconnected["type"]) == (["host"], ["start"])
+
+
+def test_connection_change_of_unknown_direction_is_host_info() -> None:
+    """LogType 1004 is both disconnect and reconnect; without the words it is neither, and
+    certainly not a configuration change."""
+    event = event_from(
+        {"Description": "Canary status", "CanaryID": "c", "LogType": 1004, "Intro": "status"}
+    )
+    assert (event.kind.value, event.operation) == ("operational", None)
+    assert categorisation(event) == ("event", ["host"], ["info"], None)
 
 
 def test_audit_login_is_authentication_by_the_console_user() -> None:
