@@ -197,7 +197,12 @@ def unique(names: Iterable[str], limit: int = 32, separator: str = "_") -> Itera
 
 def json_text(value: object) -> str:
     """Compact JSON of `value` that is guaranteed to be one line and to survive any escaping."""
-    return _JSON_RAW(orjson.dumps(value).decode())
+    data = orjson.dumps(value)
+    # The usual record is ASCII without DEL, which two C scans tell in about 1 µs; the
+    # character-class search takes 13 µs on a 1.5 kB record, once per event per JSON line.
+    if data.isascii() and b"\x7f" not in data:
+        return data.decode()
+    return _JSON_RAW(data.decode())
 
 
 def cut_point(data: bytes, limit: int) -> int:
