@@ -210,32 +210,20 @@ def default_settings() -> Settings:
 
 def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, interpolate and validate a YAML file. Raises ConfigError."""
-    path = Path(path)
-    try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping"])
-    return parse_settings(data, environ)
+    return parse_settings(_read_yaml(Path(path)), environ)
 
 
 def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Validate already-parsed YAML. Raises ConfigError listing every fault found."""
-    problems: list[str] = []
-    data = _interpolate(data, os.environ if environ is None else environ, "", problems)
-    if problems:
-        raise ConfigError(problems)
+    interpolation = _Interpolation(os.environ if environ is None else environ)
+    data = interpolation.expand(data, "")
+    if interpolation.problems:
+        raise ConfigError(interpolation.problems)
     try:
         envelope = _Envelope.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(list(_describe(exc))) from None
+        raise ConfigError(interpolation.redact(_describe(exc))) from None
+    problems: list[str] = []
     outputs: list[OutputSpec] = []
     names: set[str] = set()
     for index, raw in enumerate(envelope.outputs):
@@ -249,7 +237,7 @@ def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = 
     if not envelope.outputs:
         problems.append("outputs: at least one output is needed")
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(interpolation.redact(problems))
     return Settings(listen=envelope.listen, store=envelope.store, outputs=tuple(outputs))
 
 
@@ -316,7 +304,8 @@ def _describe(exc: ValidationError, prefix: str = "") -> Iterable[str]:
     }
     for error in errors:
         loc = error["loc"]
-        if _union_branch(loc[-1]) and _wrong_type(error) and loc[:-1] in entered:
+        # An empty location: a check of a whole output (its model validator), named by `prefix`.
+        if loc and _union_branch(loc[-1]) and _wrong_type(error) and loc[:-1] in entered:
             continue
         path = prefix
         for part in error["loc"]:
@@ -330,49 +319,233 @@ def _describe(exc: ValidationError, prefix: str = "") -> Iterable[str]:
         yield f"{path or '(top level)'}: {message}"
 
 
-_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+# Bounds of what is read: a configuration is a few kilobytes, nested a few levels. A wrong -c
+# (a log file, /dev/zero) or an alias-heavy file (a "billion laughs", an alias inside its own
+# anchor) must end in an error, not fill the memory or hang the start or a reload.
+_MAX_CONFIG_BYTES = 1024 * 1024
+_MAX_VALUES = 100_000
+_MAX_DEPTH = 64
 
 
-def _interpolate(value: Any, environ: Mapping[str, str], where: str, problems: list[str]) -> Any:
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        # Any kind of file, not only a regular one: `-c <(envsubst < template)` is a pipe.
+        with path.open("rb") as handle:
+            raw = handle.read(_MAX_CONFIG_BYTES + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError([f"{path}: cannot read: {_reason(exc)}"]) from None
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [f"{path}: larger than {_MAX_CONFIG_BYTES} bytes; is it the configuration file?"]
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([f"{path}: line {line} is not UTF-8 text"]) from None
+    try:
+        loader = _Loader(text)  # already reads the text: refuses control characters
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {_yaml_problem(exc, text)}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested more than {_MAX_DEPTH} levels deep"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping"])
+    problem = _expansion_problem(data)
+    if problem is not None:
+        raise ConfigError([f"{path}: {problem}"])
+    return data
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, but a key given twice in one mapping is an error (PyYAML keeps the last
+    silently: a second `token:` or `outputs:` would win unnoticed), and so is a value it cannot
+    build (`2001-02-30`, `!!int abc`), with its line, instead of a traceback."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._checked: set[yaml.MappingNode] = set()  # nodes hash by identity
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # The first flatten of a mapping sees only the keys written in it: PyYAML then splices
+        # the keys merged with `<<: *anchor` into the node itself, where an override repeats one.
+        if node not in self._checked:
+            self._checked.add(node)
+            self._refuse_repeated_keys(node)
+        super().flatten_mapping(node)
+
+    def _refuse_repeated_keys(self, node: yaml.MappingNode) -> None:
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key = self.construct_object(key_node)
+            if key in first:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} given twice (first on line {first[key].line + 1})",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
+            kind = str(node.tag).rpartition(":")[2]
+            # Only ValueError says something useful (`day is out of range for month`).
+            why = f": {exc}" if isinstance(exc, ValueError) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"not a !!{kind}{why}", node.start_mark
+            ) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """One line with the line and column. PyYAML's own text quotes the line at fault, which may
+    hold a secret written in the file; and a message on several lines breaks log lines."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        return f"line {line}: character #x{exc.character:04x} is not allowed in YAML"
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return " ".join(str(exc).split())
+    mark = exc.problem_mark
+    found = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    if exc.context:
+        context = exc.context_mark
+        at = f" at line {context.line + 1}, column {context.column + 1}" if context else ""
+        found += f" ({exc.context}{at})"
+    return found
+
+
+def _expansion_problem(data: Any) -> str | None:
+    """Whether the parsed document is too big once its aliases are expanded (the walk stops at
+    the first bound, so a billion laughs costs no more than a large real configuration)."""
+    count = 0
+    pending: list[tuple[Any, int]] = [(data, 0)]
+    while pending:
+        value, depth = pending.pop()
+        count += 1
+        if count > _MAX_VALUES:
+            return f"more than {_MAX_VALUES} values once aliases are expanded"
+        if depth > _MAX_DEPTH:
+            return f"nested more than {_MAX_DEPTH} levels deep (an alias inside its own anchor?)"
+        if isinstance(value, dict):
+            pending.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
+    return None
+
+
+# `$${` is a literal `${` (as in Terraform and Compose), so a secret written in the file can
+# hold one; `$` alone and `$$` stay as they are, as they always did.
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+# A substituted value shorter than this is not masked in error messages: it would mangle words of
+# the message, and no secret is that short.
+_MIN_MASKED_CHARS = 4
+
+
+class _Interpolation:
     """Replace `${VAR}`, `${file:/path}` and `${credential:NAME}` inside string values.
 
-    Substitution happens after YAML parsing, so a secret can never change the document's shape.
-    `${credential:NAME}` reads $CREDENTIALS_DIRECTORY/NAME (systemd LoadCredential=).
+    Substitution happens after YAML parsing, so a secret can never change the document's shape,
+    and in one pass, so a substituted value is never expanded again. `${credential:NAME}` reads
+    $CREDENTIALS_DIRECTORY/NAME (systemd LoadCredential=). Every substituted value is remembered
+    so that error messages can show the reference instead of the secret it became.
     """
-    if isinstance(value, dict):
-        return {
-            k: _interpolate(v, environ, f"{where}.{k}" if where else str(k), problems)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_interpolate(v, environ, f"{where}[{i}]", problems) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "${" not in value:
-        return value
 
-    def replace(match: re.Match[str]) -> str:
-        reference = match.group(1)
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+        self._substituted: list[tuple[str, str, str]] = []  # (where, value, reference)
+
+    def expand(self, value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            expanded: dict[Any, Any] = {}
+            for key, item in value.items():
+                inner = f"{where}.{key}" if where else str(key)
+                if isinstance(key, str) and "${" in key:
+                    # Expanding keys would let the environment change the document's shape.
+                    self.problems.append(
+                        f"{inner}: ${{...}} is expanded in values only, not in keys"
+                    )
+                expanded[key] = self.expand(item, inner)
+            return expanded
+        if isinstance(value, list):
+            return [self.expand(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+
+        def replace(match: re.Match[str]) -> str:
+            reference = match.group(1)
+            if reference is None:
+                return "${"
+            found = self._resolve(reference, where)
+            if found:
+                self._substituted.append((where, found, match.group(0)))
+            return found
+
+        return _REFERENCE.sub(replace, value)
+
+    def _resolve(self, reference: str, where: str) -> str:
         if reference.startswith("credential:"):
-            directory = environ.get("CREDENTIALS_DIRECTORY")
+            directory = self.environ.get("CREDENTIALS_DIRECTORY")
             name = reference.removeprefix("credential:")
             if not directory:
                 needs = "needs CREDENTIALS_DIRECTORY (systemd LoadCredential)"
-                problems.append(f"{where}: ${{{reference}}} {needs}")
+                self.problems.append(f"{where}: ${{{reference}}} {needs}")
                 return ""
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
-                problems.append(f"{where}: credential name {name!r} is not a plain file name")
+                self.problems.append(f"{where}: credential name {name!r} is not a plain file name")
                 return ""
-            return _read_secret(Path(directory) / name, where, problems)
+            return _read_secret(Path(directory) / name, where, self.problems)
         if reference.startswith("file:"):
-            return _read_secret(Path(reference.removeprefix("file:")), where, problems)
+            return _read_secret(Path(reference.removeprefix("file:")), where, self.problems)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", reference):
-            problems.append(f"{where}: ${{{reference}}} is not a variable name or file: reference")
+            self.problems.append(
+                f"{where}: ${{{reference}}} is not a variable name, file: or credential: "
+                "reference (write $${ for a literal ${)"
+            )
             return ""
-        if reference not in environ:
-            problems.append(f"{where}: environment variable {reference} is not set")
+        if reference not in self.environ:
+            self.problems.append(f"{where}: environment variable {reference} is not set")
             return ""
-        return environ[reference]
+        return self.environ[reference]
 
-    return _REFERENCE.sub(replace, value)
+    def redact(self, problems: Iterable[str]) -> list[str]:
+        """`problems` with each substituted value shown as the reference it came from.
+
+        Validators quote the value they refuse (`'...' is not a URL`); a token put under the
+        wrong option must not end up in a terminal or a log. Only problems about the option the
+        value went into, or about a mapping that holds it, are touched.
+        """
+        by_length = sorted(self._substituted, key=lambda s: len(s[1]), reverse=True)
+        redacted: list[str] = []
+        for problem in problems:
+            path, colon, message = problem.partition(": ")
+            for where, value, reference in by_length:
+                if len(value) < _MIN_MASKED_CHARS or not _within(where, path):
+                    continue
+                message = message.replace(value, reference)
+                # As repr() shows it, when the value holds a quote or a backslash.
+                message = message.replace(repr(value)[1:-1], reference)
+            redacted.append(f"{path}{colon}{message}")
+        return redacted
+
+
+def _within(where: str, path: str) -> bool:
+    """Whether the value at `where` is at or under the option a problem names."""
+    return (
+        path in ("", "(top level)") or where == path or where.startswith((f"{path}.", f"{path}["))
+    )
 
 
 _MAX_SECRET_FILE_BYTES = 64 * 1024
@@ -387,11 +560,37 @@ def _read_secret(path: Path, where: str, problems: list[str]) -> str:
             data = handle.read(_MAX_SECRET_FILE_BYTES + 1)
         if len(data) > _MAX_SECRET_FILE_BYTES:
             raise ValueError(f"larger than {_MAX_SECRET_FILE_BYTES} bytes")
-        return data.decode("utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: also a NUL in the path
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        problems.append(f"{where}: cannot read secret file {path}: {reason}")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            # Python's message quotes the byte at fault: a piece of the secret.
+            raise ValueError("not UTF-8 text") from None
+        # Exactly one line ending goes: the one `echo` and editors add. More would stay in the
+        # secret, where it never matches (a header cannot even carry it), so it is refused.
+        text = text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")
+        if "\n" in text or "\r" in text:
+            raise ValueError("more than one line (a secret ends at its first line break)")
+        if not text:
+            raise ValueError("empty")
+        return text
+    except (OSError, ValueError) as exc:  # ValueError: also a NUL in the path
+        problems.append(f"{where}: cannot read secret file {_shown(path)}: {_reason(exc)}")
         return ""
+
+
+def _shown(path: Path) -> str:
+    """A relative path, with what it is relative to: under systemd that is /, not the directory
+    the operator tried it from."""
+    if path.is_absolute():
+        return str(path)
+    try:
+        return f"{path} (relative to the working directory {os.getcwd()})"
+    except OSError:
+        return str(path)
+
+
+def _reason(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def _is_loopback(host: str) -> bool:

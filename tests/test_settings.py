@@ -60,6 +60,23 @@ def test_unknown_output_type_and_format() -> None:
     assert found[1].startswith("outputs[1].format: unknown format 'morse'")
 
 
+@pytest.mark.parametrize(
+    ("output", "problem"),
+    [
+        (
+            {"type": "splunk_hec", "url": "https://splunk:8088/services/collector", "token": "t"},
+            "outputs[0]: url: https://splunk:8088/services/collector: give the base URL",
+        ),
+        ({"type": "elasticsearch"}, "outputs[0]: give either url or cloud_id"),
+    ],
+)
+def test_a_problem_found_by_the_output_as_a_whole_is_named_with_its_path(
+    output: dict[str, str], problem: str
+) -> None:
+    [found] = problems({"outputs": [{"name": "out", **output}]})
+    assert found.startswith(problem), found
+
+
 def test_format_options_are_validated_by_the_format() -> None:
     found = problems({"outputs": [{**FILE_OUTPUT, "format": {"type": "json", "pretty": True}}]})
     assert found == ["outputs[0].format.pretty: Extra inputs are not permitted"]
