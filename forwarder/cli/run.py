@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
@@ -177,15 +178,6 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
             if not stop.is_set():
                 notifier.ready(status=_status_line(pipeline))
 
-    async def reload_when_asked() -> None:
-        while True:
-            await reload_wanted.wait()
-            reload_wanted.clear()
-            if stop.is_set():
-                return
-            notifier.reloading()
-            await reload()
-
     addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
     log.info(
         "Listening.",
@@ -202,7 +194,9 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
             lambda: _status_line(pipeline), notifier=notifier, alive=pipeline.outbox.responsive
         )
     )
-    reloader = asyncio.create_task(reload_when_asked(), name="reloader")
+    reloader = asyncio.create_task(
+        reload_when_asked(reload_wanted, stop, notifier, reload), name="reloader"
+    )
     try:
         await stop.wait()
     finally:
@@ -227,6 +221,30 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         await pipeline.stop(max(1.0, deadline - loop.time()))
         log.info("Stopped.")
     return 0
+
+
+async def reload_when_asked(
+    wanted: asyncio.Event,
+    stop: asyncio.Event,
+    notifier: systemd.Notifier,
+    reload: Callable[[], Awaitable[None]],
+) -> None:
+    """Run `reload` once for each burst of SIGHUPs (`wanted`), until `stop` is set.
+
+    A reload that fails in a way nobody foresaw (a bug in an output's validation, say) is logged
+    with its traceback and the old configuration keeps running; the next SIGHUP reloads again.
+    Before, such a failure ended this task, and every later SIGHUP was silently ignored.
+    """
+    while True:
+        await wanted.wait()
+        wanted.clear()
+        if stop.is_set():
+            return
+        notifier.reloading()
+        try:
+            await reload()
+        except Exception:
+            log.exception("Reload failed unexpectedly; the old configuration keeps running.")
 
 
 async def _reload(pipeline: Pipeline, config_path: Path | None, graceful_secs: float) -> bool:
