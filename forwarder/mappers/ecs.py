@@ -19,6 +19,7 @@ CanaryLocation is `observer.geo.name`, and attacker text in those keywords is cu
 from __future__ import annotations
 
 import ntpath
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -70,7 +71,7 @@ class EcsMapper(Mapper[EcsConfig]):
         # Audit records and Canarytokens are seen by the console, not by a bird.
         bird = audit is None and event.kind is not EventKind.CANARYTOKEN
         source_domain = source_host or event.reverse_dns
-        url_domain = event.detail("Host") or None
+        url_domain, url_port = _host_and_port(event.detail("Host"))
         file_name = ntpath.basename(fields.file_name) if fields.file_name else None  # / and \
         file_path = fields.file_name if file_name != fields.file_name else None
         hosts = (source_domain, canary_host, event.canary_name if bird else None, url_domain)
@@ -106,7 +107,10 @@ class EcsMapper(Mapper[EcsConfig]):
             ),
             "user_agent": {"original": _keyword(fields.user_agent)} if fields.user_agent else None,
             "url": _present(
-                original=fields.url or fields.path, path=fields.path, domain=url_domain
+                original=fields.url or fields.path,
+                path=fields.path,
+                domain=url_domain,
+                port=url_port,
             ),
             "file": _present(
                 name=_keyword(file_name or fields.file_name), path=_keyword(file_path)
@@ -232,6 +236,23 @@ def _canary(event: CanaryEvent) -> dict[str, Any]:
 def _present(**values: Any) -> dict[str, Any]:
     """The values that are not None (callers pass None, never an empty text or list)."""
     return {key: value for key, value in values.items() if value is not None}
+
+
+_HOST_WITH_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*):([0-9]{1,5})")
+
+
+def _host_and_port(host: str | None) -> tuple[str | None, int | None]:
+    """A Host header (RFC 9110 §7.2) as ECS `url.domain` and `url.port`.
+
+    `name:port` and `[v6]:port` are split (ECS keeps the brackets of an IPv6 literal in the
+    domain); anything else, a bare IPv6 address included, is the domain as sent.
+    """
+    if not host:
+        return None, None
+    match = _HOST_WITH_PORT.fullmatch(host)
+    if match is None or not match.group(1) or int(match.group(2)) > 65535:
+        return host, None
+    return match.group(1), int(match.group(2))
 
 
 def _keyword(text: str | None) -> str | None:

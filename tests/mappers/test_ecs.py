@@ -470,6 +470,35 @@ def test_web_bug_token_has_the_user_agent_and_url_domain() -> None:
     assert doc["event"]["severity"] == 9
 
 
+@pytest.mark.parametrize(
+    ("host", "domain", "port"),
+    [
+        ("example.com:8080", "example.com", 8080),
+        ("10.0.0.1:80", "10.0.0.1", 80),
+        ("[2001:db8::1]:443", "[2001:db8::1]", 443),
+        ("example.com", "example.com", None),
+        ("2001:db8::1", "2001:db8::1", None),
+        ("example.com:99999", "example.com:99999", None),
+        ("example.com:http", "example.com:http", None),
+    ],
+)
+def test_the_host_header_is_split_into_url_domain_and_url_port(
+    host: str, domain: str, port: int | None
+) -> None:
+    # ECS url.domain is the name alone; with the port in it no search on the domain matches.
+    payload = {
+        "Description": "HTTP Page Load",
+        "AlertType": "CanaryIncident",
+        "CanaryID": "c",
+        "AdditionalDetails": [["Host", host]],
+    }
+    doc = ecs(event_from(payload))
+    assert doc["url"]["domain"] == domain
+    assert doc["url"].get("port") == port
+    assert domain in doc["related"]["hosts"]
+    assert ecs_violations(doc) == []
+
+
 SHARE_PATH = "\\\\srv\\share\\Sales 2017.pdf"
 
 
