@@ -518,7 +518,11 @@ class _Interpolation:
         if reference not in self.environ:
             self.problems.append(f"{where}: environment variable {reference} is not set")
             return ""
-        return self.environ[reference]
+        try:
+            return _one_line(self.environ[reference])
+        except ValueError as exc:
+            self.problems.append(f"{where}: environment variable {reference}: {exc}")
+            return ""
 
     def redact(self, problems: Iterable[str]) -> list[str]:
         """`problems` with each substituted value shown as the reference it came from.
@@ -565,17 +569,27 @@ def _read_secret(path: Path, where: str, problems: list[str]) -> str:
         except UnicodeDecodeError:
             # Python's message quotes the byte at fault: a piece of the secret.
             raise ValueError("not UTF-8 text") from None
-        # Exactly one line ending goes: the one `echo` and editors add. More would stay in the
-        # secret, where it never matches (a header cannot even carry it), so it is refused.
-        text = text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")
-        if "\n" in text or "\r" in text:
-            raise ValueError("more than one line (a secret ends at its first line break)")
+        text = _one_line(text)
         if not text:
             raise ValueError("empty")
         return text
     except (OSError, ValueError) as exc:  # ValueError: also a NUL in the path
         problems.append(f"{where}: cannot read secret file {_shown(path)}: {_reason(exc)}")
         return ""
+
+
+def _one_line(text: str) -> str:
+    """`text` less exactly one trailing line ending: the one `echo`, editors and Kubernetes'
+    `--from-file` add. Any other line break would stay in the value, where a secret never
+    matches (a header cannot even carry it), so it is refused: no option takes several lines.
+
+    Raises:
+        ValueError: a line break is left.
+    """
+    text = text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")
+    if "\n" in text or "\r" in text:
+        raise ValueError("more than one line (a value ends at its first line break)")
+    return text
 
 
 def _shown(path: Path) -> str:

@@ -145,8 +145,8 @@ def test_missing_variable_file_and_credential_are_named(tmp_path: Path) -> None:
 def test_interpolated_value_is_not_parsed_as_yaml(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("outputs:\n  - name: local\n    type: file\n    path: ${OUT}\n")
-    settings = load_settings(config, environ={"OUT": "a: b\n- c"})
-    assert str(settings.outputs[0].config.path) == "a: b\n- c"  # type: ignore[attr-defined]
+    settings = load_settings(config, environ={"OUT": "a: b - [c] {d} &e *f"})
+    assert str(settings.outputs[0].config.path) == "a: b - [c] {d} &e *f"  # type: ignore[attr-defined]
 
 
 def test_refuses_public_listener_without_auth() -> None:

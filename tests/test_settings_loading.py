@@ -137,7 +137,7 @@ def test_a_secret_file_of_more_than_one_line_is_an_error(tmp_path: Path, content
     found = load_problems(tmp_path, with_secret(f"${{file:{tmp_path}/secret}}"))
     assert found == [
         f"listen.auth.secret: cannot read secret file {tmp_path}/secret: "
-        "more than one line (a secret ends at its first line break)"
+        "more than one line (a value ends at its first line break)"
     ]
 
 
@@ -155,7 +155,23 @@ def test_a_credential_gets_the_same_rules(tmp_path: Path) -> None:
     )
     assert found == [
         f"listen.auth.secret: cannot read secret file {tmp_path}/webhook: "
-        "more than one line (a secret ends at its first line break)"
+        "more than one line (a value ends at its first line break)"
+    ]
+
+
+@pytest.mark.parametrize("ending", ["", "\n", "\r\n"])
+def test_an_environment_variable_loses_exactly_one_line_ending(tmp_path: Path, ending: str) -> None:
+    # Kubernetes' `kubectl create secret --from-file` leaves the file's newline in the variable.
+    settings = load(tmp_path, with_secret("${WEBHOOK_SECRET}"), {"WEBHOOK_SECRET": SECRET + ending})
+    assert webhook_secret(settings) == SECRET
+
+
+def test_an_environment_variable_of_more_than_one_line_is_an_error(tmp_path: Path) -> None:
+    environ = {"WEBHOOK_SECRET": SECRET + "\n" + SECRET}
+    found = load_problems(tmp_path, with_secret("${WEBHOOK_SECRET}"), environ)
+    assert found == [
+        "listen.auth.secret: environment variable WEBHOOK_SECRET: "
+        "more than one line (a value ends at its first line break)"
     ]
 
 
