@@ -9,14 +9,15 @@
 #     -v "$PWD/config.yaml:/etc/canary-forwarder/config.yaml:ro" \
 #     canary-forwarder
 #
-# Stopping: on SIGTERM the daemon waits up to its graceful timeout (30 s) for in-flight webhook
-# requests, then as long again for in-flight sends. Docker's default of 10 s before SIGKILL is too
-# short: use `docker stop -t 75`, `docker run --stop-timeout 75`, or in compose
-# `stop_grace_period: 75s`. A SIGKILL loses no stored event, but repeats an interrupted send.
+# Stopping: on SIGTERM the daemon gives in-flight webhook requests and sends one graceful timeout
+# (30 s) together; a reload under way when the stop comes may take as long again first. Docker's
+# default of 10 s before SIGKILL is too short: use `docker stop -t 75`,
+# `docker run --stop-timeout 75`, or in compose `stop_grace_period: 75s`. A SIGKILL loses no
+# stored event, but repeats an interrupted send.
 #
 # No secret is baked in: the default config reads ${CANARY_WEBHOOK_SECRET} from the environment
 # at start-up; ${file:/run/secrets/NAME} reads a mounted secret file instead.
-# See docs/operations.md, "Container".
+# See docs/operations.md, "The container".
 
 # Build stage: the project's wheel and the wheels of all its dependencies.
 FROM python:3.11-slim AS builder
