@@ -593,8 +593,9 @@ def _one_line(text: str) -> str:
 
 
 def _shown(path: Path) -> str:
-    """A relative path, with what it is relative to: under systemd that is /, not the directory
-    the operator tried it from."""
+    """A relative path, with what it is relative to: under systemd the unit's
+    WorkingDirectory (the shipped unit's state directory), not the directory the operator
+    tried it from."""
     if path.is_absolute():
         return str(path)
     try:

@@ -88,7 +88,7 @@ def _pairs(event: CanaryEvent, fields: Fields) -> list[Pair]:
         ("deviceExternalId", event.canary_id),
         # IPv4 goes in src/dst/dvc, which the spec types as IPv4; IPv6 in labelled c6a* keys.
         *_address("src", "c6a1", "sourceIPv6", source_ip),
-        ("shost", event.reverse_dns or source_host),
+        ("shost", source_host or event.reverse_dns),
         *_address("dst", "c6a3", "destinationIPv6", canary_ip),
         ("dvchost", canary_host),
         *_address("dvc", "c6a4", "deviceIPv6", public_ip),

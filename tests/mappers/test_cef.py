@@ -233,6 +233,17 @@ def test_hostname_in_canary_ip_goes_to_dvchost_not_dst() -> None:
     }
 
 
+def test_a_hostname_in_source_ip_is_the_source_host_before_reverse_dns() -> None:
+    # As LEEF's srcHost and ECS's source.domain choose: the name the console saw beats a lookup.
+    payload = {
+        "Description": "SSH Login Attempt",
+        "AlertType": "CanaryIncident",
+        "SourceIP": "jump01.corp.example",
+        "ReverseDNS": "10-99-0-7.isp.example",
+    }
+    assert parsed(event_from(payload))["extension"]["shost"] == "jump01.corp.example"
+
+
 def test_missing_log_type_gives_a_stable_slug_signature() -> None:
     result = parsed(sample_event("operational_disconnected"))
     assert result["device"]["event_class_id"] == "canary-disconnected"
