@@ -303,12 +303,18 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+def wrk_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a wrk run (`run_wrk` reads them), with this benchmark's defaults."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--duration", type=float, default=20, help="seconds per server (20)")
     parser.add_argument("--warmup", type=float, default=3, help="seconds before each (3; 0 off)")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def main() -> int:
+    parser = wrk_parser(__doc__.split("\n", 1)[0])
     parser.add_argument(
         "--rounds",
         type=int,

@@ -42,6 +42,7 @@ from bench.ingest import (  # noqa: E402 - after the path set-up
     server,
     table,
     wait_http,
+    wrk_parser,
 )
 
 LEAN_SERVER = """
@@ -154,11 +155,7 @@ def bench_lean(workdir: Path, args: argparse.Namespace, workers: int) -> tuple[R
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--duration", type=float, default=20, help="seconds per server (20)")
-    parser.add_argument("--warmup", type=float, default=3, help="seconds before each (3; 0 off)")
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = wrk_parser(__doc__.split("\n", 1)[0])
     parser.add_argument("--workers", default="1,2", help="lean process counts to run (1,2)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 from uuid import UUID, uuid4
@@ -427,37 +427,51 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
 
     async def _probe_post_problem(self, endpoint: URL) -> str | None:
         """Why `endpoint` refuses this token for an empty event post (HEC's code 5 passes)."""
-        probe = await self._client.request(
-            "POST",
+        return await self._post_problem(
+            endpoint,
+            "probe send",
             EVENT_PATH,
-            endpoint=endpoint,
-            body=b"",
-            headers={"Content-Type": "application/json"},
+            b"",
+            passes=lambda status, code: (
+                200 <= status <= 299 or (status == 400 and code == _NO_DATA)
+            ),
         )
-        if isinstance(probe, Retry):
-            return probe.reason
-        reply = HecReply.of(probe)
-        if 200 <= probe.status <= 299 or (probe.status == 400 and reply.code == _NO_DATA):
-            return None
-        hint = _config_hint(reply.code) or ""
-        where = endpoint_name(endpoint)
-        return f"{where}: probe send: HTTP {probe.status}: {reply.describe()} {hint}".strip()
 
     async def _ack_poll_problem(self, endpoint: URL) -> str | None:
         """Why an empty ack poll on this output's channel is not a 200 (code 14: acks off)."""
-        poll = await self._client.request(
-            "POST",
+        return await self._post_problem(
+            endpoint,
+            "ack poll",
             ACK_PATH,
-            endpoint=endpoint,
-            body=b'{"acks":[]}',
-            headers={"Content-Type": "application/json"},
+            b'{"acks":[]}',
+            passes=lambda status, _: status == 200,
             params={"channel": self.channel},
         )
-        if isinstance(poll, Retry):
-            return poll.reason
-        if poll.status == 200:
+
+    async def _post_problem(
+        self,
+        endpoint: URL,
+        what: str,
+        path: str,
+        body: bytes,
+        *,
+        passes: Callable[[int, int | None], bool],
+        params: Mapping[str, str] | None = None,
+    ) -> str | None:
+        """Why a check's POST to `path` did not pass (`passes` gets the status and HEC code)."""
+        answer = await self._client.request(
+            "POST",
+            path,
+            endpoint=endpoint,
+            body=body,
+            headers={"Content-Type": "application/json"},
+            params=params,
+        )
+        if isinstance(answer, Retry):
+            return answer.reason
+        reply = HecReply.of(answer)
+        if passes(answer.status, reply.code):
             return None
-        reply = HecReply.of(poll)
         hint = _config_hint(reply.code) or ""
         where = endpoint_name(endpoint)
-        return f"{where}: ack poll: HTTP {poll.status}: {reply.describe()} {hint}".strip()
+        return f"{where}: {what}: HTTP {answer.status}: {reply.describe()} {hint}".strip()
