@@ -58,10 +58,23 @@ class ConfigError(Exception):
         self.problems = list(problems)
 
 
+def _at_least_16(value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value()) < 16:
+        raise ValueError("must be at least 16 characters")
+    return value
+
+
 class BasicAuthConfig(BaseModel):
     model_config = _STRICT
     username: str = Field(min_length=1)
     password: SecretStr
+
+    @field_validator("password")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        # The same floor as a header secret: an empty `${VAR}` would otherwise let anyone who
+        # knows the user name post (the failure limiter slows guessing; it cannot stop it).
+        return _at_least_16(value)
 
 
 class AuthConfig(BaseModel):
@@ -81,9 +94,7 @@ class AuthConfig(BaseModel):
     @field_validator("secret", "secret_path")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters")
-        return value
+        return None if value is None else _at_least_16(value)
 
     @model_validator(mode="after")
     def _one_method(self) -> Self:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,10 +171,12 @@ def test_auth_none_is_an_explicit_choice() -> None:
     [
         ({"header": "X-A"}, "header and secret go together"),
         ({"header": "X-A", "secret": "short"}, "must be at least 16 characters"),
+        ({"basic": {"username": "canary", "password": ""}}, "must be at least 16 characters"),
+        ({"basic": {"username": "canary", "password": "short"}}, "must be at least 16 characters"),
         ({}, "configure header and secret, basic, or secret_path; or `auth: none`"),
     ],
 )
-def test_auth_shapes(auth: dict[str, str], message: str) -> None:
+def test_auth_shapes(auth: dict[str, Any], message: str) -> None:
     found = problems({"listen": {"auth": auth}, "outputs": [FILE_OUTPUT]})
     assert any(message in p for p in found), found
     # The mapping went into the AuthConfig branch: `auth: none`'s complaint would mislead.
