@@ -7,10 +7,11 @@ Text records (CEF, LEEF, syslog lines) become `{"@timestamp", "message"}` docume
 document without `@timestamp` gets the event's, as data streams require.
 
 The bulk answer is read item by item (docs/outputs-http.md has the table): 429 and 5xx items are
-sent again on their own, 400-class items go to dead letters with the error type and reason, and
-a missing index or data stream keeps the events and asks an operator. The request uses plain
-`application/x-ndjson` and no compatibility media types, so OpenSearch takes it too; `refresh`
-is never set.
+sent again on their own, 400-class items (and an ingest `fail` processor's 500) go to dead
+letters with the error type and reason, and a missing, closed or unwritable target keeps the
+events and asks an operator. A document a data stream's failure store took (Elasticsearch 9.1+)
+is delivered, with a warning. The request uses plain `application/x-ndjson` and no compatibility
+media types, so OpenSearch takes it too; `refresh` is never set.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Self
 
 import aiohttp
 import orjson
+import structlog
 from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
@@ -58,6 +60,8 @@ __all__ = [
     "es_document",
 ]
 
+log = structlog.get_logger("forwarder.outputs.elasticsearch")
+
 DEFAULT_INDEX = "logs-thinkst_canary.alert-default"
 BULK_PATH = "/_bulk"
 # One entry per item survives this filter (every item has a status), so items still line up
@@ -66,6 +70,7 @@ FILTER_PATH = ",".join(
     [
         "errors",
         "items.*.status",
+        "items.*.failure_store",
         "items.*.error.type",
         "items.*.error.reason",
         "items.*.error.caused_by.type",
@@ -80,11 +85,15 @@ _INDEX_FORBIDDEN = re.compile(r'[\\/*?"<>| ,#:A-Z]')
 # How a node refuses the probe's source once everything before indexing it has passed.
 _PROBE_REFUSALS = ("parse_exception", "parsing_exception", "x_content_exception")
 _MISSING_PIPELINE = re.compile(r"pipeline with id \[.*\] does not exist")
+_NO_WRITE_INDEX = re.compile(r"no write index is defined for alias \[.*\]")
+# An ingest `fail` processor throws a plain exception, which a bulk item reports as 500 although
+# the document is refused for good (every other processor failure is a 400 since 7.5).
+_DOCUMENT_REFUSALS_5XX = ("fail_processor_exception",)
 
 
 class ElasticsearchConfig(HttpOutputConfig):
     cloud_id: str | None = None
-    """Elastic Cloud ID (`<name>:<base64>`), instead of `url`."""
+    """Elastic Cloud ID (`<name>:<base64>`, the name optional), instead of `url`."""
     api_key: SecretStr | None = None
     """API key: the `encoded` value of the create-API-key answer, or `id:key`."""
     username: str | None = Field(default=None, min_length=1)
@@ -141,26 +150,40 @@ class ElasticsearchConfig(HttpOutputConfig):
 
 
 def decode_cloud_id(cloud_id: str) -> URL:
-    """The Elasticsearch URL in an Elastic Cloud ID.
+    """The Elasticsearch URL in an Elastic Cloud ID, decoded as Beats, Logstash and Kibana do.
 
-    The ID is `<name>:<base64 of "host[:port]$es_uuid$kibana_uuid">`; the URL is
-    `https://<es_uuid>.<host>:<port, default 443>`.
+    The ID is `[<name>:]<base64 of "host[:port]$es_uuid[:port]$kibana_uuid[:port]">`; the URL is
+    `https://<es_uuid>.<host>:<port>`, the port being the ES UUID's, else the host's, else 443.
     """
-    _, separator, encoded = cloud_id.strip().rpartition(":")
-    problem = "cloud_id is not <name>:<base64 of host$es_uuid$kibana_uuid>"
-    if not separator or not encoded:
+    encoded = cloud_id.strip().rpartition(":")[2]  # base64 has no ':'; the name may
+    problem = "cloud_id is not [<name>:]<base64 of host$es_uuid$kibana_uuid>"
+    if not encoded:
         raise ValueError(problem)
     try:
         decoded = base64.b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise ValueError(problem) from None
     parts = decoded.split("$")
-    if len(parts) < 2 or not parts[0] or not parts[1]:
+    if len(parts) < 2:
         raise ValueError(problem)
-    host, _, port = parts[0].rpartition(":") if ":" in parts[0] else (parts[0], "", "443")
+    host, host_port = _name_and_port(parts[0], "443", problem)
+    es_uuid, port = _name_and_port(parts[1], host_port, problem)
+    if not host or not es_uuid:
+        raise ValueError(problem)
+    try:
+        return parse_base_url(f"https://{es_uuid}.{host}:{port}")
+    except ValueError:
+        raise ValueError(f"{problem}: decodes to no URL") from None
+
+
+def _name_and_port(word: str, default_port: str, problem: str) -> tuple[str, str]:
+    """`name[:port]` of a Cloud ID part: the name and the port (`default_port` when absent)."""
+    name, separator, port = word.partition(":")
+    if not separator:
+        return name, default_port
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{problem}: bad port {port!r}")
-    return parse_base_url(f"https://{parts[1]}.{host}:{port}")
+    return name, port
 
 
 def _iso_millis(moment: datetime) -> str:
@@ -204,6 +227,8 @@ def bulk_item_result(
         return None
     kind, reason = _error_text(outcome.get("error"))
     text = f"{status} {kind}: {reason}"
+    if kind in _DOCUMENT_REFUSALS_5XX:
+        return Reject(text)
     if status == 429 or status >= 500:
         return Retry(text, retry_after=retry_after)
     if status == 404 or kind == "index_not_found_exception":
@@ -214,10 +239,24 @@ def bulk_item_result(
         )
     if status in (401, 403):
         return Retry(f"not allowed to write to {index!r}: {text}", operator_action=True)
+    # Every document would fail alike until the target is fixed: not the document's fault.
+    if kind == "index_closed_exception":
+        return Retry(f"index {index!r} is closed: config error: {text}", operator_action=True)
+    if _NO_WRITE_INDEX.search(reason):
+        return Retry(
+            f"alias {index!r} has no write index: config error: {text}", operator_action=True
+        )
     if _MISSING_PIPELINE.search(reason):
-        # Every document would fail alike until the pipeline exists: not the document's fault.
         return Retry(f"ingest pipeline missing: config error: {text}", operator_action=True)
     return Reject(text)
+
+
+def _failure_store_used(item: Any) -> bool:
+    """True for an item a data stream's failure store took instead of the data stream."""
+    if not isinstance(item, Mapping) or len(item) != 1:
+        return False
+    (outcome,) = item.values()
+    return isinstance(outcome, Mapping) and outcome.get("failure_store") == "used"
 
 
 class ElasticsearchOutput(Output[ElasticsearchConfig]):
@@ -261,7 +300,23 @@ class ElasticsearchOutput(Output[ElasticsearchConfig]):
         )
 
     async def _send_request(self, request: EncodedRequest) -> SendResult:
-        return self._classify(await self._bulk(request.body), len(request.sent))
+        answer = await self._bulk(request.body)
+        if isinstance(answer, Retry):
+            return answer
+        items = self._bulk_items(answer, len(request.sent))
+        if not isinstance(items, list):
+            return items
+        redirected = sum(1 for item in items if _failure_store_used(item))
+        if redirected:
+            # Stored, but in `<index>::failures`, where searches of the index do not look.
+            log.warning(
+                "Elasticsearch stored documents in the failure store, not the data stream: "
+                "their mapping or ingest pipeline refused them.",
+                output=self.name,
+                count=redirected,
+                failures=f"{self.config.index}::failures",
+            )
+        return self._item_results(items, answer)
 
     def _bulk_lines(self, record: Record) -> bytes:
         source = orjson.dumps(es_document(record))
@@ -270,14 +325,29 @@ class ElasticsearchOutput(Output[ElasticsearchConfig]):
     def _classify(self, answer: HttpAnswer | Retry, count: int) -> SendResult:
         if isinstance(answer, Retry):
             return answer
+        items = self._bulk_items(answer, count)
+        return self._item_results(items, answer) if isinstance(items, list) else items
+
+    def _bulk_items(self, answer: HttpAnswer, count: int) -> list[Any] | SendResult:
+        """The items of a bulk answer for `count` documents, or the whole request's result."""
         where = endpoint_name(answer.endpoint)
         if not 200 <= answer.status <= 299:
             return self._request_failed(answer)
         data = answer.json()
+        if data is None:
+            # A proxy's page, or a body cut short: nothing says what the node did.
+            content_type = answer.headers.get("Content-Type", "no Content-Type")
+            return Retry(
+                f"{where}: HTTP {answer.status} answer is not JSON ({content_type}), not a bulk "
+                f"answer: {answer.text()}"
+            )
         items = data.get("items") if isinstance(data, dict) else None
         if not isinstance(items, list) or len(items) != count:
             found = len(items) if isinstance(items, list) else "no"
             return Retry(f"{where}: bulk answer has {found} items for {count} documents")
+        return items
+
+    def _item_results(self, items: list[Any], answer: HttpAnswer) -> SendResult:
         retry_after = parse_retry_after(answer.headers.get("Retry-After"))
         results: dict[int, Retry | Reject] = {}
         for position, item in enumerate(items):
@@ -294,6 +364,14 @@ class ElasticsearchOutput(Output[ElasticsearchConfig]):
             # answers an unknown path with 400 "no handler found", a reverse proxy with 404.
             return Retry(
                 f"{where}: HTTP {answer.status} for {BULK_PATH}: {message}: check url and index",
+                operator_action=True,
+            )
+        if answer.status == 400 and "type is missing" in message:
+            # Elasticsearch 6 wants a mapping type on every action; 8 refuses one. No batch
+            # would ever pass, so the events wait for an upgrade rather than dead-lettering.
+            return Retry(
+                f"{where}: HTTP 400: {message}: Elasticsearch 6.x needs a mapping type (_type) "
+                "this output does not send: upgrade to Elasticsearch 7 or later, or OpenSearch",
                 operator_action=True,
             )
         return classify_status(answer.status, answer.headers, message, where=where)

@@ -5,14 +5,26 @@ What it implements, as the bulk API specification documents it:
 - `POST|PUT /_bulk` and `/{target}/_bulk`: NDJSON (every line ends with `\\n`), gzip bodies,
   `Content-Type` `application/x-ndjson` or `application/json` (the `vnd.elasticsearch`
   compatibility types too, but 406 for them with `flavor="opensearch"`), `filter_path`,
-  `pipeline`, `http.max_content_length` -> 413.
+  `pipeline`, `http.max_content_length` -> 413 (counted on the body as read, after gunzipping,
+  as Netty's aggregator sits behind the decompressor). With `require_type` it is Elasticsearch
+  6: an action without `_type` fails the whole request (400 "type is missing").
 - Per item, in request order, each independent of the others: 201 `created`; 409
   `version_conflict_engine_exception` for a `create` whose `_id` exists; 400
   `document_parsing_exception` (`mapper_parsing_exception` for OpenSearch) for a source that is
   not an object, a data stream document without `@timestamp`, or an `_id` in `poison`; 400
   `illegal_argument_exception` for anything but `create` on a data stream; 404
   `index_not_found_exception` when no data stream template matches and auto-creation is off;
+  400 `index_closed_exception` for an index in `closed`; 500 `fail_processor_exception` when a
+  pipeline in `failing_pipelines` runs (its `fail` processor throws a plain exception);
   scripted per-`_id` errors (`item_faults`, e.g. 429 `es_rejected_execution_exception`).
+- Failure store (Elasticsearch 8.19 / 9.1+, not OpenSearch): for a data stream in
+  `failure_store`, a document refused by its pipeline or its mapping is stored in
+  `indices[name].failures` and answered 201 with `"failure_store": "used"` and the failure
+  index as `_index`; for any other data stream such a refusal carries
+  `"failure_store": "not_enabled"`. Backpressure (429) and version conflicts are never
+  redirected.
+- OpenSearch has no built-in index templates: with `flavor="opensearch"` no name is a data stream
+  unless `data_stream_patterns` says so.
 - Security when `api_keys` or `users` are given: `Authorization: ApiKey <base64(id:key)>` or
   Basic; 401 `security_exception` otherwise (no `ApiKey` scheme for OpenSearch).
 - A few read routes the real-peer tests use: `HEAD|GET /{index}`, `POST /{index}/_refresh`,
@@ -46,6 +58,7 @@ __all__ = ["FakeEs", "Index", "ItemError", "encode_api_key"]
 Flavor = Literal["elasticsearch", "opensearch"]
 _BULK_TYPES = ("application/x-ndjson", "application/json")
 _COMPAT_TYPES = ("application/vnd.elasticsearch+x-ndjson", "application/vnd.elasticsearch+json")
+_BUILT_IN_DATA_STREAMS = ("logs-*-*", "metrics-*-*", "traces-*-*")
 
 
 def encode_api_key(key_id: str, key: str) -> str:
@@ -68,17 +81,25 @@ class Index:
     data_stream: bool
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)
     arrivals: dict[str, float] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """Failure store documents (`<name>::failures`): the refused source and the error."""
 
     @property
     def backing_index(self) -> str:
         # Data streams write to a hidden backing index, which is what bulk items report.
         return f".ds-{self.name}-2026.01.01-000001" if self.data_stream else self.name
 
+    @property
+    def failure_index(self) -> str:
+        return f".fs-{self.name}-2026.01.01-000001"
+
 
 class _ItemFailure(Exception):
-    def __init__(self, error: ItemError) -> None:
+    def __init__(self, error: ItemError, *, document: bool = False) -> None:
         super().__init__(error.reason)
         self.error = error
+        self.document = document
+        """The document's own fault (its pipeline or mapping): what a failure store takes."""
 
 
 class FakeEs(FakePeer):
@@ -89,16 +110,31 @@ class FakeEs(FakePeer):
         users: Mapping[str, str] | None = None,
         flavor: Flavor = "elasticsearch",
         max_content_length: int = 100 * 1024 * 1024,
-        data_stream_patterns: Iterable[str] = ("logs-*-*", "metrics-*-*", "traces-*-*"),
+        data_stream_patterns: Iterable[str] | None = None,
         auto_create_index: bool = True,
+        failure_store: Iterable[str] = (),
+        require_type: bool = False,
     ) -> None:
         super().__init__()
         self.api_keys = set(api_keys)
         self.users = dict(users or {})
         self.flavor: Flavor = flavor
         self.max_content_length = max_content_length
+        if data_stream_patterns is None:
+            # Elasticsearch's built-in templates; OpenSearch has none.
+            data_stream_patterns = _BUILT_IN_DATA_STREAMS if flavor == "elasticsearch" else ()
         self.data_stream_patterns = tuple(data_stream_patterns)
         self.auto_create_index = auto_create_index
+        self.failure_store = set(failure_store) if flavor == "elasticsearch" else set()
+        """Data stream names (or patterns) whose failure store is on."""
+        self.require_type = require_type
+        """Elasticsearch 6: every action must name a `_type`."""
+        self.closed: set[str] = set()
+        """Index names that are closed (per-item 400 `index_closed_exception`)."""
+        self.failing_pipelines: dict[str, str] = {}
+        """Pipelines whose `fail` processor refuses every document, with its message."""
+        self.truncate_answers = 0
+        """How many of the next bulk answers are cut off halfway (after the work is done)."""
         self.indices: dict[str, Index] = {}
         self.poison: set[str] = set()
         self.pipelines: set[str] | None = None
@@ -145,6 +181,7 @@ class FakeEs(FakePeer):
         self.indices.clear()
         self.item_faults.clear()
         self.poison.clear()
+        self.truncate_answers = 0
 
     # Security
 
@@ -207,6 +244,9 @@ class FakeEs(FakePeer):
         except BodyError as exc:
             return self._error(exc.status, "parse_exception", exc.message)
         self.record(request, body, wire_bytes)
+        if len(body) > self.max_content_length:
+            # http.max_content_length bounds the content after the decompressor.
+            return web.Response(status=413)
         self.bulk_requests += 1
         started = time.monotonic()
         try:
@@ -216,6 +256,13 @@ class FakeEs(FakePeer):
                 "action_request_validation_exception" if not body else "illegal_argument_exception"
             )
             return self._error(400, kind, str(exc))
+        untyped = sum(1 for _, meta, _ in pairs if "_type" not in meta) if self.require_type else 0
+        if untyped:
+            # Elasticsearch 6 validates the whole request before any item runs.
+            problems = "".join(f"{n}: type is missing;" for n in range(1, untyped + 1))
+            return self._error(
+                400, "action_request_validation_exception", f"Validation Failed: {problems}"
+            )
         target = request.match_info.get("target")
         pipeline = request.query.get("pipeline")
         items = [
@@ -231,6 +278,9 @@ class FakeEs(FakePeer):
         filter_path = request.query.get("filter_path")
         if filter_path:
             answer = _filter(answer, filter_path.split(","))
+        if self.truncate_answers > 0:
+            self.truncate_answers -= 1
+            return await _cut_short(request, orjson.dumps(answer))
         return json_response(200, answer)
 
     def _item(
@@ -248,27 +298,55 @@ class FakeEs(FakePeer):
             self._auto_ids += 1
             doc_id = f"auto-{self._auto_ids}"
         result: dict[str, Any] = {"_index": name, "_id": doc_id}
+        index: Index | None = None
         try:
-            self._check_pipeline(meta.get("pipeline", pipeline))
+            used_pipeline = meta.get("pipeline", pipeline)
+            self._check_pipeline(used_pipeline)
             index = self._resolve(name)
             result["_index"] = index.backing_index
+            self._run_pipeline(used_pipeline, source)
             self._write(index, action, doc_id, source)
         except _ItemFailure as failure:
             error = failure.error
+            redirect = failure.document and index is not None and index.data_stream
+            if redirect and index is not None and self._has_failure_store(index.name):
+                index.failures.append(
+                    {
+                        "@timestamp": time.time(),
+                        "document": {
+                            "id": doc_id,
+                            "source": (source or b"").decode(errors="replace"),
+                        },
+                        "error": {"type": error.type, "message": error.reason},
+                    }
+                )
+                result["_index"] = index.failure_index
+                result["failure_store"] = "used"
+                return {action: {**result, **_created(len(index.failures) - 1)}}
             result["status"] = error.status
             result["error"] = {"type": error.type, "reason": error.reason, "index": name}
+            if redirect and self.flavor == "elasticsearch":
+                result["failure_store"] = "not_enabled"
             return {action: result}
-        result.update(
-            {
-                "_version": 1,
-                "result": "created",
-                "_shards": {"total": 1, "successful": 1, "failed": 0},
-                "_seq_no": len(index.docs) - 1,
-                "_primary_term": 1,
-                "status": 201,
-            }
-        )
-        return {action: result}
+        return {action: {**result, **_created(len(index.docs) - 1)}}
+
+    def _has_failure_store(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.failure_store)
+
+    def _run_pipeline(self, pipeline: str | None, source: bytes | None) -> None:
+        """Ingest: the source is read as a map first, then the processors run."""
+        if pipeline is None or pipeline == "_none":
+            return
+        try:
+            document = orjson.loads(source or b"")
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            error = ItemError(400, "parse_exception", "Failed to parse content to map")
+            raise _ItemFailure(error, document=True)
+        message = self.failing_pipelines.get(pipeline)
+        if message is not None:
+            raise _ItemFailure(ItemError(500, "fail_processor_exception", message), document=True)
 
     def _check_pipeline(self, pipeline: str | None) -> None:
         known = self.pipelines
@@ -282,6 +360,8 @@ class FakeEs(FakePeer):
             raise _ItemFailure(
                 ItemError(400, "action_request_validation_exception", "index is missing")
             )
+        if name in self.closed:
+            raise _ItemFailure(ItemError(400, "index_closed_exception", "closed"))
         index = self.indices.get(name)
         if index is not None:
             return index
@@ -322,15 +402,17 @@ class FakeEs(FakePeer):
         try:
             document = orjson.loads(source or b"")
         except ValueError as exc:
-            raise _ItemFailure(ItemError(400, parsing, f"failed to parse: {exc}")) from None
+            error = ItemError(400, parsing, f"failed to parse: {exc}")
+            raise _ItemFailure(error, document=True) from None
         if not isinstance(document, dict):
-            raise _ItemFailure(ItemError(400, parsing, "failed to parse: source is not an object"))
+            error = ItemError(400, parsing, "failed to parse: source is not an object")
+            raise _ItemFailure(error, document=True)
         if doc_id in self.poison:
-            raise _ItemFailure(ItemError(400, parsing, "[1:2] failed to parse field [poison]"))
+            error = ItemError(400, parsing, "[1:2] failed to parse field [poison]")
+            raise _ItemFailure(error, document=True)
         if index.data_stream and "@timestamp" not in document:
-            raise _ItemFailure(
-                ItemError(400, parsing, "data stream timestamp field [@timestamp] is missing")
-            )
+            error = ItemError(400, parsing, "data stream timestamp field [@timestamp] is missing")
+            raise _ItemFailure(error, document=True)
         if action == "create" and doc_id in index.docs:
             raise _ItemFailure(
                 ItemError(
@@ -419,6 +501,28 @@ class FakeEs(FakePeer):
         if document is not None:
             answer["_source"] = document
         return json_response(200 if document is not None else 404, answer)
+
+
+def _created(seq_no: int) -> dict[str, Any]:
+    return {
+        "_version": 1,
+        "result": "created",
+        "_shards": {"total": 1, "successful": 1, "failed": 0},
+        "_seq_no": seq_no,
+        "_primary_term": 1,
+        "status": 201,
+    }
+
+
+async def _cut_short(request: web.Request, body: bytes) -> web.StreamResponse:
+    """A 200 whose body stops halfway: the connection closes before Content-Length is reached."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return response
 
 
 def _parse_bulk(body: bytes) -> list[tuple[str, dict[str, Any], bytes | None]]:

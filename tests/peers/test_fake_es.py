@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import urllib.request
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import pytest
 
 from forwarder.outputs.base import Delivered
 from forwarder.outputs.elasticsearch import ElasticsearchConfig, ElasticsearchOutput
-from tests.peers.fake_es import FakeEs, encode_api_key
+from tests.peers.fake_es import FakeEs, ItemError, encode_api_key
 from tests.peers.process import peer_process
 from tests.peers.records import make_records
 
@@ -210,3 +211,121 @@ async def test_standalone_process_refresh_and_count_by_id() -> None:
             query = {"query": {"ids": {"values": ids}}}
             async with http.post(f"{url}/{index}/_count", json=query) as response:
                 assert (await response.json())["count"] == 3
+
+
+# What the audit of the elasticsearch output added (docs/outputs-http.md has the sources).
+
+
+async def test_max_content_length_counts_the_gunzipped_body(http: aiohttp.ClientSession) -> None:
+    async with FakeEs(max_content_length=1000) as peer:
+        body = lines({"create": {"_index": "x", "_id": "a"}}, {"a": "x" * 2000})
+        packed = gzip.compress(body)
+        assert len(packed) < 1000 < len(body)
+        headers = {**NDJSON, "Content-Encoding": "gzip"}
+        assert (await bulk(http, peer.url, packed, headers))[0] == 413
+        assert peer.indices == {}
+
+
+async def test_failure_store_takes_mapping_and_pipeline_refusals_only(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with FakeEs(failure_store={"logs-*-*"}) as peer:
+        peer.failing_pipelines["p"] = "refused"
+        peer.fail_item("c", ItemError(429, "es_rejected_execution_exception", "busy"))
+        stamp = {"@timestamp": "2026-01-01T00:00:00Z"}
+        body = lines(
+            {"create": {"_index": STREAM, "_id": "a"}},
+            {"no": "timestamp"},
+            {"create": {"_index": STREAM, "_id": "b", "pipeline": "p"}},
+            stamp,
+            {"create": {"_index": STREAM, "_id": "c"}},
+            stamp,
+            {"create": {"_index": STREAM, "_id": "d"}},
+            stamp,
+            {"create": {"_index": STREAM, "_id": "d"}},
+            stamp,
+        )
+        _, answer = await bulk(http, peer.url, body)
+        items = [next(iter(item.values())) for item in answer["items"]]
+        assert [i["status"] for i in items] == [201, 201, 429, 201, 409]
+        assert [i.get("failure_store") for i in items] == ["used", "used", None, None, None]
+        assert items[0]["_index"].startswith(f".fs-{STREAM}-")
+        assert answer["errors"] is True
+        assert [f["error"]["type"] for f in peer.indices[STREAM].failures] == [
+            "document_parsing_exception",
+            "fail_processor_exception",
+        ]
+        assert list(peer.docs(STREAM)) == ["d"]
+
+
+async def test_refusals_say_the_failure_store_is_off_on_data_streams_only(
+    fake_es: FakeEs, http: aiohttp.ClientSession
+) -> None:
+    body = lines(
+        {"create": {"_index": STREAM, "_id": "a"}},
+        "not an object",
+        {"create": {"_index": "plain", "_id": "a"}},
+        "not an object",
+    )
+    _, answer = await bulk(http, fake_es.url, body)
+    items = [next(iter(item.values())) for item in answer["items"]]
+    assert [i.get("failure_store") for i in items] == ["not_enabled", None]
+
+
+async def test_a_fail_processor_is_a_500_and_ingest_reads_the_source_first(
+    fake_es: FakeEs, http: aiohttp.ClientSession
+) -> None:
+    fake_es.failing_pipelines["p"] = "no canary field"
+    body = lines(
+        {"create": {"_index": "x", "_id": "a"}},
+        {"a": 1},
+        {"create": {"_index": "x", "_id": "b"}},
+        "s",
+    )
+    _, answer = await bulk(http, fake_es.url, body, path="/_bulk?pipeline=p")
+    errors = [next(iter(item.values())) for item in answer["items"]]
+    assert [(e["status"], e["error"]["type"]) for e in errors] == [
+        (500, "fail_processor_exception"),
+        (400, "parse_exception"),
+    ]
+
+
+async def test_a_closed_index_refuses_every_item(
+    fake_es: FakeEs, http: aiohttp.ClientSession
+) -> None:
+    fake_es.closed.add("x")
+    _, answer = await bulk(http, fake_es.url, lines({"create": {"_index": "x", "_id": "a"}}, {}))
+    (item,) = answer["items"]
+    assert item["create"]["status"] == 400
+    assert item["create"]["error"]["type"] == "index_closed_exception"
+
+
+async def test_elasticsearch_6_needs_a_type_on_every_action(http: aiohttp.ClientSession) -> None:
+    async with FakeEs(require_type=True) as es6:
+        untyped = lines({"create": {"_index": "x", "_id": "a"}}, {"a": 1})
+        status, answer = await bulk(http, es6.url, untyped)
+        assert status == 400
+        assert answer["error"]["type"] == "action_request_validation_exception"
+        assert answer["error"]["reason"] == "Validation Failed: 1: type is missing;"
+        typed = lines({"create": {"_index": "x", "_type": "_doc", "_id": "a"}}, {"a": 1})
+        assert (await bulk(http, es6.url, typed))[0] == 200
+
+
+async def test_opensearch_has_no_built_in_data_stream_templates(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with FakeEs(flavor="opensearch") as opensearch:
+        body = lines({"create": {"_index": STREAM, "_id": "a"}}, {"no": "timestamp"})
+        assert statuses((await bulk(http, opensearch.url, body))[1]) == [201]
+        assert not opensearch.indices[STREAM].data_stream
+
+
+async def test_a_cut_answer_ends_before_its_content_length(
+    fake_es: FakeEs, http: aiohttp.ClientSession
+) -> None:
+    fake_es.truncate_answers = 1
+    body = lines({"create": {"_index": "x", "_id": "a"}}, {"a": 1})
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await bulk(http, fake_es.url, body)
+    assert list(fake_es.docs("x")) == ["a"]
+    assert (await bulk(http, fake_es.url, body))[0] == 200
