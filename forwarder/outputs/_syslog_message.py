@@ -33,10 +33,12 @@ __all__ = [
 HeaderStyle = Literal["rfc5424", "rfc3164"]
 
 
-# LF ends a frame with LF framing, and RFC 6587 §3.4.2 names NUL as a trailer some receivers use.
-# They are written the way rsyslog itself shows control characters it escapes (#ooo, octal).
-LF_ESCAPES: Mapping[bytes, bytes] = {b"\n": b"#012", b"\x00": b"#000"}
-FRAME_DELIMITER = re.compile(b"[\n\x00]")
+# LF ends a frame with LF framing, and RFC 6587 §3.4.2 names NUL (and CR LF) as trailers some
+# receivers use; readers that end lines at CR as well (Java's BufferedReader.readLine, Python's
+# splitlines) would split at a lone CR. All three are written the way rsyslog itself shows the
+# control characters it escapes (#ooo, octal), which is also what it stores for them by default.
+LF_ESCAPES: Mapping[bytes, bytes] = {b"\n": b"#012", b"\r": b"#015", b"\x00": b"#000"}
+FRAME_DELIMITER = re.compile(b"[\n\r\x00]")
 
 _RFC5424_START = re.compile(rb"<\d{1,3}>[1-9]\d{0,2} ")
 _HEADER_FIELDS_AFTER_VERSION = 5  # TIMESTAMP HOSTNAME APP-NAME PROCID MSGID
@@ -87,7 +89,7 @@ class Wrapper:
 
 
 def escape_frame_delimiters(message: bytes) -> bytes:
-    """Escape LF and NUL so an LF-framed receiver sees one message, never a forged second."""
+    """Escape LF, CR and NUL so an LF-framed receiver sees one message, never a forged second."""
     return FRAME_DELIMITER.sub(lambda match: LF_ESCAPES[match.group()], message)
 
 

@@ -6,15 +6,21 @@ reached, so one send fails only when no endpoint takes it. A stream stays on the
 reached until that fails; datagrams go round-robin, batch by batch.
 
 Neither retries or sleeps: a failure comes back as a `Retry` with the reason, and the dispatcher
-decides when to try again. The one bounded wait is after a TLS 1.3 handshake (see `_verdict`).
+decides when to try again. The bounded waits are after a TLS 1.3 handshake (see `_verdict`), for
+the receiver's TCP to acknowledge a batch (see `StreamSender._acknowledged`), and for an ICMP
+error after the first datagrams on a new UDP socket (see `DatagramSender`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import socket
 import ssl
+import struct
+import termios
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -34,6 +40,31 @@ log = structlog.get_logger("forwarder.outputs.syslog")
 _MIN_VERDICT_SECS = 0.1
 _VERDICT_HANDSHAKES = 3
 
+# How often to look whether the receiver's TCP acknowledged a batch: at once, then less and
+# less often while it does not (a receiver that reads slowly), up to this.
+_ACK_FIRST_POLL_SECS = 0.0005
+_ACK_MAX_POLL_SECS = 0.05
+# SIOCOUTQ (Linux): bytes of a TCP socket's send queue the peer has not acknowledged yet.
+_SIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
+
+# A receiver that is not listening answers a datagram with ICMP port unreachable within a round
+# trip. The first batch on a new UDP socket waits this long (at most) for that answer, so that a
+# batch sent while nobody listens is retried rather than reported delivered into the void.
+_UDP_CONFIRM_SECS = 0.2
+
+# OpenSSL's reasons for a handshake with something that does not speak TLS at all.
+_NOT_TLS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",
+        "UNKNOWN_PROTOCOL",
+        "HTTP_REQUEST",
+        "RECORD_LAYER_FAILURE",
+        "PACKET_LENGTH_TOO_LONG",
+        "WRONG_SSL_VERSION",
+        "UNEXPECTED_RECORD",
+    }
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -47,7 +78,9 @@ class Endpoint:
 
 class Sender(Protocol):
     async def send(self, messages: Sequence[bytes]) -> Retry | None:
-        """Send the messages in order; None once they were handed to the kernel."""
+        """Send the messages in order; None once they are delivered as far as the transport
+        can tell (TCP/TLS: acknowledged by the receiver's TCP; UDP: sent, without an ICMP
+        error)."""
 
     async def check(self) -> None:
         """Raise `HealthcheckError` unless some endpoint can be reached now."""
@@ -84,6 +117,48 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _handshake_failed(exc: ssl.SSLError) -> _Unreachable:
+    """Classify a failed TLS handshake. A refusal or a verification failure does not go away by
+    waiting: it is for an operator, with OpenSSL's reason and where to look."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _Unreachable(describe(exc), operator_action=True)
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLSyscallError, ssl.SSLZeroReturnError)):
+        return _Unreachable(f"the connection ended during the TLS handshake ({describe(exc)})")
+    reason = exc.reason or str(exc)
+    if "ALERT" in reason:
+        why = (
+            f"the server refused the TLS handshake ({reason}); check the client certificate "
+            "(a server that requires one refuses a client without), the TLS version and the "
+            "cipher suites it accepts"
+        )
+    elif reason in _NOT_TLS:
+        why = f"the server does not answer in TLS ({reason}); check that the port speaks TLS"
+    else:
+        why = f"the TLS handshake failed ({reason})"
+    return _Unreachable(why, operator_action=True)
+
+
+def _kernel_unacknowledged(transport: asyncio.BaseTransport) -> int:
+    """Bytes the kernel still holds for this TCP socket that the peer has not acknowledged.
+
+    Raises the socket's pending error: after the receiver's FIN the event loop no longer reads
+    the socket, so a RST answering our write shows only here. 0 where the kernel cannot tell
+    (SIOCOUTQ is Linux's): there "delivered" falls back to "handed to the kernel".
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or _SIOCOUTQ is None:
+        return 0
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))  # the subclass for errno: BrokenPipeError, ...
+    try:
+        answer = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    queued: int = struct.unpack("i", answer)[0]
+    return queued
+
+
 def _distinct_picks(endpoints: Endpoints[Endpoint]) -> Iterator[Endpoint]:
     """Endpoints in the order `Endpoints` offers them, each at most once."""
     seen: set[Endpoint] = set()
@@ -104,6 +179,8 @@ class _Stream:
     endpoint: Endpoint
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    tcp: asyncio.WriteTransport
+    """The TCP transport; under TLS the one below the TLS layer, which has a buffer of its own."""
 
     def usable(self) -> bool:
         # A receiver that closed an idle connection shows up as EOF; writing into it would
@@ -111,6 +188,20 @@ class _Stream:
         return not (
             self.writer.is_closing() or self.reader.at_eof() or self.reader.exception() is not None
         )
+
+    def unacknowledged(self) -> int:
+        """Bytes written that the receiver's TCP has not acknowledged yet: still in this
+        process (the TLS layer's and the TCP transport's buffers) or in the kernel's send
+        queue. Raises once the connection is lost with some of them."""
+        exc = self.reader.exception()
+        if exc is not None:
+            raise exc if isinstance(exc, OSError) else ConnectionResetError(str(exc))
+        if self.tcp.is_closing():  # its socket is gone: what it had is no longer knowable
+            raise ConnectionResetError("the connection closed before the receiver had the batch")
+        pending = self.tcp.get_write_buffer_size() + _kernel_unacknowledged(self.tcp)
+        if self.writer.transport is not self.tcp:
+            pending += self.writer.transport.get_write_buffer_size()
+        return pending
 
 
 class StreamSender:
@@ -150,6 +241,7 @@ class StreamSender:
             async with asyncio.timeout(self._write_timeout):
                 stream.writer.writelines(messages)
                 await stream.writer.drain()
+                await self._acknowledged(stream)
         except OSError as exc:  # TimeoutError and ssl.SSLError are OSErrors too
             reason = (
                 f"write did not finish within {self._write_timeout}s"
@@ -167,6 +259,23 @@ class StreamSender:
             return Retry(f"{self._label} {stream.endpoint}: {reason}; the batch will be resent")
         self._endpoints.succeeded(stream.endpoint)
         return None
+
+    @staticmethod
+    async def _acknowledged(stream: _Stream) -> None:
+        """Wait until the receiver's TCP has acknowledged every byte written.
+
+        `drain()` returns once the bytes left this process's buffer, and under TLS not even
+        that (the TLS layer hands them to a TCP transport with a buffer of its own). Bytes in
+        the kernel's send queue are lost if the receiver resets or has gone (a crash, a
+        receiver that closed the connection a moment before, a load balancer that forgot an
+        idle flow), and a batch reported delivered then would be lost. TCP keeps no
+        application-level acknowledgement, so a receiver that takes the bytes and dies before
+        reading them still loses them; nothing short of RELP closes that gap.
+        """
+        delay = _ACK_FIRST_POLL_SECS
+        while stream.unacknowledged():
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _ACK_MAX_POLL_SECS)
 
     async def _connect_any(self) -> _Stream | Retry:
         reasons: list[str] = []
@@ -197,33 +306,48 @@ class StreamSender:
 
     async def _open(self, endpoint: Endpoint) -> _Stream:
         context = self._tls_context()
-        server_name = None
-        if context is not None and self._tls is not None:
-            server_name = self._tls.server_name or endpoint.host
         loop = asyncio.get_running_loop()
         started = loop.time()
+        handshaking = False
         try:
             async with asyncio.timeout(self._connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    endpoint.host,
-                    endpoint.port,
-                    ssl=context,
-                    server_hostname=server_name,
-                    ssl_shutdown_timeout=self._connect_timeout if context is not None else None,
-                )
+                # TCP first, then TLS over it: a failure names the step, and the TCP transport
+                # under TLS stays at hand (its buffer is part of what is not yet delivered).
+                reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+                tcp = writer.transport
+                if context is not None and self._tls is not None:
+                    handshaking = True
+                    try:
+                        await writer.start_tls(
+                            context,
+                            server_hostname=self._tls.server_name or endpoint.host,
+                            ssl_handshake_timeout=self._connect_timeout,
+                        )
+                    except BaseException:
+                        tcp.abort()
+                        raise
         except TimeoutError as exc:
+            if handshaking:
+                raise _Unreachable(
+                    f"connected, but the TLS handshake did not finish within "
+                    f"{self._connect_timeout}s; check that the port speaks TLS"
+                ) from exc
             raise _Unreachable(f"no connection within {self._connect_timeout}s") from exc
+        except ssl.SSLError as exc:
+            raise _handshake_failed(exc) from exc
         except (OSError, ValueError) as exc:  # ValueError: a name IDNA cannot encode
-            raise _Unreachable(
-                describe(exc), operator_action=isinstance(exc, ssl.SSLCertVerificationError)
-            ) from exc
-        stream = _Stream(endpoint, reader, writer)
-        # drain() then returns only once our buffer is empty, so "delivered" means handed to the
-        # kernel rather than queued in this process. The plain transport pauses above `high`,
-        # the TLS one at `high` and more (with 0 it would pause while empty and never resume).
+            during = " during the TLS handshake" if handshaking else ""
+            raise _Unreachable(f"{describe(exc)}{during}") from exc
+        stream = _Stream(endpoint, reader, writer, tcp)
+        # Keep what this process buffers small: the plain transport pauses above `high`, the
+        # TLS one at `high` and more (with 0 it would pause while empty and never resume).
         writer.transport.set_write_buffer_limits(high=0 if context is None else 1, low=0)
         if context is not None:
-            await self._verdict(stream, loop.time() - started)
+            try:
+                await self._verdict(stream, loop.time() - started)
+            except asyncio.CancelledError:
+                writer.transport.abort()
+                raise
         return stream
 
     async def _verdict(self, stream: _Stream, handshake_secs: float) -> None:
@@ -277,6 +401,9 @@ class StreamSender:
                 await stream.writer.wait_closed()
         except OSError:  # the peer may close TCP without answering close_notify
             stream.writer.transport.abort()
+        except asyncio.CancelledError:  # a caller's own deadline (shutdown's graceful budget)
+            stream.writer.transport.abort()
+            raise
 
     async def check(self) -> None:
         reasons: list[str] = []
@@ -305,27 +432,42 @@ class _DatagramErrors(asyncio.DatagramProtocol):
 
     def __init__(self) -> None:
         self._error: Exception | None = None
+        self._arrived = asyncio.Event()
 
     def error_received(self, exc: Exception) -> None:
         self._error = exc
+        self._arrived.set()
 
     def take(self) -> Exception | None:
         """The error reported since the last call, if any."""
         error, self._error = self._error, None
+        self._arrived.clear()
         return error
+
+    async def wait(self, seconds: float) -> Exception | None:
+        """The error reported within `seconds`, if any."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._arrived.wait()
+        return self.take()
 
 
 @dataclass(slots=True)
 class _Datagrams:
     transport: asyncio.DatagramTransport
     errors: _DatagramErrors
+    confirmed: bool = False
+    """A batch went out on this socket and drew no ICMP error within the confirmation window."""
 
 
 class DatagramSender:
     """UDP (RFC 5426): one datagram per message; a connected socket per endpoint.
 
     UDP has no acknowledgement: a datagram is "delivered" once the kernel took it. The only
-    feedback is an ICMP error for an earlier datagram, which benches that endpoint.
+    feedback is an ICMP error for an earlier datagram, which benches that endpoint. So that a
+    receiver that is down does not swallow every retry too (each on a new socket, the error
+    of the last one already taken), the first batch on a new socket waits a moment for that
+    error before it counts as delivered.
     """
 
     def __init__(
@@ -336,6 +478,7 @@ class DatagramSender:
         self._label = label
         self._output = output
         self._connect_timeout = connect_timeout
+        self._confirm_secs = min(_UDP_CONFIRM_SECS, connect_timeout)
         self._sockets: dict[Endpoint, _Datagrams] = {}
 
     async def send(self, messages: Sequence[bytes]) -> Retry | None:
@@ -352,15 +495,17 @@ class DatagramSender:
                 reasons.append(f"{endpoint}: {describe(earlier)}")
                 self._fail(endpoint, describe(earlier))
                 continue
-            self._endpoints.succeeded(endpoint)  # earlier datagrams drew no complaint
             for message in messages:
                 datagrams.transport.sendto(message)
             refused = datagrams.errors.take()  # the kernel refused a datagram right away
-            if refused is not None:
+            if refused is None and not datagrams.confirmed:
+                refused = await datagrams.errors.wait(self._confirm_secs)
+            if refused is not None:  # the next endpoint gets the batch; if none, it is resent
+                reasons.append(f"{endpoint}: {describe(refused)}")
                 self._fail(endpoint, describe(refused))
-                return Retry(
-                    f"{self._label} {endpoint}: {describe(refused)}; the batch will be resent"
-                )
+                continue
+            datagrams.confirmed = True
+            self._endpoints.succeeded(endpoint)
             return None
         return _all_failed(self._label, reasons, False)
 

@@ -4,24 +4,34 @@ Records that carry their own syslog header (the `rfc5424` and `rfc3164` formats,
 configured with one) are sent as they are; the others (CEF, LEEF, JSON documents) get an RFC 5424
 or RFC 3164 header from this output. Over TCP and TLS each message is framed by octet counting
 (`MSG-LEN SP MSG`) unless `framing: lf` is chosen; with LF framing a line break inside a record
-would split it into two (the second one forged by whoever wrote the text), so it is escaped as
-`#012` (NUL as `#000`, the way rsyslog writes control characters) or, with
-`newline_policy: reject`, the record is dead-lettered.
+would split it into two (the second one forged by whoever wrote the text), so LF is escaped as
+`#012`, CR as `#015` and NUL as `#000` (the way rsyslog writes control characters) or, with
+`newline_policy: reject`, the record is dead-lettered. The built-in formats never put a raw CR
+or LF into a record; this guards records of other formats (plugins).
 
-What "delivered" means. TCP syslog has no acknowledgement: a batch counts as delivered once every
-byte was handed to the kernel (for TLS: to the TCP transport, encrypted). If the receiver dies
-before reading it, that batch is lost, and no syslog client can tell; use a receiver-side queue
-(or HEC/Elasticsearch) where that matters. When a write fails part-way the whole batch is sent
+What "delivered" means. TCP syslog has no application-level acknowledgement: a batch counts as
+delivered once the receiver's TCP acknowledged every byte of it (Linux tells; elsewhere, once
+every byte was handed to the kernel). A receiver that has gone (crashed, closed the connection
+a moment before, dropped by a load balancer that forgot an idle flow) answers with a reset or
+not at all, and the batch is sent again. A receiver that acknowledges the bytes and dies before
+reading them loses them, and no syslog client can tell; use a receiver-side queue (or
+HEC/Elasticsearch) where that matters. When a write fails part-way the whole batch is sent
 again, so a receiver may see some records twice: delivery is at least once. A connection the
 receiver closed while idle is noticed before the next batch and reopened, not written into.
-Over UDP a datagram is delivered once sent; a receiver that is down is noticed through ICMP only
-after the fact, and only the following batches go elsewhere.
+Over UDP a datagram is delivered once sent; a receiver that is down is noticed through ICMP
+only after the fact. So the first batch on a new socket (the first one, and the next after an
+error) waits up to 0.2 s for that ICMP error before it counts as delivered: while nobody
+listens, only a batch sent in the moment the receiver went down is lost.
 
-Oversize records (`max_message_bytes`, 2048 by default for UDP, no limit over TCP/TLS) are never
+Oversize records (`max_message_bytes`, 2048 by default for UDP, 8192 over TCP/TLS) are never
 dropped silently: `oversize: truncate` cuts MSG between UTF-8 characters and never inside a
 backslash escape, keeps the header and structured data whole and appends `...[truncated]`,
 counted in `canary_forwarder_output_truncated_records_total` once sent (not per attempt);
-`oversize: reject` dead-letters the record.
+`oversize: reject` dead-letters the record. Over TCP/TLS, `max_message_bytes` must not exceed
+the receiver's own limit: rsyslog (`maxMessageSize`, 8 KiB by default) cuts a longer message and
+reads the rest as a record of its own, whose header is then whatever text stood there, an
+attacker's included (unless imtcp has `discardTruncatedMsg="on"`). Hence the 8192 default;
+raise both together.
 """
 
 from __future__ import annotations
@@ -66,6 +76,9 @@ log = structlog.get_logger("forwarder.outputs.syslog")
 
 DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
 DEFAULT_UDP_MAX_MESSAGE_BYTES = 2048  # RFC 5426 §3.2: receivers SHOULD take 2048 octets
+# RFC 5425 §4.3.1: receivers SHOULD take 8192 octets; rsyslog's maxMessageSize is 8 KiB too. A
+# receiver splits a longer message and reads its tail, an attacker's text, as a record of its own.
+DEFAULT_STREAM_MAX_MESSAGE_BYTES = 8192
 UDP_MAX_PAYLOAD = 65_507  # IPv4: 65,535 - 8 (UDP header) - 20 (IP header)
 MIN_MESSAGE_BYTES = 480  # RFC 5426 §3.2: every IPv4 receiver MUST take 480 octets
 
@@ -108,7 +121,8 @@ class SyslogConfig(OutputConfig):
     framing: Literal["octet_counting", "lf"] | None = None
     """TCP/TLS framing: `octet_counting` (the default; carries any byte) or `lf`."""
     newline_policy: Literal["escape", "reject"] = "escape"
-    """With `framing: lf`, a record containing LF or NUL is escaped (#012, #000) or rejected."""
+    """With `framing: lf`, a record containing LF, CR or NUL is escaped (#012, #015, #000) or
+    rejected."""
     header: HeaderStyle = "rfc5424"
     """Header put around records that have none (CEF, LEEF, JSON)."""
     facility: Facility = "local0"
@@ -122,9 +136,11 @@ class SyslogConfig(OutputConfig):
     connect_timeout_secs: float = Field(default=10.0, gt=0, le=300)
     """Time allowed to connect, including the TLS handshake (and to resolve, for UDP)."""
     write_timeout_secs: float = Field(default=30.0, gt=0, le=3600)
-    """Time allowed to write one batch."""
+    """Time allowed to write one batch and for the receiver's TCP to acknowledge it."""
     max_message_bytes: int | None = Field(default=None, ge=MIN_MESSAGE_BYTES)
-    """Largest message in bytes: 2048 by default for UDP, no limit by default over TCP/TLS."""
+    """Largest message in bytes: 2048 by default for UDP, 8192 over TCP/TLS (RFC 5425, and
+    rsyslog's default). Never more than the receiver's limit: a receiver that splits a longer
+    message reads its tail as a separate record."""
     oversize: Literal["truncate", "reject"] = "truncate"
     """A longer record is truncated with a visible marker, or rejected to dead letters."""
 
@@ -162,10 +178,12 @@ class SyslogConfig(OutputConfig):
         return self.transport != "udp" and self.framing == "lf"
 
     @property
-    def message_limit(self) -> int | None:
-        if self.max_message_bytes is None and self.transport == "udp":
+    def message_limit(self) -> int:
+        if self.max_message_bytes is not None:
+            return self.max_message_bytes
+        if self.transport == "udp":
             return DEFAULT_UDP_MAX_MESSAGE_BYTES
-        return self.max_message_bytes
+        return DEFAULT_STREAM_MAX_MESSAGE_BYTES
 
 
 class _Refused(ValueError):
@@ -236,8 +254,8 @@ class SyslogOutput(Output[SyslogConfig]):
         if self.config.lf_framing:
             if self.config.newline_policy == "reject" and FRAME_DELIMITER.search(message):
                 raise _Refused(
-                    "the record contains a line break (or NUL), which LF framing would split "
-                    "into two records; use framing: octet_counting to carry it"
+                    "the record contains a line break (LF or CR) or NUL, which LF framing would "
+                    "split into two records; use framing: octet_counting to carry it"
                 )
             message = escape_frame_delimiters(message)
         fitted = self._fit(message)
@@ -249,7 +267,7 @@ class SyslogOutput(Output[SyslogConfig]):
 
     def _fit(self, message: bytes) -> bytes:
         limit = self.config.message_limit
-        if limit is None or len(message) <= limit:
+        if len(message) <= limit:
             return message
         if self.config.oversize == "reject":
             raise _Refused(f"the message is {len(message)} bytes, over max_message_bytes {limit}")

@@ -158,12 +158,14 @@ class TestConfig:
             ("fe80::1", 514),
         ]
 
-    def test_udp_defaults_to_a_2048_byte_limit_and_tcp_to_none(self) -> None:
+    def test_udp_defaults_to_a_2048_byte_limit_and_tcp_to_8192(self) -> None:
         udp = SyslogConfig.model_validate(
             {"name": "s", "type": "syslog", "hosts": ["h"], "transport": "udp"}
         )
         tcp = SyslogConfig.model_validate({"name": "s", "type": "syslog", "hosts": ["h"]})
-        assert (udp.message_limit, tcp.message_limit) == (2048, None)
+        # RFC 5425's 8192 and rsyslog's default: a receiver splits a longer message and reads
+        # its tail, attacker text, as a record of its own.
+        assert (udp.message_limit, tcp.message_limit) == (2048, 8192)
 
     @pytest.mark.parametrize(
         ("options", "error"),
@@ -249,7 +251,7 @@ class TestLineBreaks:
         assert await output.send(batch) == Delivered()
         records = await server.wait_until(saw_node("after"))
         assert [record["hostname"] for record in records] == ["canary-host", "canary-host"]
-        escaped = FORGED_TAIL.replace("\n", "#012").replace("\x00", "#000")
+        escaped = FORGED_TAIL.replace("\n", "#012").replace("\r", "#015").replace("\x00", "#000")
         assert_rfc5424_arrived(records[0], msg=escaped)
         assert_rfc5424_arrived(records[1], node="after")
 
@@ -520,8 +522,8 @@ class TestFailures:
     ) -> None:
         sink = Sink("reset")
         async with serving(sink) as address:
-            output = make_output(hosts=[address])
             # Far more than the socket buffers hold, so the write is still going on at the RST.
+            output = make_output(hosts=[address], max_message_bytes=64 * 1024 * 1024)
             big = Record(event, "x" * (32 * 1024 * 1024))
             result = await output.send([big])
             assert isinstance(result, Retry)
@@ -574,7 +576,9 @@ class TestFailures:
         self, make_output: OutputFactory, event: CanaryEvent
     ) -> None:
         async with serving(Sink("stall")) as address:
-            output = make_output(hosts=[address], write_timeout_secs=0.2)
+            output = make_output(
+                hosts=[address], write_timeout_secs=0.2, max_message_bytes=64 * 1024 * 1024
+            )
             result = await output.send([Record(event, "x" * (32 * 1024 * 1024))])
         assert isinstance(result, Retry)
         assert "did not finish within 0.2s" in result.reason

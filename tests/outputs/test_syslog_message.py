@@ -79,13 +79,14 @@ class TestWrapper:
 
 
 class TestLfEscaping:
-    def test_lf_and_nul_become_visible_escapes(self) -> None:
-        assert escape_frame_delimiters(b"a\nb\x00c\r\n") == b"a#012b#000c\r#012"
+    def test_lf_cr_and_nul_become_visible_escapes(self) -> None:
+        assert escape_frame_delimiters(b"a\nb\x00c\r\n") == b"a#012b#000c#015#012"
 
     @given(st.binary())
     def test_escaped_message_has_no_frame_delimiter(self, data: bytes) -> None:
         escaped = escape_frame_delimiters(data)
         assert b"\n" not in escaped
+        assert b"\r" not in escaped
         assert b"\x00" not in escaped
 
 

@@ -143,6 +143,9 @@ def syslog_output(
         "transport": "tcp",
         "format": fmt,
         "app_name": name,
+        # As large as the receiver's maxMessageSize: these tests send whole 10,000-character
+        # values, which the 8192-byte default would truncate.
+        "max_message_bytes": 1 << 20,
         **options,
         **fast_retry(),
     }
