@@ -47,6 +47,13 @@ _ACK_MAX_POLL_SECS = 0.05
 # SIOCOUTQ (Linux): bytes of a TCP socket's send queue the peer has not acknowledged yet.
 _SIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 
+# TCP keepalive on syslog connections: the first probe after a minute of silence, well under
+# the idle timeouts of load balancers and firewalls; a peer gone for good is noticed after
+# another minute of unanswered probes.
+KEEPALIVE_IDLE_SECS = 60
+KEEPALIVE_INTERVAL_SECS = 10
+KEEPALIVE_PROBES = 6
+
 # A receiver that is not listening answers a datagram with ICMP port unreachable within a round
 # trip. The first batch on a new UDP socket waits this long (at most) for that answer, so that a
 # batch sent while nobody listens is retried rather than reported delivered into the void.
@@ -136,6 +143,27 @@ def _handshake_failed(exc: ssl.SSLError) -> _Unreachable:
     else:
         why = f"the TLS handshake failed ({reason})"
     return _Unreachable(why, operator_action=True)
+
+
+def _keep_alive(transport: asyncio.BaseTransport) -> None:
+    """TCP keepalive on a syslog connection, probing after `KEEPALIVE_IDLE_SECS` of silence.
+
+    Between alerts a connection may idle for hours. A load balancer or firewall forgets an idle
+    flow (AWS NLB after 350 s) and drops the next batch's packets without a reset, and a
+    receiver host that died sends none either; only the write timeout would tell. Probes keep
+    the flow alive and find a dead peer while idle, so the next batch gets a fresh connection.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE_SECS),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECS),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, option):  # Linux; elsewhere the system's defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def _kernel_unacknowledged(transport: asyncio.BaseTransport) -> int:
@@ -315,6 +343,7 @@ class StreamSender:
                 # under TLS stays at hand (its buffer is part of what is not yet delivered).
                 reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
                 tcp = writer.transport
+                _keep_alive(tcp)
                 if context is not None and self._tls is not None:
                     handshaking = True
                     try:

@@ -428,6 +428,35 @@ def blocking_tls_server(context: ssl.SSLContext) -> Iterator[str]:
         listener.close()
 
 
+class TestKeepalive:
+    @pytest.mark.parametrize("transport", ["tcp", "tls"])
+    async def test_an_idle_connection_is_kept_alive_and_a_dead_peer_found(
+        self,
+        make_output: OutputFactory,
+        event: CanaryEvent,
+        server_ca: trustme.CA,
+        transport: str,
+    ) -> None:
+        # A load balancer forgets an idle flow and drops the next batch without a reset.
+        context = None
+        if transport == "tls":
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            server_ca.issue_cert("127.0.0.1").configure_cert(context)
+        sink = Sink()
+        async with serving(sink, context) as where:
+            with ca_file(server_ca) as trusted:
+                options: dict[str, Any] = {"hosts": [where], "transport": transport}
+                if transport == "tls":
+                    options["tls"] = {"ca_file": trusted}
+                output = make_output(**options)
+                assert await output.send([Record(event, "kept alive")]) == Delivered()
+                sock = client_socket(output)
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 10
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 6
+
+
 class TestTlsHandshake:
     async def test_tls12_server_requiring_a_client_certificate(
         self, make_output: OutputFactory, event: CanaryEvent, server_ca: trustme.CA
