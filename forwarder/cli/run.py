@@ -91,6 +91,7 @@ def settle_collector() -> None:
     collections walking that heap stopped the event loop for up to 52 ms every few seconds,
     and young collections ran 38 times a second.
     """
+    gc.collect()  # so that no garbage is frozen with the rest, where nothing would free it
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
 
@@ -162,6 +163,9 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         return 1
 
     async def reload() -> None:
+        # The outputs a reload replaces were frozen with start-up: thawed, what they leave in
+        # reference cycles can be collected; the new set is frozen once the reload is done.
+        gc.unfreeze()
         replaced = False
         try:
             replaced = await _reload(pipeline, config_path, graceful_secs)
@@ -177,6 +181,7 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
             # but once STOPPING=1 is out, READY=1 would tell it the daemon runs on.
             if not stop.is_set():
                 notifier.ready(status=_status_line(pipeline))
+            settle_collector()
 
     addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
     log.info(

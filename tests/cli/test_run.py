@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 
 import structlog
 
@@ -17,6 +18,24 @@ def test_settle_collector_freezes_start_up_and_collects_young_objects_less_often
         assert gc.get_freeze_count() > 0, "start-up's objects must leave the collector's sight"
         assert gc.get_threshold() == run.GC_THRESHOLDS
         assert run.GC_THRESHOLDS[0] > 700, "CPython's default young threshold is 700"
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_settle_collector_frees_garbage_cycles_before_freezing() -> None:
+    class Node:
+        other: Node
+
+    before = gc.get_threshold()
+    gc.unfreeze()
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    gone = weakref.ref(first)
+    del first, second  # a cycle: only the collector frees it
+    try:
+        run.settle_collector()
+        assert gone() is None, "garbage frozen with start-up's objects would never be freed"
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
