@@ -6,9 +6,14 @@ Every HEC status and code is classified as Splunk's table says (docs/outputs-htt
 table); the one subtle row is code 6 with `invalid-event-number` N: HEC indexed the envelopes
 before N and stopped, so N is dead-lettered and only the envelopes after N are sent again.
 
-With `indexer_ack`, a 200 only counts once `/services/collector/ack` confirms its `ackId`; if
-that takes longer than `ack_timeout_secs` the batch is sent again (at least once: a duplicate is
-possible, and the indexed field `canary_fingerprint` tells duplicates apart in a search).
+With `indexer_ack`, a 200 only counts once `/services/collector/ack` confirms its `ackId`. A
+batch packed into several requests sends them all first, then asks each node for all of its ids
+in one poll; the requests whose ids are not confirmed within `ack_timeout_secs` are sent again
+(at least once: a duplicate is possible, and the indexed field `canary_fingerprint` tells
+duplicates apart in a search).
+
+With several URLs, a node that answered with `Retry-After` gets no event post before that time
+while another node can take one; the retry waits for `Retry-After` only when every node asked.
 
 `healthcheck` proves the token with an empty post, which HEC answers 400 "No data" and counts as
 an error; `liveness`, run every 30 s, asks `/services/collector/health` and proves the token
@@ -20,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Self
 from uuid import UUID, uuid4
 
@@ -33,13 +38,14 @@ from forwarder.events import CanaryEvent
 from forwarder.mappers.base import Record
 from forwarder.mappers.splunk_console import splunk_sourcetype
 from forwarder.outputs._http import (
+    EncodedBatch,
     EncodedRequest,
     HttpAnswer,
     HttpClient,
     HttpOutputConfig,
     classify_status,
+    encode_batch,
     endpoint_name,
-    send_packed,
 )
 from forwarder.outputs.base import (
     Delivered,
@@ -81,6 +87,9 @@ _CONFIG_CODES: Mapping[int, str] = {
     # The health endpoint's own answers for a token it knows to be bad.
     21: "HEC does not know this token: fix `token`",
     22: "the token is disabled in Splunk: enable it or use another",
+    # Splunk Cloud's "Data channel is missing" (Splunk Enterprise says code 10). Every request
+    # carries the channel header, so something between us and HEC dropped it.
+    28: "HEC got no channel: a proxy may drop the X-Splunk-Request-Channel header",
 }
 _SLOW_DOWN_CODES = frozenset({24, 25})
 _WRONG_URL_STATUSES = frozenset({404, 405})
@@ -167,6 +176,8 @@ class HecReply:
     text: str
     ack_id: int | None = None
     invalid_event_number: int | None = None
+    names_an_event: bool = False
+    """The answer has an `invalid-event-number`, usable or not."""
 
     @classmethod
     def of(cls, answer: HttpAnswer) -> HecReply:
@@ -178,6 +189,7 @@ class HecReply:
             text=str(data.get("text", "")) or answer.text(),
             ack_id=_integer(data.get("ackId")),
             invalid_event_number=_integer(data.get("invalid-event-number")),
+            names_an_event="invalid-event-number" in data,
         )
 
     def describe(self) -> str:
@@ -189,7 +201,35 @@ def _config_hint(code: int | None) -> str | None:
 
 
 def _integer(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An integer, or its decimal digits as a string (a proxy or an HEC look-alike may quote
+    it); None for anything else, booleans included."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingAck:
+    """An accepted request whose events count only once its `ack_id` is acknowledged."""
+
+    endpoint: URL
+    ack_id: int
+    positions: list[int]
+    """The batch positions of the events HEC accepted under this id."""
+
+
+def _with_unconfirmed(result: SendResult, unconfirmed: Mapping[int, Retry]) -> SendResult:
+    """`result` with the batch positions whose ack did not come marked for a resend."""
+    if not unconfirmed or not isinstance(result, Delivered | Partial):
+        return result  # a Retry, Reject or TooLarge for the whole batch had nothing accepted
+    per_record: dict[int, Retry | Reject] = (
+        dict(result.results) if isinstance(result, Partial) else {}
+    )
+    for position, retry in unconfirmed.items():
+        per_record.setdefault(position, retry)
+    return Partial(per_record)
 
 
 class SplunkHecOutput(Output[SplunkHecConfig]):
@@ -209,6 +249,8 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         self._warned_ack_off = False
         self._token_proven_at: float | None = None
         """When HEC last took the token (monotonic clock): an accepted send or a passed check."""
+        self._busy_until: dict[URL, float] = {}
+        """Node -> when its `Retry-After` ends (monotonic clock)."""
 
     async def start(self) -> None:
         await self._client.start()
@@ -222,30 +264,77 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
     # Sending
 
     async def send(self, batch: Sequence[Record]) -> SendResult:
-        return await send_packed(
-            batch, self._envelope_line, self.config.max_request_bytes, self._send_request
-        )
+        encoded = encode_batch(batch, self._envelope_line, self.config.max_request_bytes)
+        if not isinstance(encoded, EncodedBatch):
+            return encoded
+        pending: list[_PendingAck] = []
 
-    async def _send_request(self, request: EncodedRequest) -> SendResult:
+        async def send_one(request: EncodedRequest) -> SendResult:
+            return await self._send_request(request, pending)
+
+        result = await encoded.send(send_one)
+        if not pending:
+            return result
+        unconfirmed = await self._await_acks(pending)
+        if (
+            isinstance(result, Delivered)
+            and len(unconfirmed) == len(batch)
+            and len({id(retry) for retry in unconfirmed.values()}) == 1
+        ):
+            return next(iter(unconfirmed.values()))  # one request, never acknowledged
+        return _with_unconfirmed(result, unconfirmed)
+
+    async def _send_request(
+        self, request: EncodedRequest, pending: list[_PendingAck]
+    ) -> SendResult:
+        node = self._next_node()
         answer = await self._client.request(
             "POST",
             EVENT_PATH,
+            endpoint=node,
             body=request.body,
             headers={"Content-Type": "application/json"},
             compress=self.config.gzip,
         )
-        return await self._classify(answer, len(request.sent))
+        return self._wait_where_asked(node, self._classify(answer, request, pending))
+
+    def _next_node(self) -> URL:
+        """The next node in turn whose `Retry-After` is over, else the one whose ends first."""
+        nodes = self._client.base_urls
+        now = time.monotonic()
+        for _ in nodes:
+            node = self._client.pick()
+            if self._busy_until.get(node, 0.0) <= now:
+                return node
+        return min(nodes, key=lambda node: self._busy_until.get(node, 0.0))
+
+    def _wait_where_asked(self, node: URL, result: SendResult) -> SendResult:
+        """Keep `node`'s `Retry-After` to itself: the retry waits only as long as the soonest
+        node it may go to, so one busy indexer does not hold back the others."""
+        if not isinstance(result, Retry) or not result.retry_after:
+            return result
+        now = time.monotonic()
+        self._busy_until[node] = now + result.retry_after
+        soonest = min(
+            max(0.0, self._busy_until.get(other, 0.0) - now) for other in self._client.base_urls
+        )
+        return replace(result, retry_after=soonest or None)
 
     def _envelope_line(self, record: Record) -> bytes:
         if isinstance(record.body, str) and not record.body.strip():
             raise ValueError("blank record: HEC refuses an empty event (code 13)")
         return orjson.dumps(hec_envelope(record, self.config)) + b"\n"
 
-    async def _classify(self, answer: HttpAnswer | Retry, count: int) -> SendResult:
+    def _classify(
+        self, answer: HttpAnswer | Retry, request: EncodedRequest, pending: list[_PendingAck]
+    ) -> SendResult:
+        """What HEC's answer means for the events of `request` (positions 0..n-1 in it); an
+        accepted request with an `ackId` is added to `pending` under its batch positions."""
         if isinstance(answer, Retry):
             return answer
         reply = HecReply.of(answer)
         where = endpoint_name(answer.endpoint)
+        count = len(request.sent)
         if answer.status in (401, 403):
             # A revoked token: the next liveness check probes it and reports the output down.
             self._token_proven_at = None
@@ -253,15 +342,22 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
             self._token_proven_at = time.monotonic()
             if reply.code in _SLOW_DOWN_CODES:
                 log.warning("Splunk asks senders to slow down.", output=self.name, hec=reply.text)
-            unconfirmed = await self._await_ack(answer.endpoint, reply.ack_id)
-            return unconfirmed or Delivered()
+            self._expect_ack(answer.endpoint, reply.ack_id, request.sent, pending)
+            return Delivered()
         bad = reply.invalid_event_number
         if answer.status == 400 and bad is not None and 0 <= bad < count:
-            return await self._split_at(bad, count, reply, answer.endpoint)
+            return self._split_at(bad, request, reply, answer.endpoint, pending)
+        message = reply.describe()
+        if answer.status == 400 and reply.names_an_event:
+            number = "unreadable" if bad is None else str(bad)
+            message += (
+                f" (invalid-event-number {number} is not one of the {count} events sent, "
+                "so HEC's answer cannot tell which event it refused)"
+            )
         hint = _config_hint(reply.code)
         if answer.status == 400 and hint is not None:
-            return Retry(f"{where}: {reply.describe()}: {hint}", operator_action=True)
-        result = classify_status(answer.status, answer.headers, reply.describe(), where=where)
+            return Retry(f"{where}: {message}: {hint}", operator_action=True)
+        result = classify_status(answer.status, answer.headers, message, where=where)
         if isinstance(result, Reject) and (
             answer.status in _WRONG_URL_STATUSES or reply.code is None
         ):
@@ -270,7 +366,14 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
             return Retry(f"{result.reason}: {_WRONG_URL_HINT}", operator_action=True)
         return result
 
-    async def _split_at(self, bad: int, count: int, reply: HecReply, endpoint: URL) -> Partial:
+    def _split_at(
+        self,
+        bad: int,
+        request: EncodedRequest,
+        reply: HecReply,
+        endpoint: URL,
+        pending: list[_PendingAck],
+    ) -> Partial:
         """HEC indexed the envelopes before `bad`, refused `bad` and did not read the rest."""
         where = endpoint_name(endpoint)
         results: dict[int, Retry | Reject] = {}
@@ -280,36 +383,65 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         else:
             results[bad] = Reject(f"{where}: {reply.describe()} (HEC refused this event)")
         skipped = Retry(f"{where}: not indexed: HEC stopped at an invalid event before this one")
-        results.update(dict.fromkeys(range(bad + 1, count), skipped))
+        results.update(dict.fromkeys(range(bad + 1, len(request.sent)), skipped))
         if bad > 0:
-            unconfirmed = await self._await_ack(endpoint, reply.ack_id)
-            if unconfirmed is not None:
-                results.update(dict.fromkeys(range(bad), unconfirmed))
+            self._expect_ack(endpoint, reply.ack_id, request.sent[:bad], pending)
         return Partial(results)
 
-    async def _await_ack(self, endpoint: URL, ack_id: int | None) -> Retry | None:
-        """None once the indexers acknowledged `ack_id` (or acks are off); Retry on timeout.
+    def _expect_ack(
+        self, endpoint: URL, ack_id: int | None, positions: list[int], pending: list[_PendingAck]
+    ) -> None:
+        if not self.config.indexer_ack:
+            return
+        if ack_id is None:
+            self._warn_ack_off("HEC answers without an ackId")
+            return
+        pending.append(_PendingAck(endpoint, ack_id, list(positions)))
+
+    async def _await_acks(self, pending: Sequence[_PendingAck]) -> dict[int, Retry]:
+        """The batch positions whose ack did not come within `ack_timeout_secs`, each with the
+        reason; each node is polled for all of its ids at once, the nodes side by side."""
+        by_node: dict[URL, dict[int, list[int]]] = {}
+        unconfirmed: dict[int, Retry] = {}
+        for item in pending:
+            ids = by_node.setdefault(item.endpoint, {})
+            if item.ack_id in ids:
+                # The node issued this id twice on our channel: it restarted in between and
+                # forgot the first, whose events may be lost.
+                stale = Retry(
+                    f"{endpoint_name(item.endpoint)}: ackId {item.ack_id} issued twice (HEC "
+                    "restarted); sending again"
+                )
+                unconfirmed.update(dict.fromkeys(ids[item.ack_id], stale))
+            ids[item.ack_id] = item.positions
+        deadline = asyncio.get_running_loop().time() + self.config.ack_timeout_secs
+        outcomes = await asyncio.gather(
+            *(self._poll_node(node, sorted(ids), deadline) for node, ids in by_node.items())
+        )
+        for (_, ids), failed in zip(by_node.items(), outcomes, strict=True):
+            for ack_id, retry in failed.items():
+                unconfirmed.update(dict.fromkeys(ids[ack_id], retry))
+        return unconfirmed
+
+    async def _poll_node(
+        self, endpoint: URL, ack_ids: list[int], deadline: float
+    ) -> dict[int, Retry]:
+        """The ids `endpoint` did not acknowledge by `deadline` (loop time), with the reason.
 
         Polls run until the deadline, the last one at the deadline itself, and each has the
         whole request timeout: a poll cut short by our own deadline would fail on our side,
         hide HEC's answer and bench a node that was answering. Running out of time is no
         fault of the node, so it is never benched for it.
         """
-        if not self.config.indexer_ack:
-            return None
-        if ack_id is None:
-            self._warn_ack_off("HEC answers without an ackId")
-            return None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.ack_timeout_secs
-        body = orjson.dumps({"acks": [ack_id]})
+        remaining = list(ack_ids)
         every_answer_false = True
         while True:
             answer = await self._client.request(
                 "POST",
                 ACK_PATH,
                 endpoint=endpoint,  # ack ids belong to the node (and channel) that issued them
-                body=body,
+                body=orjson.dumps({"acks": remaining}),
                 headers={"Content-Type": "application/json"},
                 params={"channel": self.channel},
             )
@@ -317,35 +449,40 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
             if isinstance(answer, Retry):
                 last = f"the last poll failed: {answer.reason}"
             else:
-                acked, trouble = self._ack_state(answer, ack_id)
-                if acked:
-                    return None
+                acked, trouble = self._ack_state(answer, remaining)
+                remaining = [ack_id for ack_id in remaining if ack_id not in acked]
+                if not remaining:
+                    return {}
                 answered_false = trouble is None
                 last = trouble or "the last poll answered false"
             every_answer_false = every_answer_false and answered_false
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            left = deadline - loop.time()
+            if left <= 0:
                 outcome = "HEC kept answering false" if every_answer_false else last
-                return Retry(
-                    f"{endpoint_name(endpoint)}: ackId {ack_id} not acknowledged within "
-                    f"{self.config.ack_timeout_secs:g} s ({outcome}); sending again"
-                )
+                return {
+                    ack_id: Retry(
+                        f"{endpoint_name(endpoint)}: ackId {ack_id} not acknowledged within "
+                        f"{self.config.ack_timeout_secs:g} s ({outcome}); sending again"
+                    )
+                    for ack_id in remaining
+                }
             # The one sleep in an output: HEC's ack protocol is a poll.
-            await asyncio.sleep(min(self.config.ack_poll_interval_secs, remaining))
+            await asyncio.sleep(min(self.config.ack_poll_interval_secs, left))
 
-    def _ack_state(self, answer: HttpAnswer, ack_id: int) -> tuple[bool, str | None]:
-        """(acknowledged?, what went wrong with the poll, or None for a plain answer).
+    def _ack_state(self, answer: HttpAnswer, ack_ids: list[int]) -> tuple[set[int], str | None]:
+        """(the ids acknowledged, what went wrong with the poll or None for a plain answer).
 
         Ack switched off on the token counts as acknowledged.
         """
         data = answer.json()
         if answer.status == 200 and isinstance(data, dict) and isinstance(data.get("acks"), dict):
-            return data["acks"].get(str(ack_id)) is True, None
+            acks = data["acks"]
+            return {ack_id for ack_id in ack_ids if acks.get(str(ack_id)) is True}, None
         reply = HecReply.of(answer)
         if reply.code == 14:
             self._warn_ack_off(reply.describe())
-            return True, None
-        return False, f"the last poll answered HTTP {answer.status}: {reply.describe()}"
+            return set(ack_ids), None
+        return set(), f"the last poll answered HTTP {answer.status}: {reply.describe()}"
 
     def _warn_ack_off(self, sign: str) -> None:
         if not self._warned_ack_off:

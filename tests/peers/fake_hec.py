@@ -7,10 +7,19 @@ What it implements, as Splunk documents it (endpoints, envelope, status and code
   answer is `400 {"code": 6 | 7 | 12 | 13 | 15, "invalid-event-number": N}`.
 - Auth: `Authorization: Splunk <token>`, Basic with the token as password, `?token=` only when
   allowed (else code 16); codes 1 to 4 for a missing, malformed, unknown or disabled token.
-- `max_content_length` -> 413; an empty body -> code 5; an unknown Content-Encoding -> 415.
+- `max_content_length` -> 413, counted on the Content-Length on the wire (the compressed size of a
+  gzip body), as the message Splunk answers names it; with `limit_decompressed`, on the body
+  after gunzip too, for a receiver (or a proxy in front of HEC) that counts that. An empty body
+  -> code 5; an unknown Content-Encoding -> 415 (Splunk answers `deflate` so).
+- `max_event_size` (Splunk's inputs.conf `[http] maxEventSize`, 5 MB by default): an envelope
+  larger than that is code 6 with its `invalid-event-number`, not a 413.
+- `fields` (indexed fields) as Splunk takes them: strings, numbers, booleans, null and flat
+  arrays of those are accepted, a nested object or array is code 15, and an integer value is
+  silently dropped, as Splunk was seen to do (its documentation allows only strings).
 - Indexer acknowledgement when the token has it: a channel is required (codes 10, 11), every
   200 carries an `ackId` (per channel, from 0), `POST /services/collector/ack` answers
   `{"acks": {"0": true}}` once an id is acknowledged; without ack on the token, code 14.
+  `restart()` forgets every pending id, as an indexer restart does: they poll `false` forever.
 - `GET /services/collector/health[/1.0]` (Splunk 6.6 and later): 200 code 17; 503 code 18
   "HEC is unhealthy, queues are full" while `healthy` is False; 400 codes 21/22 for an unknown
   or disabled token in the Authorization header, as Splunk's REST reference and status table
@@ -19,6 +28,8 @@ What it implements, as Splunk documents it (endpoints, envelope, status and code
 - Faults: `faults` (event posts), `ack_faults` (ack polls) and `health_faults` (health checks)
   are `FaultScript`s; `poison` holds values that make an envelope with that value in its
   `fields` an "Invalid data format" (code 6).
+
+`prefix` serves every route under a path, as a reverse proxy in front of HEC does.
 
 Every accepted envelope is kept in `events`, in order, with its arrival time; every request to
 a `/services/collector` route, refused or not, in `seen` as (method, path). As a module:
@@ -74,6 +85,13 @@ CODES: dict[int, tuple[int, str]] = {
     18: (503, "HEC is unhealthy, queues are full"),
     21: (400, "Invalid token"),
     22: (400, "Token disabled"),
+    # Splunk Cloud's answer for a missing channel where Splunk Enterprise answers code 10 (seen
+    # on Splunk Cloud 10.5; not in Splunk's documented table).
+    28: (
+        400,
+        "Data channel is missing. If you have multiple indexers, sticky session load "
+        "balancers must be provisioned and client requests must be routed accordingly.",
+    ),
 }
 
 
@@ -119,6 +137,7 @@ class FakeHec(FakePeer):
         allowed_indexes: Collection[str] | None = None,
         max_content_length: int = 1_000_000,
         allow_query_token: bool = False,
+        prefix: str = "",
     ) -> None:
         super().__init__()
         self.token = token
@@ -126,7 +145,12 @@ class FakeHec(FakePeer):
         self.token_disabled = token_disabled
         self.allowed_indexes = None if allowed_indexes is None else set(allowed_indexes)
         self.max_content_length = max_content_length
+        self.limit_decompressed = False
+        """True: `max_content_length` also bounds the body after gunzip."""
+        self.max_event_size: int | None = None
+        """Largest envelope (as JSON) indexed; a larger one is code 6. None: no limit."""
         self.allow_query_token = allow_query_token
+        self.prefix = prefix.rstrip("/")
         self.healthy = True
         """False: HEC's queues are full, and the health endpoint says so (503 code 18)."""
         self.health_checks_token = True
@@ -141,10 +165,10 @@ class FakeHec(FakePeer):
         self.ack_polls = 0
         self._channels: dict[str, _Channel] = {}
         for path in EVENT_PATHS:
-            self.app.router.add_post(path, self._event_route)
+            self.app.router.add_post(self.prefix + path, self._event_route)
         for path in HEALTH_PATHS:
-            self.app.router.add_get(path, self._health_route)
-        self.app.router.add_post(ACK_PATH, self._ack_route)
+            self.app.router.add_get(self.prefix + path, self._health_route)
+        self.app.router.add_post(self.prefix + ACK_PATH, self._ack_route)
         self.app.router.add_get("/_fake/events", self._events_route)
         self.app.router.add_post("/_fake/poison", self._poison_route)
 
@@ -168,6 +192,11 @@ class FakeHec(FakePeer):
             "duplicates": len(fingerprints) - len(set(fingerprints)),
             "ack_polls": self.ack_polls,
         }
+
+    def restart(self) -> None:
+        """Forget every pending ack id, as an indexer restart does: they poll `false` from now
+        on, and each channel's ids count from 0 again."""
+        self._channels.clear()
 
     def reset(self) -> None:
         super().reset()
@@ -234,6 +263,9 @@ class FakeHec(FakePeer):
         except BodyError as exc:
             return json_response(exc.status, {"text": exc.message, "code": 6})
         self.record(request, body, wire_bytes)
+        if self.limit_decompressed and len(body) > self.max_content_length:
+            text = f"Content of {len(body)} bytes too large (maximum is {self.max_content_length})"
+            return json_response(413, {"text": text})
         answer = self._index(body, channel)
         await self.changed()
         return answer
@@ -251,7 +283,7 @@ class FakeHec(FakePeer):
                 failure = exc
                 break
             assert isinstance(envelope, dict)
-            self.events.append(HecEvent(envelope, arrived, channel))
+            self.events.append(HecEvent(_as_indexed(envelope), arrived, channel))
             accepted += 1
         extra: dict[str, Any] = {}
         if self.acks and channel is not None and (failure is None or accepted):
@@ -277,6 +309,8 @@ class FakeHec(FakePeer):
         index = envelope.get("index")
         if self.allowed_indexes is not None and index not in (None, *self.allowed_indexes):
             raise _Invalid(7)
+        if self.max_event_size is not None and len(orjson.dumps(envelope)) > self.max_event_size:
+            raise _Invalid(6)
         if self.poison and any(str(v) in self.poison for v in fields.values()):
             raise _Invalid(6)
 
@@ -390,10 +424,26 @@ def _concatenated(body: bytes) -> Iterator[Any]:
         yield value
 
 
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
 def _flat(value: Any) -> bool:
-    if isinstance(value, str | int | float) and not isinstance(value, bool):
-        return True
-    return isinstance(value, list) and all(isinstance(v, str | int | float) for v in value)
+    """An indexed field value Splunk takes: a scalar, or a flat array of scalars."""
+    return _scalar(value) or (isinstance(value, list) and all(_scalar(v) for v in value))
+
+
+def _as_indexed(envelope: dict[str, Any]) -> dict[str, Any]:
+    """The envelope as Splunk keeps it: an indexed field with an integer value is dropped."""
+    fields = envelope.get("fields")
+    if not isinstance(fields, dict):
+        return envelope
+    kept = {
+        name: value
+        for name, value in fields.items()
+        if not (isinstance(value, int) and not isinstance(value, bool))
+    }
+    return envelope if len(kept) == len(fields) else {**envelope, "fields": kept}
 
 
 def _epoch(value: Any) -> bool:

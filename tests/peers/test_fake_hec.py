@@ -254,3 +254,85 @@ async def test_standalone_process_is_driven_over_http() -> None:
             assert control(url, "/_fake/stats")["events"] == 0
         finally:
             await output.aclose()
+
+
+# Behaviour added with the HEC audit (each row cites what Splunk was seen or documented to do)
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "kept"),
+    [
+        # Splunk's "Automate indexed field extractions" page allows only strings, and a flat
+        # array of them for several values; a nested object or array is code 15.
+        ({"a": "x", "b": ["y", "z"]}, 0, {"a": "x", "b": ["y", "z"]}),
+        ({"a": {"nested": "x"}}, 15, None),
+        ({"a": ["x", ["nested"]]}, 15, None),
+        # Seen on Splunk (vectordotdev/vector#24292): floats, booleans and null are kept, and
+        # an integer is dropped without a word.
+        ({"f": 1.5, "t": True, "n": None, "i": 7}, 0, {"f": 1.5, "t": True, "n": None}),
+    ],
+)
+async def test_indexed_fields_follow_splunks_type_rules(
+    fake_hec: FakeHec,
+    http: aiohttp.ClientSession,
+    fields: dict[str, Any],
+    code: int,
+    kept: dict[str, Any] | None,
+) -> None:
+    body = json.dumps({"event": "a", "fields": fields}).encode()
+    _status, answer = await post(http, fake_hec.url, body)
+    assert answer["code"] == code
+    if kept is None:
+        assert answer["invalid-event-number"] == 0 and fake_hec.events == []
+    else:
+        assert fake_hec.events[0].fields == kept
+
+
+async def test_the_size_limit_counts_wire_bytes_unless_told_to_count_the_body(
+    fake_hec: FakeHec, http: aiohttp.ClientSession
+) -> None:
+    fake_hec.max_content_length = 1000
+    body = b'{"event":"' + b"x" * 2000 + b'"}'
+    packed = gzip.compress(body)
+    gzipped = {**AUTH, "Content-Encoding": "gzip"}
+    assert len(packed) < 1000 < len(body)
+    assert (await post(http, fake_hec.url, packed, gzipped))[0] == 200
+    fake_hec.limit_decompressed = True
+    status, answer = await post(http, fake_hec.url, packed, gzipped)
+    assert status == 413 and "maximum is 1000" in answer["text"]
+    assert len(fake_hec.events) == 1
+
+
+async def test_an_event_over_max_event_size_is_code_6_not_413(
+    fake_hec: FakeHec, http: aiohttp.ClientSession
+) -> None:
+    fake_hec.max_event_size = 100
+    small, big = b'{"event":"a"}', b'{"event":"' + b"x" * 200 + b'"}'
+    status, answer = await post(http, fake_hec.url, small + big + small)
+    assert (status, answer["code"], answer["invalid-event-number"]) == (400, 6, 1)
+    assert len(fake_hec.events) == 1
+
+
+async def test_a_restart_forgets_pending_acks_and_restarts_the_ids(
+    fake_hec: FakeHec, http: aiohttp.ClientSession
+) -> None:
+    fake_hec.acks = True
+    fake_hec.ack_after_polls = 0
+    with_channel = {**AUTH, "X-Splunk-Request-Channel": CHANNEL}
+    assert (await post(http, fake_hec.url, b'{"event":"a"}', with_channel))[1]["ackId"] == 0
+    fake_hec.restart()
+    ack_path = f"/services/collector/ack?channel={CHANNEL}"
+    _, polled = await post(http, fake_hec.url, b'{"acks":[0]}', AUTH, ack_path)
+    assert polled == {"acks": {"0": False}}
+    assert (await post(http, fake_hec.url, b'{"event":"b"}', with_channel))[1]["ackId"] == 0
+
+
+async def test_a_prefix_serves_every_route_under_it(http: aiohttp.ClientSession) -> None:
+    async with FakeHec(prefix="/splunk/hec/") as peer:
+        async with http.post(peer.url + "/services/collector/event", headers=AUTH) as response:
+            assert response.status == 404
+        path = "/splunk/hec/services/collector/event"
+        assert (await post(http, peer.url, b'{"event":"a"}', path=path))[0] == 200
+        async with http.get(peer.url + "/splunk/hec/services/collector/health") as response:
+            assert response.status == 200
+        assert peer.seen[-1] == ("GET", "/splunk/hec/services/collector/health")
