@@ -85,4 +85,16 @@ def build_app(pipeline: Pipeline) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app[metrics.STORE_READER] = metrics.StoreReader()
+    app.on_startup.append(_read_store)
+    app.on_cleanup.append(_stop_reading_store)
     return app
+
+
+async def _read_store(app: web.Application) -> None:
+    """Start reading the store's figures, so the first scrape has them without waiting."""
+    app[metrics.STORE_READER].start(app[PIPELINE].outbox)
+
+
+async def _stop_reading_store(app: web.Application) -> None:
+    await app[metrics.STORE_READER].aclose()

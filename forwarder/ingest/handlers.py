@@ -187,15 +187,14 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    pipeline = request.app[PIPELINE]
-    stats = await pipeline.outbox.stats()
-    metrics.store_depth.set(stats.events)
-    metrics.store_bytes.set(stats.bytes)
-    oldest = stats.oldest_received_at
-    age = 0.0 if oldest is None else max(0.0, datetime.now(UTC).timestamp() - oldest)
-    metrics.store_oldest_age.set(age)
-    for dispatcher in pipeline.dispatchers:
-        metrics.output_queued.labels(dispatcher.name).set(stats.queued.get(dispatcher.name, 0))
+    """The exposition; never slower than the store wait, and never failing with the store.
+
+    A stuck or unavailable store leaves the store's figures at their last reading (see
+    `metrics.StoreReader`): a scrape that failed or timed out would take every series with it,
+    and every alert on them, just when the store is in trouble.
+    """
+    wait = metrics.store_read_wait(request.headers.get(metrics.SCRAPE_TIMEOUT_HEADER))
+    await request.app[metrics.STORE_READER].refresh(request.app[PIPELINE], wait)
     return web.Response(
         body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
