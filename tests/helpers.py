@@ -8,9 +8,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aiohttp.test_utils import TestClient, TestServer
+
+from forwarder.app import build_app
 from forwarder.outputs.base import Output
 from forwarder.outputs.memory import MemoryOutput
 from forwarder.pipeline import Pipeline
+from forwarder.settings import Settings
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -58,3 +62,28 @@ async def started_outputs(
     finally:
         for output in outputs:
             await output.aclose()
+
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@contextlib.asynccontextmanager
+async def served_pipelines(
+    aiohttp_client: ClientFactory,
+) -> AsyncIterator[Callable[[Settings], Awaitable[tuple[TestClient[Any, Any], Pipeline]]]]:
+    """`start(settings)` -> a test client of the daemon's app and its pipeline, as `canary-
+    forwarder run` serves it (compressed bodies reach the handler as sent); stopped after."""
+    running: list[Pipeline] = []
+
+    async def start(settings: Settings) -> tuple[TestClient[Any, Any], Pipeline]:
+        pipeline = await Pipeline.start(settings)
+        running.append(pipeline)
+        server = TestServer(build_app(pipeline))
+        await server.start_server(auto_decompress=False)
+        return await aiohttp_client(server), pipeline
+
+    try:
+        yield start
+    finally:
+        for pipeline in running:
+            await pipeline.stop(graceful_secs=5)

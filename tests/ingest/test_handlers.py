@@ -10,10 +10,9 @@ from typing import Any
 import orjson
 import pytest
 import structlog
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
-from forwarder.app import build_app
 from forwarder.events import parse_event
 from forwarder.ingest import handlers
 from forwarder.ingest.handlers import LIMITER
@@ -22,14 +21,13 @@ from forwarder.pipeline import Pipeline
 from forwarder.settings import Settings
 from forwarder.store.database import Database
 from forwarder.telemetry import metrics
-from tests.helpers import SAMPLES, memory_output, sample
+from tests.helpers import SAMPLES, ClientFactory, memory_output, sample, served_pipelines
 
 SECRET = "correct-horse-battery-staple"
 JSON = {"Content-Type": "application/json"}
 AUTH = {"X-Canary-Token": SECRET, **JSON}
 BASIC = {"basic": {"username": "canary", "password": SECRET}}
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 Started = Callable[..., Awaitable[tuple[TestClient[Any, Any], Pipeline]]]
 
 
@@ -37,24 +35,17 @@ Started = Callable[..., Awaitable[tuple[TestClient[Any, Any], Pipeline]]]
 async def start(
     aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
 ) -> AsyncIterator[Started]:
-    running: list[Pipeline] = []
+    async with served_pipelines(aiohttp_client) as serve:
 
-    async def starter(
-        *, store: Mapping[str, Any] | None = None, **listen: Any
-    ) -> tuple[TestClient[Any, Any], Pipeline]:
-        overrides: dict[str, Any] = {"listen": listen} if listen else {}
-        if store:
-            overrides["store"] = {"path": str(make_settings().store.path), **store}
-        pipeline = await Pipeline.start(make_settings(**overrides))
-        running.append(pipeline)
-        server = TestServer(build_app(pipeline))
-        # As `canary-forwarder run` serves it: compressed bodies reach the handler as sent.
-        await server.start_server(auto_decompress=False)
-        return await aiohttp_client(server), pipeline
+        async def starter(
+            *, store: Mapping[str, Any] | None = None, **listen: Any
+        ) -> tuple[TestClient[Any, Any], Pipeline]:
+            overrides: dict[str, Any] = {"listen": listen} if listen else {}
+            if store:
+                overrides["store"] = {"path": str(make_settings().store.path), **store}
+            return await serve(make_settings(**overrides))
 
-    yield starter
-    for pipeline in running:
-        await pipeline.stop(graceful_secs=5)
+        yield starter
 
 
 def quarantined(pipeline: Pipeline) -> list[tuple[str, bytes]]:

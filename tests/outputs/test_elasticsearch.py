@@ -64,7 +64,7 @@ async def connect(fake_es: FakeEs) -> AsyncIterator[Connect]:
         yield build
 
 
-def assert_retry(result: SendResult | Retry | Reject, *, operator: bool = False) -> Retry:
+def assert_retry(result: SendResult | Retry | Reject | None, *, operator: bool = False) -> Retry:
     assert isinstance(result, Retry), result
     assert result.operator_action is operator, result
     return result

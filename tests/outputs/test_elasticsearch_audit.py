@@ -6,53 +6,26 @@ index, Elasticsearch 6's mapping types, gzip against `http.max_content_length`, 
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import pytest
 import structlog
 from pydantic import ValidationError
 from yarl import URL
 
-from forwarder.outputs.base import Delivered, Partial, Reject, Retry, SendResult, TooLarge
+from forwarder.outputs.base import Delivered, Partial, Reject, Retry, TooLarge
 from forwarder.outputs.elasticsearch import (
     DEFAULT_INDEX,
     FILTER_PATH,
-    ElasticsearchConfig,
-    ElasticsearchOutput,
     bulk_item_result,
     decode_cloud_id,
 )
-from tests.helpers import started_outputs
+from tests.outputs.test_elasticsearch import Connect, assert_retry, es_config
+from tests.outputs.test_elasticsearch import connect as connect  # a fixture
 from tests.peers._server import Respond
 from tests.peers.fake_es import FakeEs
 from tests.peers.records import make_records
 
 pytest_plugins = ["tests.peers.fixtures"]
-
-Connect = Callable[..., Awaitable[ElasticsearchOutput]]
-
-
-def es_config(url: str | None = None, **options: Any) -> ElasticsearchConfig:
-    data: dict[str, Any] = {"name": "es", "type": "elasticsearch", "request_timeout_secs": 5}
-    if url is not None:
-        data["url"] = url
-    return ElasticsearchConfig.model_validate({**data, **options})
-
-
-@pytest.fixture
-async def connect(fake_es: FakeEs) -> AsyncIterator[Connect]:
-    def make(url: str | None = None, **options: Any) -> ElasticsearchOutput:
-        return ElasticsearchOutput(es_config(url or fake_es.url, **options))
-
-    async with started_outputs(make) as build:
-        yield build
-
-
-def assert_retry(result: SendResult | Retry | Reject | None, *, operator: bool = False) -> Retry:
-    assert isinstance(result, Retry), result
-    assert result.operator_action is operator, result
-    return result
 
 
 # Elastic Cloud ID: the same vectors Kibana's decodeCloudId is tested with

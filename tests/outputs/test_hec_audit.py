@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,44 +22,21 @@ from forwarder.mappers.base import Record
 from forwarder.mappers.json import JsonConfig, JsonMapper
 from forwarder.outputs._http import endpoint_name
 from forwarder.outputs.base import Delivered, Partial, Reject, Retry
-from forwarder.outputs.splunk_hec import SplunkHecConfig, SplunkHecOutput, hec_envelope
+from forwarder.outputs.splunk_hec import SplunkHecOutput, hec_envelope
 from forwarder.settings import StoreConfig
 from forwarder.store.outbox import Outbox
-from tests.helpers import sample, started_outputs
+from tests.helpers import sample
+from tests.outputs.test_splunk_hec import Connect, hec_config
+from tests.outputs.test_splunk_hec import connect as connect  # a fixture
 from tests.peers._server import Respond
-from tests.peers.fake_hec import DEFAULT_TOKEN, FakeHec
+from tests.peers.fake_hec import FakeHec
 from tests.peers.records import RECEIVED, make_records
 
 pytest_plugins = ["tests.peers.fixtures"]
 
-Connect = Callable[..., Awaitable[SplunkHecOutput]]
-
 # The keys of Splunk's "Format events for HTTP Event Collector" event metadata table.
 ENVELOPE_KEYS = {"time", "host", "source", "sourcetype", "index", "fields", "event"}
 SAFE_FIELD_VALUE = re.compile(r"[A-Za-z0-9:._@-]{1,200}")
-
-
-def hec_config(url: str | list[str], **options: Any) -> SplunkHecConfig:
-    return SplunkHecConfig.model_validate(
-        {
-            "name": "hec",
-            "type": "splunk_hec",
-            "url": url,
-            "token": DEFAULT_TOKEN,
-            "request_timeout_secs": 5,
-            "ack_poll_interval_secs": 0.02,
-            **options,
-        }
-    )
-
-
-@pytest.fixture
-async def connect(fake_hec: FakeHec) -> AsyncIterator[Connect]:
-    def make(url: str | list[str] | None = None, **options: Any) -> SplunkHecOutput:
-        return SplunkHecOutput(hec_config(url or fake_hec.url, **options))
-
-    async with started_outputs(make) as build:
-        yield build
 
 
 def record_of(**changes: Any) -> Record:

@@ -19,18 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from prometheus_client import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from forwarder.app import build_app
 from forwarder.events import EventKind
 from forwarder.pipeline import Pipeline
 from forwarder.settings import Settings
 from forwarder.store.database import Database, NewEvent
 from forwarder.store.outbox import StoreUnavailable
 from forwarder.telemetry import metrics
-from tests.helpers import memory_output, sample
+from tests.helpers import ClientFactory, memory_output, sample, served_pipelines
 
 SECRET = "correct-horse-battery-staple"
 JSON = {"Content-Type": "application/json"}
@@ -38,7 +37,6 @@ HANDLERS = Path(__file__).resolve().parents[2] / "forwarder" / "ingest" / "handl
 # What Prometheus sends with every scrape; the answer must come well within it.
 SCRAPE_TIMEOUT = "X-Prometheus-Scrape-Timeout-Seconds"
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 Serve = Callable[..., Awaitable[tuple[TestClient[Any, Any], Pipeline]]]
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -52,18 +50,12 @@ async def serve(
     aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
 ) -> AsyncIterator[Serve]:
     """`serve(**settings overrides)` -> a test client of the app and its pipeline."""
-    running: list[Pipeline] = []
+    async with served_pipelines(aiohttp_client) as start:
 
-    async def starter(**overrides: Any) -> tuple[TestClient[Any, Any], Pipeline]:
-        pipeline = await Pipeline.start(make_settings(**overrides))
-        running.append(pipeline)
-        server = TestServer(build_app(pipeline))
-        await server.start_server(auto_decompress=False)
-        return await aiohttp_client(server), pipeline
+        async def starter(**overrides: Any) -> tuple[TestClient[Any, Any], Pipeline]:
+            return await start(make_settings(**overrides))
 
-    yield starter
-    for pipeline in running:
-        await pipeline.stop(graceful_secs=5)
+        yield starter
 
 
 async def scrape(client: TestClient[Any, Any], **headers: str) -> dict[str, Metric]:
