@@ -58,6 +58,15 @@ async def serve(
         yield starter
 
 
+# What an output reports about itself now: gone with it when a reload removes it.
+OUTPUT_GAUGES = (
+    "canary_forwarder_output_in_flight_events",
+    "canary_forwarder_output_queued_events",
+    "canary_forwarder_output_healthy",
+    "canary_forwarder_output_last_success_timestamp_seconds",
+)
+
+
 async def scrape(client: TestClient[Any, Any], **headers: str) -> dict[str, Metric]:
     response = await client.get("/metrics", headers=headers)
     assert response.status == 200, await response.text()
@@ -279,22 +288,12 @@ async def test_a_reload_removes_the_gauges_of_a_removed_output(
     await delivered(pipeline, "gone")
     await pipeline.check_outputs()
     families = await scrape(client)
-    for name in (
-        "canary_forwarder_output_in_flight_events",
-        "canary_forwarder_output_queued_events",
-        "canary_forwarder_output_healthy",
-        "canary_forwarder_output_last_success_timestamp_seconds",
-    ):
+    for name in OUTPUT_GAUGES:
         assert output_values(families, name, "gone"), name
     # "gone" is renamed "renamed": the same output under a new name.
     await pipeline.reload(make_settings(outputs=[memory("keep"), memory("renamed")]), 5)
     families = await scrape(client)
-    for name in (
-        "canary_forwarder_output_in_flight_events",
-        "canary_forwarder_output_queued_events",
-        "canary_forwarder_output_healthy",
-        "canary_forwarder_output_last_success_timestamp_seconds",
-    ):
+    for name in OUTPUT_GAUGES:
         assert not output_values(families, name, "gone"), f"{name} reports a removed output"
     assert output_values(families, "canary_forwarder_output_sent_events", "gone") == [1.0]
     assert value(families, "canary_forwarder_output_in_flight_events", output="renamed") == 0
