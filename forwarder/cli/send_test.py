@@ -120,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
     if isinstance(result, tuple):
         status, answer = result
         print(status, answer.decode("utf-8", "replace"))
-        return 0 if status < 400 else 1
+        return 0 if 200 <= status < 300 else 1
     if isinstance(result, urllib.error.URLError):
         print(f"cannot reach {shown}: {result.reason}", file=sys.stderr)
     elif isinstance(result, http.client.HTTPException):
@@ -134,10 +134,22 @@ def main(args: argparse.Namespace) -> int:
     return 1
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Answer a redirect instead of following it: urllib would repeat the POST as a GET without
+    its body, and the redirect target's answer would read as the daemon's."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+# No proxy from the environment either: the test is meant for the daemon named in --url.
+_OPENER = urllib.request.build_opener(_NoRedirect, urllib.request.ProxyHandler({}))
+
+
 def _exchange(request: urllib.request.Request, timeout: float) -> tuple[int, bytes]:
     """The answer's status and body, whatever the status."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with _OPENER.open(request, timeout=timeout) as response:
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         with exc:

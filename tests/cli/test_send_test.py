@@ -8,6 +8,7 @@ import contextlib
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -191,3 +192,34 @@ def test_send_test_refuses_a_header_with_a_control_character_without_printing_it
     assert code == 2
     assert "s3cr3t" not in out + err
     assert "Traceback" not in err
+
+
+def test_send_test_prints_a_redirect_instead_of_following_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Followed, the POST would become a GET without the event, and a 200 from elsewhere would
+    # read as the daemon's.
+    answer = (
+        b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\n"
+        b"Content-Length: 5\r\nConnection: close\r\n\r\nmoved"
+    )
+    with raw_server(answer) as (url, heads):
+        code, out, err = run_cli(capsys, "send-test", "--url", f"{url}/canary")
+    assert (code, out, err) == (1, "302 moved\n", "")
+    assert len(heads) == 1 and heads[0].startswith(b"POST /canary ")
+
+
+def test_send_test_ignores_proxy_variables(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    with raw_server(answer) as (url, heads):
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        for name in ("http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(name, "http://127.0.0.1:9")
+        # urlopen's shared opener reads the variables once, when first built.
+        monkeypatch.setattr(urllib.request, "_opener", None)
+        code, out, _ = run_cli(capsys, "send-test", "--url", f"{url}/canary")
+    assert (code, out) == (0, "200 ok\n")
+    assert heads[0].startswith(b"POST /canary ")
