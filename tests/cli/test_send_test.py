@@ -13,18 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from forwarder.cli import main
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """main(argv)'s exit status, however it ends (a usage error raises), stdout and stderr."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exited:
-        assert isinstance(exited.code, int)
-        code = exited.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.cli.test_commands import run_cli
 
 
 @contextlib.contextmanager
