@@ -1,8 +1,10 @@
 """Several endpoints of one destination (a SIEM cluster): round-robin with failover.
 
 An endpoint that fails is benched for a cooldown that doubles with each further failure up to a
-cap, and is tried again once the cooldown is over. When every endpoint is benched, the one whose
-cooldown ends first is used, so a send is always attempted and its result classified.
+cap, and is tried again once the cooldown is over. An endpoint can also be held for as long as
+it asked (`Retry-After`); unlike a cooldown, a hold is not lifted by a success elsewhere on that
+endpoint (an ack poll, a health check). When every endpoint is benched or held, the one free
+soonest is used, so a send is always attempted and its result classified.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ T = TypeVar("T")
 class _Health:
     failures: int = 0
     benched_until: float = 0.0
+    held_until: float = 0.0
+
+    @property
+    def free_at(self) -> float:
+        return max(self.benched_until, self.held_until)
 
 
 class Endpoints(Generic[T]):
@@ -45,16 +52,25 @@ class Endpoints(Generic[T]):
         return len(self._endpoints)
 
     def pick(self) -> T:
-        """The next endpoint in turn that is not benched, else the one freed soonest."""
+        """The next endpoint in turn that is neither benched nor held, else the one freed
+        soonest."""
         now = self._clock()
         count = len(self._endpoints)
         for step in range(count):
             index = (self._next + step) % count
-            if self._health[index].benched_until <= now:
+            if self._health[index].free_at <= now:
                 self._next = (index + 1) % count
                 return self._endpoints[index]
-        soonest = min(range(count), key=lambda i: self._health[i].benched_until)
+        soonest = min(range(count), key=lambda i: self._health[i].free_at)
         return self._endpoints[soonest]
+
+    def hold(self, endpoint: T, secs: float) -> float:
+        """Keep `endpoint` out of turn for `secs` (it asked, with `Retry-After`); returns the
+        seconds until some endpoint is not held (0 when one is free of holds now)."""
+        now = self._clock()
+        health = self._health[self._endpoints.index(endpoint)]
+        health.held_until = max(health.held_until, now + secs)
+        return max(0.0, min(other.held_until for other in self._health) - now)
 
     def succeeded(self, endpoint: T) -> None:
         health = self._health[self._endpoints.index(endpoint)]

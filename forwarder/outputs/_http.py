@@ -339,8 +339,13 @@ class HttpClient:
         return self._base_urls
 
     def pick(self) -> URL:
-        """The node the next request goes to (round-robin, benched nodes skipped)."""
+        """The node the next request goes to (round-robin, benched and held nodes skipped)."""
         return self._endpoints.pick()
+
+    def hold(self, node: URL, secs: float) -> float:
+        """Keep `node` out of turn for `secs`, as its `Retry-After` asked; returns how long
+        until some node may take a request again (0 when another is free now)."""
+        return self._endpoints.hold(node, secs)
 
     def _new_session(self) -> aiohttp.ClientSession:
         ssl_context: ssl.SSLContext | bool = False

@@ -249,8 +249,6 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         self._warned_ack_off = False
         self._token_proven_at: float | None = None
         """When HEC last took the token (monotonic clock): an accepted send or a passed check."""
-        self._busy_until: dict[URL, float] = {}
-        """Node -> when its `Retry-After` ends (monotonic clock)."""
 
     async def start(self) -> None:
         await self._client.start()
@@ -287,7 +285,7 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
     async def _send_request(
         self, request: EncodedRequest, pending: list[_PendingAck]
     ) -> SendResult:
-        node = self._next_node()
+        node = self._client.pick()
         answer = await self._client.request(
             "POST",
             EVENT_PATH,
@@ -298,26 +296,12 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         )
         return self._wait_where_asked(node, self._classify(answer, request, pending))
 
-    def _next_node(self) -> URL:
-        """The next node in turn whose `Retry-After` is over, else the one whose ends first."""
-        nodes = self._client.base_urls
-        now = time.monotonic()
-        for _ in nodes:
-            node = self._client.pick()
-            if self._busy_until.get(node, 0.0) <= now:
-                return node
-        return min(nodes, key=lambda node: self._busy_until.get(node, 0.0))
-
     def _wait_where_asked(self, node: URL, result: SendResult) -> SendResult:
         """Keep `node`'s `Retry-After` to itself: the retry waits only as long as the soonest
         node it may go to, so one busy indexer does not hold back the others."""
         if not isinstance(result, Retry) or not result.retry_after:
             return result
-        now = time.monotonic()
-        self._busy_until[node] = now + result.retry_after
-        soonest = min(
-            max(0.0, self._busy_until.get(other, 0.0) - now) for other in self._client.base_urls
-        )
+        soonest = self._client.hold(node, result.retry_after)
         return replace(result, retry_after=soonest or None)
 
     def _envelope_line(self, record: Record) -> bytes:

@@ -106,3 +106,24 @@ def test_when_every_node_cools_down_the_one_back_soonest_is_used() -> None:
     assert picks(endpoints, 4) == ["a", "b", "a", "b"]
     clock.now = failed_at + 4.0
     assert picks(endpoints, 3) == ["c", "a", "b"]
+
+
+def test_a_held_node_sits_out_its_retry_after_even_when_it_answers_meanwhile() -> None:
+    clock = FakeClock()
+    endpoints = Endpoints(["a", "b"], clock=clock)
+    held_at = clock.now
+    assert endpoints.hold("a", 30) == 0.0  # "b" may take a request now
+    endpoints.succeeded("a")  # an ack poll or a health check to "a" does not end the hold
+    clock.now = held_at + 29.999
+    assert benched(endpoints, "a")
+    clock.now = held_at + 30
+    assert not benched(endpoints, "a")
+
+
+def test_when_every_node_is_held_the_one_free_soonest_is_picked() -> None:
+    clock = FakeClock()
+    endpoints = Endpoints(["a", "b"], clock=clock)
+    assert endpoints.hold("a", 20) == 0.0
+    assert endpoints.hold("b", 5) == 5.0
+    assert endpoints.hold("b", 2) == 5.0  # a shorter hold never shortens a longer one
+    assert picks(endpoints, 2) == ["b", "b"]
