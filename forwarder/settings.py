@@ -34,6 +34,7 @@ from forwarder.registry import PluginError, mapper_class, output_class
 
 __all__ = [
     "EX_CONFIG",
+    "PRIVATE_NETWORKS",
     "AuthConfig",
     "ConfigError",
     "ListenConfig",
@@ -113,6 +114,14 @@ class TlsServerConfig(BaseModel):
     """PEM private key."""
 
 
+# Addresses no Internet client has: loopback, RFC 1918, shared (RFC 6598), link-local and
+# unique local. What an operator's Prometheus, kubelet or load balancer scrapes from.
+PRIVATE_NETWORKS = (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+    "169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10",
+)  # fmt: skip
+
+
 class ListenConfig(BaseModel):
     model_config = _STRICT
 
@@ -126,9 +135,13 @@ class ListenConfig(BaseModel):
     """CIDRs allowed to post (empty: everyone). Checked against the client address."""
     trusted_proxies: tuple[str, ...] = ()
     """CIDRs of reverse proxies whose X-Forwarded-For is believed."""
+    status_allow: tuple[str, ...] = PRIVATE_NETWORKS
+    """CIDRs that may read /metrics and the reasons /readyz gives (default: loopback and
+    private ranges). Others get 403 from /metrics and only the status from /readyz: the
+    webhook listener may face the Internet, and those name outputs, hosts and errors."""
     tls: TlsServerConfig | None = None
 
-    @field_validator("allow", "trusted_proxies")
+    @field_validator("allow", "trusted_proxies", "status_allow")
     @classmethod
     def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for cidr in value:

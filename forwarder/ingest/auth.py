@@ -12,28 +12,38 @@ import hmac
 import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 from aiohttp import web
 
 from forwarder.settings import AuthConfig, ListenConfig
 
-__all__ = ["FailureLimiter", "client_address", "is_allowed", "is_authenticated"]
+__all__ = [
+    "FailureLimiter",
+    "client_address",
+    "is_allowed",
+    "is_authenticated",
+    "may_read_status",
+]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _networks(cidrs: Sequence[str]) -> list[Network]:
-    return [ipaddress.ip_network(cidr, strict=False) for cidr in cidrs]
+@cache
+def _networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
+    # Cached: the lists come from the settings, and parsing them costs more than the check.
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
-def _in_any(address: str, networks: Sequence[Network]) -> bool:
+def _in_any(address: str, networks: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(ip in network for network in networks)
+    # A dual-stack socket shows an IPv4 client as ::ffff:a.b.c.d, which lists name as IPv4.
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return any(ip in network or (mapped is not None and mapped in network) for network in networks)
 
 
 def client_address(request: web.Request, listen: ListenConfig) -> str:
@@ -58,6 +68,11 @@ def client_address(request: web.Request, listen: ListenConfig) -> str:
 
 def is_allowed(address: str, listen: ListenConfig) -> bool:
     return not listen.allow or _in_any(address, _networks(listen.allow))
+
+
+def may_read_status(request: web.Request, listen: ListenConfig) -> bool:
+    """True if the client may read /metrics and why /readyz fails (`listen.status_allow`)."""
+    return _in_any(client_address(request, listen), _networks(listen.status_allow))
 
 
 def _equal(presented: str, expected: str) -> bool:

@@ -20,7 +20,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from forwarder.events import PayloadError, parse_event
-from forwarder.ingest.auth import FailureLimiter, client_address, is_allowed, is_authenticated
+from forwarder.ingest.auth import (
+    FailureLimiter,
+    client_address,
+    is_allowed,
+    is_authenticated,
+    may_read_status,
+)
 from forwarder.pipeline import Pipeline
 from forwarder.settings import AuthConfig
 from forwarder.store.outbox import StoreFull, StoreUnavailable
@@ -181,9 +187,11 @@ async def readyz(request: web.Request) -> web.Response:
         problems["store"] = pipeline.outbox.last_error or "store cannot commit"
     for name, error in pipeline.failing_outputs(READY_OUTPUT_FAILING_SECS).items():
         problems[f"output {name}"] = error
-    if problems:
-        return _json({"status": "not_ready", "problems": problems}, status=503)
-    return _json({"status": "ready"})
+    if not problems:
+        return _json({"status": "ready"})
+    if not may_read_status(request, pipeline.settings.listen):
+        return _json({"status": "not_ready"}, status=503)
+    return _json({"status": "not_ready", "problems": problems}, status=503)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -193,6 +201,9 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     `metrics.StoreReader`): a scrape that failed or timed out would take every series with it,
     and every alert on them, just when the store is in trouble.
     """
+    if not may_read_status(request, request.app[PIPELINE].settings.listen):
+        # Not `_error`: that counts refused webhook posts.
+        return _json({"error": "forbidden"}, status=403)
     wait = metrics.store_read_wait(request.headers.get(metrics.SCRAPE_TIMEOUT_HEADER))
     await request.app[metrics.STORE_READER].refresh(request.app[PIPELINE], wait)
     return web.Response(

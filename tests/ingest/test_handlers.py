@@ -18,7 +18,7 @@ from forwarder.ingest import handlers
 from forwarder.ingest.handlers import LIMITER
 from forwarder.outputs.base import HealthcheckError
 from forwarder.pipeline import Pipeline
-from forwarder.settings import Settings
+from forwarder.settings import ConfigError, Settings
 from forwarder.store.database import Database
 from forwarder.telemetry import metrics
 from tests.helpers import SAMPLES, ClientFactory, memory_output, sample, served_pipelines
@@ -453,3 +453,47 @@ async def test_every_sample_file_is_accepted_over_http(start: Started) -> None:
         assert (answer["status"], answer.get("kind")) == ("stored", expected), name
     records = await asyncio.wait_for(memory_output(pipeline).wait_for(len(names)), 10)
     assert sorted(r.event.raw for r in records) == sorted(sample(n) for n in names)
+
+
+# Status endpoints and who may read them (listen.status_allow)
+# --------------------------------------------------------------------------------------------
+
+FROM_INTERNET = {"X-Forwarded-For": "203.0.113.9"}
+
+
+async def test_metrics_and_readyz_reasons_are_refused_to_clients_outside_status_allow(
+    start: Started,
+) -> None:
+    client, pipeline = await start(trusted_proxies=["127.0.0.1/32"])
+    pipeline.dispatchers[0].failing_since = -1e9
+    pipeline.dispatchers[0].last_error = "cannot connect to 10.1.2.3:8088"
+    metrics_answer = await client.get("/metrics", headers=FROM_INTERNET)
+    assert metrics_answer.status == 403
+    assert await metrics_answer.json() == {"error": "forbidden"}
+    ready = await client.get("/readyz", headers=FROM_INTERNET)
+    assert ready.status == 503  # the status itself is no secret: probes need it
+    assert await ready.json() == {"status": "not_ready"}
+    assert (await client.get("/healthz", headers=FROM_INTERNET)).status == 200
+    # The same daemon answers in full to a private address behind the same proxy.
+    inside = {"X-Forwarded-For": "10.0.0.7"}
+    assert (await client.get("/metrics", headers=inside)).status == 200
+    assert (await (await client.get("/readyz", headers=inside)).json())["problems"] == {
+        "output mem": "cannot connect to 10.1.2.3:8088"
+    }
+
+
+async def test_status_allow_can_open_metrics_to_everyone(start: Started) -> None:
+    client, _ = await start(trusted_proxies=["127.0.0.1/32"], status_allow=["0.0.0.0/0", "::/0"])
+    assert (await client.get("/metrics", headers=FROM_INTERNET)).status == 200
+
+
+async def test_an_empty_status_allow_refuses_metrics_even_on_loopback(start: Started) -> None:
+    client, _ = await start(status_allow=[])
+    assert (await client.get("/metrics")).status == 403
+
+
+async def test_status_allow_rejects_a_value_that_is_not_a_cidr(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with pytest.raises(ConfigError, match=r"listen\.status_allow.*'10\.0\.0\.0/33' is not a CIDR"):
+        make_settings(listen={"status_allow": ["10.0.0.0/33"]})
