@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,14 +99,23 @@ async def test_write_failure_is_retry_and_leaves_no_torn_line(tmp_path: Path) ->
 async def test_fsync_policy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str, fsyncs: int
 ) -> None:
-    synced: list[int] = []
-    monkeypatch.setattr(os, "fsync", synced.append)
+    files: list[int] = []
+    directories: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        (directories if stat.S_ISDIR(os.fstat(fd).st_mode) else files).append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
     out = output(tmp_path / "events.jsonl", fsync=policy)
     await out.start()
     await out.send([Record(EVENT, "one"), Record(EVENT, "two")])
     await out.send([Record(EVENT, "three")])
     await out.aclose()
-    assert len(synced) == fsyncs  # "batch": once per send, after its last line
+    assert len(files) == fsyncs  # "batch": once per send, after its last line
+    # ... and the directory once, the first time, since the output created the file.
+    assert len(directories) == (1 if policy == "batch" else 0)
 
 
 async def test_failed_fsync_is_retry_and_the_batch_is_taken_back(
@@ -132,7 +142,7 @@ async def test_failed_fsync_is_retry_and_the_batch_is_taken_back(
 
 async def test_missing_directory_fails_start_and_healthcheck(tmp_path: Path) -> None:
     out = output(tmp_path / "nope" / "events.jsonl")
-    with pytest.raises(HealthcheckError, match="not writable"):
+    with pytest.raises(HealthcheckError, match="nope does not exist"):
         await out.healthcheck()
     with pytest.raises(FileNotFoundError):
         await out.start()
