@@ -41,7 +41,7 @@ async def _healthchecks(settings: Settings) -> int:
     for spec in settings.outputs:
         output: Output[Any] = output_class(spec.config.type)(spec.config)
         try:
-            await output.start()
+            await output.start_for_healthcheck()
             problem = await healthcheck_problem(output.healthcheck)
         except OSError as exc:
             problem = str(exc)

@@ -135,6 +135,11 @@ class Output(ABC, Generic[ConfigT]):
     async def start(self) -> None:
         """Open what the output needs (sessions, files). Called once before the first send."""
 
+    async def start_for_healthcheck(self) -> None:
+        """What `validate --healthcheck` opens before `healthcheck`: `start` by default. An
+        output whose `start` leaves something behind (a file it creates) opens less."""
+        await self.start()
+
     @abstractmethod
     async def send(self, batch: Sequence[Record]) -> SendResult:
         """Send the records in order and classify the outcome. Must not raise for I/O errors."""

@@ -358,6 +358,12 @@ class FileOutput(Output[FileConfig]):
     async def start(self) -> None:
         self._install(await asyncio.to_thread(self._open_handle), use=False)
 
+    async def start_for_healthcheck(self) -> None:
+        # `validate --healthcheck` runs as whoever types it, often root: a file created then
+        # would belong to root, and the service's user could not write it. `healthcheck`
+        # looks at the path without opening it.
+        pass
+
     async def send(self, batch: Sequence[Record]) -> SendResult:
         lines: list[bytes] = []
         refused: dict[int, Retry | Reject] = {}

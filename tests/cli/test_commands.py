@@ -100,6 +100,16 @@ def test_validate_healthcheck_reports_unwritable_file_output(
     assert "output local: UNHEALTHY" in capsys.readouterr().out
 
 
+def test_validate_healthcheck_creates_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Run as root before the first start, a created file would lock out the service's user.
+    assert main(["validate", "-c", str(file_config(tmp_path)), "--healthcheck"]) == 0
+    assert "output local: healthy" in capsys.readouterr().out
+    assert not (tmp_path / "local.jsonl").exists()
+    assert not (tmp_path / "state").exists()
+
+
 @dataclass(frozen=True)
 class Post:
     headers: CIMultiDict[str]
