@@ -24,6 +24,7 @@ import orjson
 
 __all__ = [
     "DB_NAME",
+    "TRUNCATE_WAIT_MS",
     "Checkpointer",
     "Database",
     "DeadLetter",
@@ -34,6 +35,11 @@ __all__ = [
 ]
 
 DB_NAME = "outbox.sqlite3"
+
+# The longest a checkpoint that resets the WAL may keep writers waiting. It takes the write lock
+# and then waits for readers; a reader that holds an old snapshot (a sqlite3 shell, a backup)
+# would otherwise hold every commit back for the whole busy timeout, every second.
+TRUNCATE_WAIT_MS = 100
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -253,6 +259,9 @@ class Database:
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
+            # A reader that holds an old snapshot must not hold every other process's writers
+            # back for the whole busy timeout: the fold below is worth a short wait only.
+            self._db.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
             # Folds the WAL back so a backup of the single file is complete.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
@@ -605,24 +614,38 @@ class Checkpointer:
 
     A checkpoint copies and fsyncs megabytes; done by the committing connection (SQLite's
     default), every commit behind it waits. A PASSIVE checkpoint from here never blocks a
-    writer; only when the WAL has grown past `max_wal_bytes` (writers never left it a gap) does
-    it insist with TRUNCATE, which waits for the writer briefly and resets the file.
+    writer. Only when the WAL has grown past `max_wal_bytes` (writers never left it a gap) does
+    it also try TRUNCATE, which resets the file; that one holds writers back while it waits for
+    readers, so it gives up after TRUNCATE_WAIT_MS.
     """
 
     def __init__(self, path: Path, *, sync: str = "full", max_wal_bytes: int = 64 << 20):
         self.path = path
         self.max_wal_bytes = max_wal_bytes
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # mode=rw: a store deleted meanwhile is not created again, empty, by the checkpointer.
+        self._db = sqlite3.connect(
+            path.absolute().as_uri() + "?mode=rw",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
         self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> int | None:
+        """Checkpoint; returns the WAL's size if it is past `max_wal_bytes` and could not be
+        reset (a reader holds a snapshot that still needs it), else None."""
         try:
-            wal_bytes = os.stat(f"{self.path}-wal").st_size
+            wal_bytes = os.stat(_wal(self.path)).st_size
         except FileNotFoundError:
-            return
-        mode = "TRUNCATE" if wal_bytes > self.max_wal_bytes else "PASSIVE"
-        self._db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            return None
+        # First what can be copied without holding anyone back, so that TRUNCATE, if it runs,
+        # has little left to copy while writers wait for it.
+        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if wal_bytes <= self.max_wal_bytes:
+            return None
+        (busy, _, _) = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return wal_bytes if busy else None
 
     def close(self) -> None:
         self._db.close()
@@ -775,9 +798,13 @@ def _schema_problems(tables: dict[str, _Layout]) -> list[str]:
     return problems
 
 
+def _wal(database: Path) -> Path:
+    return Path(f"{database}-wal")
+
+
 def _journal_files(database: Path) -> list[Path]:
     """The WAL and shared-memory files beside `database` that exist."""
-    return [p for p in (Path(f"{database}-wal"), Path(f"{database}-shm")) if p.exists()]
+    return [p for p in (_wal(database), Path(f"{database}-shm")) if p.exists()]
 
 
 def _looks_corrupt(exc: sqlite3.OperationalError) -> bool:

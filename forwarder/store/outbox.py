@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import structlog
@@ -285,7 +284,7 @@ class Outbox:
             if self._db is None:
                 self._db = await self._run(self._connect)
                 self._checkpoints = asyncio.create_task(
-                    self._checkpoint_forever(self._db.path), name="store-checkpoint"
+                    self._checkpoint_forever(self._db), name="store-checkpoint"
                 )
                 self.events, self.bytes = await self._with_db(lambda db: db.totals())
             await self.forget_old()
@@ -296,21 +295,57 @@ class Outbox:
         self._mark_healthy()
         return True
 
-    async def _checkpoint_forever(self, path: Path) -> None:
+    async def _checkpoint_forever(self, database: Database) -> None:
+        """Checkpoint every CHECKPOINT_INTERVAL_SECS.
+
+        A failing checkpoint (a full disk) is logged once, and its recovery, not every second;
+        so is a WAL that a reader holding a snapshot keeps from being reset.
+        """
         loop = asyncio.get_running_loop()
+        checkpointer: Checkpointer | None = None
+
+        def tick() -> int | None:
+            nonlocal checkpointer
+            if checkpointer is None:
+                checkpointer = Checkpointer(database.path, sync=self.config.sync)
+            return checkpointer.checkpoint()
+
+        def close() -> None:
+            if checkpointer is not None:
+                checkpointer.close()
+
+        failing = False
+        stuck = False
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") as thread:
-            checkpointer = await loop.run_in_executor(
-                thread, lambda: Checkpointer(path, sync=self.config.sync)
-            )
             try:
                 while True:
                     await asyncio.sleep(CHECKPOINT_INTERVAL_SECS)
                     try:
-                        await loop.run_in_executor(thread, checkpointer.checkpoint)
+                        wal_bytes = await loop.run_in_executor(thread, tick)
                     except Exception as exc:
-                        log.warning("WAL checkpoint failed.", error=str(exc))
+                        if not failing:
+                            log.warning(
+                                "WAL checkpoint failed; the WAL grows until one succeeds.",
+                                error=str(exc),
+                            )
+                            failing = True
+                        continue
+                    if failing:
+                        log.info("WAL checkpoints succeed again.")
+                        failing = False
+                    if wal_bytes is not None and not stuck:
+                        log.warning(
+                            "The WAL has outgrown its bound and cannot be reset: another "
+                            "connection holds a read transaction (a sqlite3 shell, a backup). "
+                            "It grows until that transaction ends.",
+                            wal_bytes=wal_bytes,
+                        )
+                    elif wal_bytes is None and stuck:
+                        log.info("The WAL could be reset again.")
+                    stuck = wal_bytes is not None
             finally:
-                await asyncio.shield(loop.run_in_executor(thread, checkpointer.close))
+                # On the thread, after a checkpoint under way: it may have just made one.
+                await asyncio.shield(loop.run_in_executor(thread, close))
 
     # Delivery
 

@@ -4,7 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from forwarder.events import CanaryEvent, parse_event
+from forwarder.settings import StoreConfig
+from forwarder.store.outbox import Outbox
+
+
+def event(n: int, *, pad: int = 0, received_at: datetime | None = None) -> CanaryEvent:
+    body = b'{"Description": "FTP Login Attempt", "AlertType": "CanaryIncident", "N": %d%s}' % (
+        n,
+        b', "Pad": "%s"' % (b"x" * pad) if pad else b"",
+    )
+    return parse_event(body, received_at=received_at or datetime.now(UTC))
+
+
+async def open_outbox(tmp_path: Path, **options: Any) -> Outbox:
+    outbox = await Outbox.open(StoreConfig(path=tmp_path / "state", **options))
+    outbox.set_outputs(["a"])
+    return outbox
 
 
 def write_foreign_store(path: Path, *statements: str) -> None:

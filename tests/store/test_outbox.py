@@ -9,25 +9,10 @@ from typing import Any
 import pytest
 import structlog
 
-from forwarder.events import CanaryEvent, parse_event
 from forwarder.settings import StoreConfig
 from forwarder.store.database import DB_NAME, Database, NewEvent
 from forwarder.store.outbox import Outbox, StoreFull, StoreUnavailable
-from tests.store.helpers import table_rows, write_foreign_store
-
-
-def event(n: int, *, pad: int = 0, received_at: datetime | None = None) -> CanaryEvent:
-    body = b'{"Description": "FTP Login Attempt", "AlertType": "CanaryIncident", "N": %d%s}' % (
-        n,
-        b', "Pad": "%s"' % (b"x" * pad) if pad else b"",
-    )
-    return parse_event(body, received_at=received_at or datetime.now(UTC))
-
-
-async def open_outbox(tmp_path: Path, **options: Any) -> Outbox:
-    outbox = await Outbox.open(StoreConfig(path=tmp_path / "state", **options))
-    outbox.set_outputs(["a"])
-    return outbox
+from tests.store.helpers import event, open_outbox, table_rows, write_foreign_store
 
 
 async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:

@@ -1,0 +1,141 @@
+"""The store failing while the daemon runs: a full disk, damage, deleted files, another process's
+lock, a WAL a reader keeps from being reset.
+
+Whatever happens, a post is answered 200 only once its event is durable in the file at the
+store's path; otherwise StoreUnavailable (503). The store reports itself unhealthy (an ERROR, and
+/readyz fails) and recovers by itself once the cause is gone, with nothing queued lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import structlog
+
+from forwarder.store import outbox as outbox_module
+from forwarder.store.database import Checkpointer, Database, NewEvent
+from tests.store.helpers import open_outbox
+
+# Bounds a wait for something the test has set in motion; only a broken build waits this long.
+PATIENCE_SECS = 10.0
+STORE_ERROR = "Store cannot commit; new posts get 503 until it can."
+JSON = {"Content-Type": "application/json"}
+
+
+# The WAL checkpoint
+
+
+async def test_checkpoint_trouble_is_logged_once_per_streak(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk fails the checkpoint every second; a reader keeps the WAL from being reset
+    for as long as it holds its snapshot. Each is one line when it starts and one when it ends,
+    not one a second."""
+    outcomes: list[Exception | int | None] = [
+        *[sqlite3.OperationalError("database or disk is full")] * 3,
+        *[None] * 2,
+        *[200 << 20] * 3,
+        None,
+    ]
+    calls = 0
+    all_seen = threading.Event()
+
+    def scripted(self: Checkpointer) -> int | None:
+        nonlocal calls
+        calls += 1
+        if calls > len(outcomes):
+            all_seen.set()  # the loop has logged what the last scripted one called for
+            return None
+        outcome = outcomes[calls - 1]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(Checkpointer, "checkpoint", scripted)
+    monkeypatch.setattr(outbox_module, "CHECKPOINT_INTERVAL_SECS", 0.001)
+    with structlog.testing.capture_logs() as logs:
+        outbox = await open_outbox(tmp_path)
+        assert await asyncio.to_thread(all_seen.wait, PATIENCE_SECS)
+        await outbox.aclose()
+    said = [(entry["log_level"], entry["event"]) for entry in logs if "WAL" in entry["event"]]
+    assert said == [
+        ("warning", "WAL checkpoint failed; the WAL grows until one succeeds."),
+        ("info", "WAL checkpoints succeed again."),
+        (
+            "warning",
+            "The WAL has outgrown its bound and cannot be reset: another connection holds a "
+            "read transaction (a sqlite3 shell, a backup). It grows until that transaction ends.",
+        ),
+        ("info", "The WAL could be reset again."),
+    ]
+
+
+def test_a_checkpoint_never_holds_commits_back_for_a_reader_holding_a_snapshot(
+    tmp_path: Path,
+) -> None:
+    """The WAL is past its bound and a sqlite3 shell sits in a read transaction. TRUNCATE takes
+    the write lock, then waits for the reader: each commit used to wait the whole busy timeout
+    (5 s), every second, and could fail with "database is locked" (a 503)."""
+    database = Database(tmp_path, background_checkpoints=True)
+    body = b"x" * 5000
+    database.append(
+        [NewEvent(f"id{n}", f"fp{n}", "incident", 1.0, body) for n in range(50)], ["a"], 0
+    )
+    reader = sqlite3.connect(database.path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM events").fetchone()  # holds this snapshot
+    database.append([NewEvent("id", "fp", "incident", 1.0, body)], ["a"], 0)
+    checkpointer = Checkpointer(database.path, max_wal_bytes=1024)
+    result: list[int | None] = []
+    done = threading.Event()
+
+    def checkpoint() -> None:
+        try:
+            result.append(checkpointer.checkpoint())
+        finally:
+            done.set()
+
+    slowest = 0.0
+    worker = threading.Thread(target=checkpoint)
+    worker.start()
+    n = 0
+    while not done.is_set():  # commits for as long as the checkpoint runs
+        n += 1
+        started = time.monotonic()
+        database.append([NewEvent(f"c{n}", f"c{n}", "incident", 1.0, b"{}")], ["a"], 0)
+        slowest = max(slowest, time.monotonic() - started)
+    worker.join()
+    assert slowest < 1.0, f"a commit waited {slowest:.2f} s for the checkpoint"
+    assert result[0] is not None  # reported as a WAL it could not reset
+
+    reader.execute("COMMIT")
+    reader.close()
+    assert checkpointer.checkpoint() is None
+    assert Path(f"{database.path}-wal").stat().st_size == 0
+    checkpointer.close()
+    database.close()
+
+
+# Probes and locks
+
+
+def test_closing_waits_only_briefly_to_fold_the_wal_for_a_reader(tmp_path: Path) -> None:
+    """`store stats` or `dead-letters replay` beside the daemon fold the WAL as they close; with
+    a reader holding a snapshot that held the daemon's commits back for the busy timeout."""
+    database = Database(tmp_path)
+    database.append([NewEvent("id", "fp", "incident", 1.0, b"{}")], ["a"], 0)
+    reader = sqlite3.connect(database.path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM events").fetchone()
+    tool = Database(tmp_path, create=False)
+    database.append([NewEvent("id2", "fp2", "incident", 1.0, b"{}")], ["a"], 0)
+    started = time.monotonic()
+    tool.close()
+    assert time.monotonic() - started < 1.0
+    reader.close()
+    database.close()
