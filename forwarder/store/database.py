@@ -23,6 +23,8 @@ from typing import cast
 import orjson
 
 __all__ = [
+    "BUSY_TIMEOUT_MS",
+    "CONTENDED_BUSY_TIMEOUT_MS",
     "DB_NAME",
     "TRUNCATE_WAIT_MS",
     "Checkpointer",
@@ -36,10 +38,21 @@ __all__ = [
 
 DB_NAME = "outbox.sqlite3"
 
+# How long a write waits for another process's write lock (a `dead-letters replay`, a sqlite3
+# shell inside a transaction) before it fails with "database is locked".
+BUSY_TIMEOUT_MS = 5000
+# ... and once a wait has run out, until a write gets through again. The daemon runs every call
+# on one thread: with each of them waiting the full time, posts, acks and probes queue up behind
+# a lock a shell may hold for an hour, and the watchdog restarts a daemon that is merely locked
+# out, again and again.
+CONTENDED_BUSY_TIMEOUT_MS = 100
 # The longest a checkpoint that resets the WAL may keep writers waiting. It takes the write lock
 # and then waits for readers; a reader that holds an old snapshot (a sqlite3 shell, a backup)
 # would otherwise hold every commit back for the whole busy timeout, every second.
 TRUNCATE_WAIT_MS = 100
+
+# SQLite's primary result code for a lock it could not get (the low byte of an extended code).
+_SQLITE_BUSY = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -127,6 +140,11 @@ class StoreCorrupt(Exception):
     not the ones this version creates (another program's file, another version's)."""
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == _SQLITE_BUSY
+
+
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     event_id: str
@@ -192,6 +210,7 @@ class Database:
         # a caller that keeps totals: see `totals` and `added_elsewhere`.
         self._counted_through: int | None = None
         self._added_elsewhere = (0, 0)
+        self._contended = False
         location: str | Path = self.path
         if create:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -220,7 +239,7 @@ class Database:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if background_checkpoints:
                 self._db.execute("PRAGMA wal_autocheckpoint=0")
             ok = self._db.execute("PRAGMA quick_check").fetchone()
@@ -245,17 +264,29 @@ class Database:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
-            self._db.execute("COMMIT")
-        except BaseException:
-            # SQLite may have rolled back already (it does on SQLITE_FULL and I/O errors); a
-            # second ROLLBACK would fail and hide the real error ("database or disk is full").
-            if self._db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                # SQLite may have rolled back already (it does on SQLITE_FULL and I/O errors); a
+                # second ROLLBACK would fail and hide the real error ("database or disk is full").
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                self._wait_for_locks(briefly=True)
             raise
+        self._wait_for_locks(briefly=False)
+
+    def _wait_for_locks(self, *, briefly: bool) -> None:
+        if briefly != self._contended:
+            wait = CONTENDED_BUSY_TIMEOUT_MS if briefly else BUSY_TIMEOUT_MS
+            self._db.execute(f"PRAGMA busy_timeout={wait}")
+            self._contended = briefly
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):

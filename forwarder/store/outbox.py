@@ -93,6 +93,9 @@ class Outbox:
         # The no-op `responsive` queued on the store thread, kept until it has run so that a
         # stuck thread holds one of them, not one per watchdog tick.
         self._responsive_probe: asyncio.Future[None] | None = None
+        # The probe running, which every caller meanwhile waits for instead of queueing its own
+        # on the store thread (/readyz polled while a lock makes each probe wait).
+        self._probing: asyncio.Future[bool] | None = None
 
     @classmethod
     async def open(cls, config: StoreConfig, outputs: Iterable[str] = ()) -> Outbox:
@@ -279,16 +282,27 @@ class Outbox:
         self.healthy, self.last_error = False, str(exc)
 
     async def probe(self) -> bool:
-        """Open the store if it is not open, check it can commit; used by /readyz and the sweep."""
+        """Open the store if it is not open, check it can commit; used by /readyz and the sweep.
+
+        Callers that come while a probe runs share its answer.
+        """
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.ensure_future(self._probe())
+        # Shielded: a /readyz client that gives up must not cancel the probe others wait for.
+        return await asyncio.shield(self._probing)
+
+    async def _probe(self) -> bool:
         try:
+            if self._closing:
+                raise StoreUnavailable("the store is closing")
             if self._db is None:
                 self._db = await self._run(self._connect)
                 self._checkpoints = asyncio.create_task(
                     self._checkpoint_forever(self._db), name="store-checkpoint"
                 )
                 self.events, self.bytes = await self._with_db(lambda db: db.totals())
-            await self.forget_old()
             await self._with_db(lambda db: db.check_writable(PROBE_BYTES))
+            await self.forget_old()
         except Exception as exc:
             self._mark_unhealthy(exc)
             return False
@@ -429,6 +443,9 @@ class Outbox:
             self._wakeup.set()
             await self._committer
             self._committer = None
+        if self._probing is not None:
+            # A probe may be opening the store; it must not start a checkpointer after this.
+            await asyncio.shield(self._probing)
         if self._checkpoints is not None:
             self._checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import structlog
 
+from forwarder.store import database as database_module
 from forwarder.store import outbox as outbox_module
-from forwarder.store.database import Checkpointer, Database, NewEvent
-from tests.store.helpers import open_outbox
+from forwarder.store.database import DB_NAME, Checkpointer, Database, NewEvent
+from forwarder.store.outbox import StoreUnavailable
+from tests.store.helpers import event, open_outbox
 
 # Bounds a wait for something the test has set in motion; only a broken build waits this long.
 PATIENCE_SECS = 10.0
@@ -122,6 +124,73 @@ def test_a_checkpoint_never_holds_commits_back_for_a_reader_holding_a_snapshot(
 
 
 # Probes and locks
+
+
+async def test_probes_at_the_same_time_share_one_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/readyz probes a store that is not healthy: polled faster than a probe takes (a lock makes
+    it wait 5 s), each one used to queue another on the store's one thread."""
+    outbox = await open_outbox(tmp_path)
+    checks = 0
+    entered, release = threading.Event(), threading.Event()
+    original = Database.check_writable
+
+    def slow_check(self: Database, size: int) -> None:
+        nonlocal checks
+        checks += 1
+        entered.set()
+        release.wait(PATIENCE_SECS)
+        original(self, size)
+
+    monkeypatch.setattr(Database, "check_writable", slow_check)
+    try:
+        probes = [asyncio.ensure_future(outbox.probe()) for _ in range(20)]
+        assert await asyncio.to_thread(entered.wait, PATIENCE_SECS)
+        await asyncio.sleep(0)  # let every probe start waiting
+    finally:
+        release.set()
+    assert await asyncio.gather(*probes) == [True] * 20
+    assert checks == 1
+    await outbox.aclose()
+
+
+async def test_a_lock_held_by_another_process_is_waited_out_once_then_only_briefly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sqlite3 shell sits in a write transaction. The first write waits the busy timeout and
+    fails; the ones behind it on the store thread wait only briefly, so the thread keeps
+    answering (the watchdog) however many writes are queued; nothing fails silently, and all
+    goes on once the lock is released."""
+    monkeypatch.setattr(database_module, "BUSY_TIMEOUT_MS", 500)
+    monkeypatch.setattr(database_module, "CONTENDED_BUSY_TIMEOUT_MS", 20)
+    outbox = await open_outbox(tmp_path)
+    outbox.set_outputs(["a", "b", "c"])
+    shell = sqlite3.connect(tmp_path / "state" / DB_NAME, isolation_level=None)
+    shell.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await outbox.append(event(1))
+        assert not outbox.healthy
+        writes = [
+            outbox.append(event(2)),
+            *(outbox.retry_later(output, [1]) for output in ("a", "b", "c")),
+            outbox.probe(),
+            outbox.forget_old(),
+        ]
+        # Six writes behind the lock: 3 s at the full timeout each, a fraction of it now.
+        async with asyncio.timeout(1.5):
+            results = await asyncio.gather(*writes, return_exceptions=True)
+        assert results[4] is False  # the probe
+        assert all(isinstance(r, StoreUnavailable | sqlite3.OperationalError) for r in results[:4])
+    finally:
+        shell.execute("ROLLBACK")
+        shell.close()
+    assert await outbox.probe() is True
+    assert await outbox.append(event(3)) is True
+    (wait,) = await outbox._with_db(lambda db: db._db.execute("PRAGMA busy_timeout").fetchone())
+    assert wait == 500  # the full wait is back once a write got through
+    await outbox.aclose()
 
 
 def test_closing_waits_only_briefly_to_fold_the_wal_for_a_reader(tmp_path: Path) -> None:
