@@ -34,6 +34,7 @@ __all__ = [
     "StoreCorrupt",
     "StoreStats",
     "StoredEvent",
+    "is_damage",
 ]
 
 DB_NAME = "outbox.sqlite3"
@@ -51,8 +52,11 @@ CONTENDED_BUSY_TIMEOUT_MS = 100
 # would otherwise hold every commit back for the whole busy timeout, every second.
 TRUNCATE_WAIT_MS = 100
 
-# SQLite's primary result code for a lock it could not get (the low byte of an extended code).
+# SQLite's primary result codes (the low byte of an extended code).
 _SQLITE_BUSY = 5
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -138,6 +142,17 @@ def _seen_since(
 class StoreCorrupt(Exception):
     """The database file exists but cannot be used: SQLite finds it damaged, or its tables are
     not the ones this version creates (another program's file, another version's)."""
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether `exc` says the file is damaged or cannot be read (SQLITE_CORRUPT, SQLITE_NOTADB,
+    SQLITE_IOERR): not a full disk or a lock, which pass by themselves."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return isinstance(exc, sqlite3.OperationalError) and _looks_corrupt(exc)
+    return code & 0xFF in (_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -397,6 +412,23 @@ class Database:
         with self._transaction() as db:
             db.execute("INSERT INTO probe (body) VALUES (zeroblob(?))", (size,))
             db.execute("DELETE FROM probe")
+
+    def keep_seqs_above(self, floor: int) -> None:
+        """Hand out no seq up to `floor` from now on, whatever the events table holds.
+
+        After a damaged store was salvaged into a new file, the seqs of events lost with the
+        damage would otherwise come back, and a send still in flight would ack a new event
+        under an old event's number without having sent it.
+        """
+        with self._transaction() as db:
+            (high,) = db.execute(_HIGHEST_SEQ).fetchone()
+            if high >= floor:
+                return
+            raised = db.execute(
+                "UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (floor,)
+            ).rowcount
+            if not raised:
+                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (floor,))
 
     def forget_before(self, cutoff: float) -> None:
         """Drop dedupe memory older than `cutoff`."""

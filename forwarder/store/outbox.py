@@ -3,12 +3,17 @@
 Every database call runs on one dedicated thread, so SQLite sees a single writer and the event
 loop never blocks on disk. Ingest requests that arrive while a commit is running wait together
 and share the next commit (and its fsync): that is what keeps a durable 200 cheap under load.
+
+When the store fails while running (a full disk, damage, another process's lock), any call that
+fails marks it unhealthy and posts get 503; `probe` brings it back, reopening and salvaging it
+where that is what it takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -29,6 +34,7 @@ from forwarder.store.database import (
     StoreCorrupt,
     StoredEvent,
     StoreStats,
+    is_damage,
     move_aside,
 )
 
@@ -96,6 +102,11 @@ class Outbox:
         # The probe running, which every caller meanwhile waits for instead of queueing its own
         # on the store thread (/readyz polled while a lock makes each probe wait).
         self._probing: asyncio.Future[bool] | None = None
+        # Damage found while running: the connection must be replaced before the store takes
+        # posts again (the probe reopens and checks it, salvaging it if need be).
+        self._damaged = False
+        # The highest seq this process has seen, which a salvaged store must not hand out again.
+        self._highest_seq = 0
 
     @classmethod
     async def open(cls, config: StoreConfig, outputs: Iterable[str] = ()) -> Outbox:
@@ -139,7 +150,19 @@ class Outbox:
                 raise StoreUnavailable(self.last_error or "store is not open")
             return call(self._db)
 
-        return await self._run(run)
+        try:
+            return await self._run(run)
+        except (sqlite3.Error, OSError) as exc:
+            self._store_failed(exc)
+            raise
+
+    def _store_failed(self, exc: Exception) -> None:
+        """Any call that fails in the store makes it unhealthy, a read or an ack as much as a
+        commit: damage under the queued events would otherwise stop delivery with /readyz
+        still passing, and only a warning from each output."""
+        if is_damage(exc):
+            self._damaged = True
+        self._mark_unhealthy(exc)
 
     async def responsive(self, wait_secs: float) -> bool:
         """Whether the store thread runs a no-op within `wait_secs`; for the watchdog.
@@ -209,6 +232,9 @@ class Outbox:
         """
         if self._closing:
             raise StoreUnavailable("the store is closing")
+        if self._damaged:
+            # Nothing more into a damaged file; the next probe replaces the connection.
+            raise StoreUnavailable(self.last_error or "the store is being reopened")
         held = self.bytes + self._pending_bytes
         if held + len(event.raw) > self.config.max_bytes:
             raise StoreFull(f"store holds {held} bytes of {self.config.max_bytes}")
@@ -257,6 +283,7 @@ class Outbox:
         for pending, seq in zip(group, seqs, strict=True):
             if seq is not None:
                 stored = True
+                self._highest_seq = max(self._highest_seq, seq)
                 self._count(1, len(pending.event.body))
                 self._remember(seq, pending.parsed)
             if not pending.done.done():
@@ -266,6 +293,8 @@ class Outbox:
                 listener()
 
     def _mark_healthy(self) -> None:
+        if self._damaged:
+            return  # a commit that was under way when it was found; the probe decides
         # A post's commit can be the first to succeed (while a probe is still running), so
         # both paths say so: the operator who saw the ERROR also sees the recovery.
         if not self.healthy and self.last_error != "not opened yet":
@@ -284,7 +313,8 @@ class Outbox:
     async def probe(self) -> bool:
         """Open the store if it is not open, check it can commit; used by /readyz and the sweep.
 
-        Callers that come while a probe runs share its answer.
+        A connection to a damaged store is closed and the store opened again, which checks it
+        and salvages it if need be. Callers that come while a probe runs share its answer.
         """
         if self._probing is None or self._probing.done():
             self._probing = asyncio.ensure_future(self._probe())
@@ -295,12 +325,11 @@ class Outbox:
         try:
             if self._closing:
                 raise StoreUnavailable("the store is closing")
+            if self._damaged and self._db is not None:
+                self._damaged = False
+                await self._close_connection()
             if self._db is None:
-                self._db = await self._run(self._connect)
-                self._checkpoints = asyncio.create_task(
-                    self._checkpoint_forever(self._db), name="store-checkpoint"
-                )
-                self.events, self.bytes = await self._with_db(lambda db: db.totals())
+                await self._open()
             await self._with_db(lambda db: db.check_writable(PROBE_BYTES))
             await self.forget_old()
         except Exception as exc:
@@ -308,6 +337,39 @@ class Outbox:
             return False
         self._mark_healthy()
         return True
+
+    async def _open(self) -> None:
+        floor = self._highest_seq
+
+        def connect() -> tuple[Database, tuple[int, int]]:
+            database = self._connect()
+            try:
+                if floor:
+                    database.keep_seqs_above(floor)
+                return database, database.totals()
+            except BaseException:
+                database.close()
+                raise
+
+        database, (self.events, self.bytes) = await self._run(connect)
+        self._db = database
+        self._checkpoints = asyncio.create_task(
+            self._checkpoint_forever(database), name="store-checkpoint"
+        )
+
+    async def _close_connection(self) -> None:
+        await self._stop_checkpoints()
+        database, self._db = self._db, None
+        if database is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._run(database.close)
+
+    async def _stop_checkpoints(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+            self._checkpoints = None
 
     async def _checkpoint_forever(self, database: Database) -> None:
         """Checkpoint every CHECKPOINT_INTERVAL_SECS.
@@ -366,7 +428,11 @@ class Outbox:
     async def fetch(
         self, output: str, limit: int, max_bytes: int, exclude: Collection[int] = ()
     ) -> list[StoredEvent]:
-        return await self._with_db(lambda db: db.fetch(output, limit, max_bytes, exclude))
+        batch = await self._with_db(lambda db: db.fetch(output, limit, max_bytes, exclude))
+        if batch:
+            # Another process's events (a replay) may be in a send too.
+            self._highest_seq = max(self._highest_seq, batch[-1].seq)
+        return batch
 
     async def ack(self, output: str, seqs: Sequence[int]) -> None:
         self._release(await self._with_db_counted(lambda db: db.ack(output, seqs)))
@@ -444,13 +510,9 @@ class Outbox:
             await self._committer
             self._committer = None
         if self._probing is not None:
-            # A probe may be opening the store; it must not start a checkpointer after this.
+            # A probe may be reopening the store; it must not start a checkpointer after this.
             await asyncio.shield(self._probing)
-        if self._checkpoints is not None:
-            self._checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpoints
-            self._checkpoints = None
+        await self._stop_checkpoints()
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None

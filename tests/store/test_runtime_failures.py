@@ -9,10 +9,13 @@ store's path; otherwise StoreUnavailable (503). The store reports itself unhealt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -27,6 +30,96 @@ from tests.store.helpers import event, open_outbox
 PATIENCE_SECS = 10.0
 STORE_ERROR = "Store cannot commit; new posts get 503 until it can."
 JSON = {"Content-Type": "application/json"}
+
+
+def errors(logs: Sequence[Mapping[str, Any]], message: str) -> list[Mapping[str, Any]]:
+    return [entry for entry in logs if entry["event"] == message and entry["log_level"] == "error"]
+
+
+class FakeDisk:
+    """A disk that can fill up: while `full`, the store's `max_page_count` is held at the file's
+    size before every write transaction, so SQLite fails a write that needs a new page with
+    SQLITE_FULL ("database or disk is full"), as on a real full disk."""
+
+    UNLIMITED = 1_073_741_823
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = False
+        original = Database._transaction
+
+        @contextlib.contextmanager
+        def limited(database: Database) -> Iterator[sqlite3.Connection]:
+            connection = database._db
+            if self.full:
+                (pages,) = connection.execute("PRAGMA page_count").fetchone()
+                connection.execute(f"PRAGMA max_page_count={pages}")
+            else:
+                connection.execute(f"PRAGMA max_page_count={self.UNLIMITED}")
+            with original(database) as db:
+                yield db
+
+        monkeypatch.setattr(Database, "_transaction", limited)
+
+
+# A full disk
+
+
+async def test_a_full_disk_refuses_posts_with_503_and_recovers_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = FakeDisk(monkeypatch)
+    outbox = await open_outbox(tmp_path)
+    answered = [await outbox.append(event(n)) for n in range(3)]
+    disk.full = True
+    with structlog.testing.capture_logs() as filling:
+        # Large posts, then typical ones, until not even a typical post fits in the file.
+        for pad in (20_000, 0):
+            for _ in range(100):  # bounded: the pages free inside the file go within a few
+                try:
+                    answered.append(await outbox.append(event(len(answered), pad=pad)))
+                except StoreUnavailable as refused:
+                    assert "full" in str(refused)
+                    break
+            else:
+                pytest.fail("a full disk took every post")
+    assert errors(filling, STORE_ERROR)
+    with structlog.testing.capture_logs() as logs:
+        assert not outbox.healthy
+        assert await outbox.probe() is False  # still full: no flapping back to healthy
+        with pytest.raises(StoreUnavailable):
+            await outbox.append(event(1000))
+    # No flapping, and no ERROR per post: the one ERROR was logged when the disk filled.
+    assert [e for e in logs if e["event"] in (STORE_ERROR, "Store can commit again.")] == []
+
+    disk.full = False
+    assert await outbox.probe() is True
+    assert await outbox.append(event(1001)) is True
+    await outbox.aclose()
+    database = Database(tmp_path / "state")
+    assert database.stats().events == answered.count(True) + 1
+    database.close()
+
+
+async def test_a_dead_letter_the_full_disk_refuses_makes_the_store_unhealthy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without posts nothing else would notice: /readyz kept passing while delivery could not
+    record a single result."""
+    disk = FakeDisk(monkeypatch)
+    outbox = await open_outbox(tmp_path)
+    assert await outbox.append(event(1, pad=200_000)) is True
+    [stored] = await outbox.fetch("a", 10, 1 << 30)
+    disk.full = True
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        await outbox.dead_letter("a", {stored.seq: "refused"})  # keeps a copy: new pages
+    assert not outbox.healthy
+    assert "full" in (outbox.last_error or "")
+
+    disk.full = False
+    assert await outbox.probe() is True
+    await outbox.dead_letter("a", {stored.seq: "refused"})
+    assert (await outbox.stats()).dead_letters == {"a": 1}
+    await outbox.aclose()
 
 
 # The WAL checkpoint
@@ -120,6 +213,69 @@ def test_a_checkpoint_never_holds_commits_back_for_a_reader_holding_a_snapshot(
     assert checkpointer.checkpoint() is None
     assert Path(f"{database.path}-wal").stat().st_size == 0
     checkpointer.close()
+    database.close()
+
+
+# Damage found at runtime
+
+
+def damage_the_tail(path: Path, pages: int) -> None:
+    """Overwrite the last `pages` pages of the file with garbage."""
+    size = path.stat().st_size
+    with path.open("r+b") as handle:
+        handle.seek(size - pages * 4096)
+        handle.write(b"\xde\xad\xbe\xef" * 1024 * pages)
+
+
+async def test_damage_found_while_running_refuses_posts_then_salvages(tmp_path: Path) -> None:
+    """A fetch finds the file damaged: the store used to stay healthy, keep answering 200 into
+    the damaged file and leave delivery stuck with one warning."""
+    state = tmp_path / "state"
+    outbox = await open_outbox(tmp_path)
+    for n in range(40):
+        assert await outbox.append(event(n, pad=3000)) is True  # a page or so each
+    await outbox.aclose()  # folds the WAL into the file
+    outbox = await open_outbox(tmp_path)
+    in_flight = await outbox.fetch("a", 100, 1 << 30)  # a dispatcher sending them all
+    damage_the_tail(state / DB_NAME, pages=10)
+    # Drop the pages SQLite keeps in memory, so the next read goes to the file.
+    await outbox._with_db(lambda db: db._db.execute("PRAGMA shrink_memory"))
+
+    with structlog.testing.capture_logs() as logs:
+        with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+            await outbox.fetch("a", 100, 1 << 30)
+        assert not outbox.healthy
+        with pytest.raises(StoreUnavailable, match="malformed"):
+            await outbox.append(event(100))
+        assert await outbox.responsive(PATIENCE_SECS)  # no wedged thread for the watchdog
+
+        assert await outbox.probe() is True
+    assert len(errors(logs, STORE_ERROR)) == 1
+    [salvaged] = [entry for entry in logs if entry["event"].startswith("Store was corrupt")]
+    assert 0 < salvaged["salvaged_events"] < 40
+    assert any(".corrupt-" in p.name for p in state.iterdir())
+    left = await outbox.fetch("a", 100, 1 << 30)
+    assert len(left) == salvaged["salvaged_events"]
+    assert (outbox.events, outbox.bytes) == (len(left), sum(len(e.body) for e in left))
+    assert await outbox.append(event(101)) is True
+    newest = (await outbox.fetch("a", 100, 1 << 30))[-1]
+    # A seq lost with the damage is not handed out again: a send in flight would ack it.
+    assert newest.seq > in_flight[-1].seq
+    await outbox.aclose()
+
+
+def test_seqs_handed_out_before_are_kept_from_coming_back(tmp_path: Path) -> None:
+    database = Database(tmp_path)
+    database.keep_seqs_above(41)
+    [seq] = database.append([NewEvent("id", "fp", "incident", 1.0, b"{}")], ["a"], 0)
+    assert seq == 42
+    database.keep_seqs_above(10)  # never lowers it
+    [seq] = database.append([NewEvent("id2", "fp2", "incident", 1.0, b"{}")], ["a"], 0)
+    assert seq == 43
+    database.ack("a", [42, 43])  # the events table is empty again
+    database.keep_seqs_above(99)
+    [seq] = database.append([NewEvent("id3", "fp3", "incident", 1.0, b"{}")], ["a"], 0)
+    assert seq == 100
     database.close()
 
 
