@@ -32,6 +32,7 @@ __all__ = [
     "DeadLetter",
     "NewEvent",
     "StoreCorrupt",
+    "StoreDisplaced",
     "StoreStats",
     "StoredEvent",
     "is_damage",
@@ -144,6 +145,21 @@ class StoreCorrupt(Exception):
     not the ones this version creates (another program's file, another version's)."""
 
 
+class StoreDisplaced(Exception):
+    """The files at the store's path are no longer the ones this connection reads and writes.
+
+    SQLite goes on writing into a file that was deleted (`rm -rf` of the state directory)
+    without a word, and every event committed there is gone at the next start. `replaced` is
+    False when the path is free again or holds only the database as it was before the WAL was
+    deleted: a copy of what this connection sees can take its place. True when another database
+    is there now, which is not this process's to overwrite.
+    """
+
+    def __init__(self, message: str, *, replaced: bool) -> None:
+        super().__init__(message)
+        self.replaced = replaced
+
+
 def is_damage(exc: BaseException) -> bool:
     """Whether `exc` says the file is damaged or cannot be read (SQLITE_CORRUPT, SQLITE_NOTADB,
     SQLITE_IOERR): not a full disk or a lock, which pass by themselves."""
@@ -155,9 +171,27 @@ def is_damage(exc: BaseException) -> bool:
     return code & 0xFF in (_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
+def _replaced(path: Path) -> StoreDisplaced:
+    return StoreDisplaced(
+        f"{path} was replaced by another file while the daemon had it open", replaced=True
+    )
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF == _SQLITE_BUSY
+
+
+# A file's identity: its device and inode, or None when nothing is at the path.
+_Identity = tuple[int, int] | None
+
+
+def _identity(path: Path) -> _Identity:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +283,8 @@ class Database:
         for path in (self.path, *_journal_files(self.path)):
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o600)
+        # The files this connection uses, now that it has read them: `check_in_place` compares.
+        self._files = tuple(_identity(p) for p in (self.path, _wal(self.path), _shm(self.path)))
 
     def _prepare(self, sync: str, background_checkpoints: bool) -> None:
         try:
@@ -302,6 +338,61 @@ class Database:
             wait = CONTENDED_BUSY_TIMEOUT_MS if briefly else BUSY_TIMEOUT_MS
             self._db.execute(f"PRAGMA busy_timeout={wait}")
             self._contended = briefly
+
+    def check_in_place(self) -> None:
+        """Raise StoreDisplaced if the path no longer names the files this connection uses.
+
+        Only looks at the file system, so any thread may call it.
+        """
+        database, *journals = self._files
+        now = _identity(self.path)
+        if now is None:
+            raise StoreDisplaced(
+                f"{self.path} was deleted while the daemon had it open", replaced=False
+            )
+        if now != database:
+            raise _replaced(self.path)
+        # Without its WAL the file at the path lacks every commit since the last checkpoint;
+        # without its shared memory the next process to open it writes blind to this one's.
+        for journal, opened in zip((_wal(self.path), _shm(self.path)), journals, strict=True):
+            if opened is not None and _identity(journal) != opened:
+                raise StoreDisplaced(
+                    f"{journal} was deleted while the daemon had it open", replaced=False
+                )
+
+    def copy_to(self, target: Path) -> None:
+        """Write everything this connection sees into a new database file `target`.
+
+        Reads through the connection, so it also copies a store whose files were deleted
+        while open. `target` must not exist; it is private (0600) and synced when this returns.
+        """
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        with contextlib.closing(sqlite3.connect(target, isolation_level=None)) as copy:
+            copy.execute("PRAGMA synchronous=FULL")
+            self._db.backup(copy)
+
+    def take_place_of_path(self, copy: Path) -> None:
+        """Move `copy` (from `copy_to`) to this store's path, over this store's own file if it
+        is still there (its WAL was deleted).
+
+        Call it while this connection is open, so that what it holds is let go of only once the
+        copy is in place; and `close` it before the copy is opened: closing deletes the WAL and
+        shared-memory files by name, which would then be the copy's.
+        """
+        # Checked again: the copy took a while, and a file that appeared meanwhile is not ours.
+        if _identity(self.path) not in (None, self._files[0]):
+            raise _replaced(self.path)
+        os.replace(copy, self.path)
+        _sync_directory(self.path.parent)
+
+    def set_aside_own_journals(self, now: float) -> None:
+        """After `close`, rename this connection's WAL files that are still at the path (another
+        process held the old database open) out of the way of the database now there."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        for journal in (_wal(self.path), _shm(self.path)):
+            if journal.exists() and _identity(journal) in self._files[1:]:
+                journal.rename(journal.with_name(f"{journal.name}.displaced-{stamp}"))
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -865,9 +956,22 @@ def _wal(database: Path) -> Path:
     return Path(f"{database}-wal")
 
 
+def _shm(database: Path) -> Path:
+    return Path(f"{database}-shm")
+
+
 def _journal_files(database: Path) -> list[Path]:
     """The WAL and shared-memory files beside `database` that exist."""
-    return [p for p in (_wal(database), Path(f"{database}-shm")) if p.exists()]
+    return [p for p in (_wal(database), _shm(database)) if p.exists()]
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _looks_corrupt(exc: sqlite3.OperationalError) -> bool:

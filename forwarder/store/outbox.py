@@ -4,9 +4,9 @@ Every database call runs on one dedicated thread, so SQLite sees a single writer
 loop never blocks on disk. Ingest requests that arrive while a commit is running wait together
 and share the next commit (and its fsync): that is what keeps a durable 200 cheap under load.
 
-When the store fails while running (a full disk, damage, another process's lock), any call that
-fails marks it unhealthy and posts get 503; `probe` brings it back, reopening and salvaging it
-where that is what it takes.
+When the store fails while running (a full disk, damage, another process's lock, its files
+deleted under it), any call that fails marks it unhealthy and posts get 503; `probe` brings it
+back, reopening, salvaging or copying it where that is what it takes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import structlog
@@ -33,6 +34,7 @@ from forwarder.store.database import (
     NewEvent,
     StoreCorrupt,
     StoredEvent,
+    StoreDisplaced,
     StoreStats,
     is_damage,
     move_aside,
@@ -102,9 +104,11 @@ class Outbox:
         # The probe running, which every caller meanwhile waits for instead of queueing its own
         # on the store thread (/readyz polled while a lock makes each probe wait).
         self._probing: asyncio.Future[bool] | None = None
-        # Damage found while running: the connection must be replaced before the store takes
-        # posts again (the probe reopens and checks it, salvaging it if need be).
+        # Why the connection must be replaced before the store takes posts again: damage found
+        # while running (the probe reopens and checks it, salvaging it if need be), or its files
+        # deleted or replaced under it.
         self._damaged = False
+        self._displaced: StoreDisplaced | None = None
         # The highest seq this process has seen, which a salvaged store must not hand out again.
         self._highest_seq = 0
 
@@ -152,7 +156,7 @@ class Outbox:
 
         try:
             return await self._run(run)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, StoreDisplaced) as exc:
             self._store_failed(exc)
             raise
 
@@ -160,7 +164,9 @@ class Outbox:
         """Any call that fails in the store makes it unhealthy, a read or an ack as much as a
         commit: damage under the queued events would otherwise stop delivery with /readyz
         still passing, and only a warning from each output."""
-        if is_damage(exc):
+        if isinstance(exc, StoreDisplaced):
+            self._displaced = self._displaced or exc
+        elif is_damage(exc):
             self._damaged = True
         self._mark_unhealthy(exc)
 
@@ -232,8 +238,9 @@ class Outbox:
         """
         if self._closing:
             raise StoreUnavailable("the store is closing")
-        if self._damaged:
-            # Nothing more into a damaged file; the next probe replaces the connection.
+        if self._damaged or self._displaced is not None:
+            # Nothing more into a file that is damaged or no longer at the path; the next probe
+            # replaces the connection.
             raise StoreUnavailable(self.last_error or "the store is being reopened")
         held = self.bytes + self._pending_bytes
         if held + len(event.raw) > self.config.max_bytes:
@@ -264,10 +271,21 @@ class Outbox:
                 await self._commit(group)
 
     async def _commit(self, group: list[_Pending]) -> None:
+        events, outputs = [p.event for p in group], self._outputs
+        window = self.config.dedupe_window_secs
+
+        def append(db: Database) -> list[int | None]:
+            # After the commit: a 200 then means the file was still at the path once the events
+            # were durable in it, not that they went into a deleted file, lost at the restart.
+            # And before: events refused for it must not be in the old file either, where the
+            # copy that replaces it would pick them up and deliver them after all.
+            db.check_in_place()
+            seqs = db.append(events, outputs, window)
+            db.check_in_place()
+            return seqs
+
         try:
-            events, outputs = [p.event for p in group], self._outputs
-            window = self.config.dedupe_window_secs
-            seqs = await self._with_db_counted(lambda db: db.append(events, outputs, window))
+            seqs = await self._with_db_counted(append)
         except Exception as exc:
             self._mark_unhealthy(exc)
             for pending in group:
@@ -293,7 +311,7 @@ class Outbox:
                 listener()
 
     def _mark_healthy(self) -> None:
-        if self._damaged:
+        if self._damaged or self._displaced is not None:
             return  # a commit that was under way when it was found; the probe decides
         # A post's commit can be the first to succeed (while a probe is still running), so
         # both paths say so: the operator who saw the ERROR also sees the recovery.
@@ -314,7 +332,8 @@ class Outbox:
         """Open the store if it is not open, check it can commit; used by /readyz and the sweep.
 
         A connection to a damaged store is closed and the store opened again, which checks it
-        and salvages it if need be. Callers that come while a probe runs share its answer.
+        and salvages it if need be; one whose files were deleted is copied to a new file at the
+        path first. Callers that come while a probe runs share its answer.
         """
         if self._probing is None or self._probing.done():
             self._probing = asyncio.ensure_future(self._probe())
@@ -325,12 +344,18 @@ class Outbox:
         try:
             if self._closing:
                 raise StoreUnavailable("the store is closing")
-            if self._damaged and self._db is not None:
+            if self._db is not None:
+                with contextlib.suppress(StoreDisplaced):  # noted in `_displaced`
+                    await self._with_db(lambda db: db.check_in_place())
+            if self._displaced is not None:
+                await self._leave_displaced_files()
+            elif self._damaged and self._db is not None:
                 self._damaged = False
                 await self._close_connection()
             if self._db is None:
                 await self._open()
             await self._with_db(lambda db: db.check_writable(PROBE_BYTES))
+            await self._with_db(lambda db: db.check_in_place())
             await self.forget_old()
         except Exception as exc:
             self._mark_unhealthy(exc)
@@ -371,17 +396,69 @@ class Outbox:
                 await self._checkpoints
             self._checkpoints = None
 
-    async def _checkpoint_forever(self, database: Database) -> None:
-        """Checkpoint every CHECKPOINT_INTERVAL_SECS.
+    async def _leave_displaced_files(self) -> None:
+        """Move off files that are no longer at the store's path, or say why not.
 
-        A failing checkpoint (a full disk) is logged once, and its recovery, not every second;
-        so is a WAL that a reader holding a snapshot keeps from being reset.
+        When nothing is at the path any more (or the database without its WAL), what this
+        connection still sees is copied to a new file there and the connection closed, so
+        nothing queued is lost. Another database put there is left alone: posts are refused
+        until a restart, and the old file's events are delivered meanwhile.
+        """
+        database = self._db
+        if database is None:
+            self._displaced = None
+            return
+        try:
+            await self._run(database.check_in_place)
+        except StoreDisplaced as exc:
+            displaced = exc
+        else:
+            self._displaced = None  # the files are back in place
+            return
+        if displaced.replaced:
+            raise StoreUnavailable(
+                f"{displaced}. New posts are refused; the events queued in the old file are "
+                "still delivered. Restart the daemon to use the new file once "
+                "canary_forwarder_store_events is 0, or those left are lost."
+            )
+        copy = database.path.with_name(f"{DB_NAME}.copy-{time.time_ns()}")
+        # No other call reaches the old connection from here, so nothing is written to it once
+        # the copy is taken: an ack there would be lost, and its events sent again.
+        self._db = None
+        await self._stop_checkpoints()
+        try:
+            await self._run(lambda: _replace_path_with_copy(database, copy))
+        except BaseException:
+            self._db = database
+            self._checkpoints = asyncio.create_task(
+                self._checkpoint_forever(database), name="store-checkpoint"
+            )
+            raise
+        self._displaced = None
+        with contextlib.suppress(sqlite3.Error):
+            await self._run(database.close)
+        await self._run(lambda: database.set_aside_own_journals(time.time()))
+        log.error(
+            "Store files were deleted while the daemon ran; copied what it still held (queued "
+            "events, dead letters, quarantine) into a new file at the path.",
+            error=str(displaced),
+            path=str(database.path),
+            events=self.events,
+        )
+
+    async def _checkpoint_forever(self, database: Database) -> None:
+        """Every CHECKPOINT_INTERVAL_SECS, check the store is still at its path and checkpoint.
+
+        The check is here so an idle daemon notices a deleted store too, not only its next
+        commit. A failing checkpoint (a full disk) is logged once, and its recovery, not every
+        second; so is a WAL that a reader holding a snapshot keeps from being reset.
         """
         loop = asyncio.get_running_loop()
         checkpointer: Checkpointer | None = None
 
         def tick() -> int | None:
             nonlocal checkpointer
+            database.check_in_place()
             if checkpointer is None:
                 checkpointer = Checkpointer(database.path, sync=self.config.sync)
             return checkpointer.checkpoint()
@@ -398,6 +475,10 @@ class Outbox:
                     await asyncio.sleep(CHECKPOINT_INTERVAL_SECS)
                     try:
                         wal_bytes = await loop.run_in_executor(thread, tick)
+                    except StoreDisplaced as exc:
+                        if self._displaced is None:  # the probe says more from here on
+                            self._store_failed(exc)
+                        continue
                     except Exception as exc:
                         if not failing:
                             log.warning(
@@ -517,3 +598,13 @@ class Outbox:
             await self._run(self._db.close)
             self._db = None
         self._executor.shutdown(wait=True)
+
+
+def _replace_path_with_copy(database: Database, copy: Path) -> None:
+    """Copy what `database` sees to `copy`, then put the copy at its path; on the store thread."""
+    try:
+        database.copy_to(copy)
+        database.take_place_of_path(copy)
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,9 @@ import structlog
 
 from forwarder.store import database as database_module
 from forwarder.store import outbox as outbox_module
-from forwarder.store.database import DB_NAME, Checkpointer, Database, NewEvent
+from forwarder.store.database import DB_NAME, Checkpointer, Database, NewEvent, StoreStats
 from forwarder.store.outbox import StoreUnavailable
-from tests.store.helpers import event, open_outbox
+from tests.store.helpers import event, open_outbox, table_rows
 
 # Bounds a wait for something the test has set in motion; only a broken build waits this long.
 PATIENCE_SECS = 10.0
@@ -32,8 +34,31 @@ STORE_ERROR = "Store cannot commit; new posts get 503 until it can."
 JSON = {"Content-Type": "application/json"}
 
 
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for `condition`, checking it at every turn of the event loop (and a little more)."""
+    try:
+        async with asyncio.timeout(PATIENCE_SECS):
+            while not condition():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"gave up waiting for {what}") from None
+
+
 def errors(logs: Sequence[Mapping[str, Any]], message: str) -> list[Mapping[str, Any]]:
     return [entry for entry in logs if entry["event"] == message and entry["log_level"] == "error"]
+
+
+def what_a_restart_finds(state: Path, scratch: Path) -> StoreStats:
+    """The store a restart would open right now (say after a SIGKILL): the files at the path."""
+    scratch.mkdir()
+    for name in (DB_NAME, f"{DB_NAME}-wal"):
+        if (state / name).exists():
+            shutil.copy(state / name, scratch / name)
+    database = Database(scratch, create=False)
+    try:
+        return database.stats()
+    finally:
+        database.close()
 
 
 class FakeDisk:
@@ -214,6 +239,109 @@ def test_a_checkpoint_never_holds_commits_back_for_a_reader_holding_a_snapshot(
     assert Path(f"{database.path}-wal").stat().st_size == 0
     checkpointer.close()
     database.close()
+
+
+# Files deleted or replaced under the daemon
+
+
+async def test_a_post_after_the_state_directory_was_deleted_is_refused(tmp_path: Path) -> None:
+    """SQLite goes on committing into the deleted file: every such 200 was lost at the restart."""
+    outbox = await open_outbox(tmp_path)
+    assert await outbox.append(event(1)) is True
+    shutil.rmtree(tmp_path / "state")
+    with (
+        structlog.testing.capture_logs() as logs,
+        pytest.raises(StoreUnavailable, match="deleted"),
+    ):
+        await outbox.append(event(2))
+    assert not outbox.healthy
+    [error] = errors(logs, STORE_ERROR)
+    assert "was deleted while the daemon had it open" in error["error"]
+    await outbox.aclose()
+
+
+async def test_an_idle_daemon_notices_its_store_was_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_module, "CHECKPOINT_INTERVAL_SECS", 0.001)
+    outbox = await open_outbox(tmp_path)
+    assert outbox.healthy
+    (tmp_path / "state" / DB_NAME).unlink()
+    await until(lambda: not outbox.healthy, "the store to notice its file is gone")
+    assert "deleted" in (outbox.last_error or "")
+    await outbox.aclose()
+
+
+async def test_a_deleted_store_is_rebuilt_at_its_path_with_everything_it_held(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    outbox = await open_outbox(tmp_path)
+    for n in range(3):
+        assert await outbox.append(event(n)) is True
+    first, *_ = await outbox.fetch("a", 10, 1 << 20)
+    await outbox.dead_letter("a", {first.seq: "refused"})
+    await outbox.quarantine(b"not json", "invalid_payload", "192.0.2.1")
+    shutil.rmtree(state)  # an operator's `rm -rf state/`
+    with structlog.testing.capture_logs() as logs:
+        assert await outbox.probe() is True
+    [rebuilt] = [entry for entry in logs if entry["event"].startswith("Store files were deleted")]
+    assert rebuilt["log_level"] == "error" and rebuilt["events"] == 2
+    assert await outbox.append(event(3)) is True
+    [_, _, newest] = await outbox.fetch("a", 10, 1 << 20)
+    assert newest.seq > first.seq + 2  # seqs go on from where they were
+
+    stats = what_a_restart_finds(state, tmp_path / "restart")
+    assert (stats.events, stats.dead_letters, stats.quarantined) == (3, {"a": 1}, 1)
+    assert (outbox.events, outbox.bytes) == (stats.events, stats.bytes)
+    assert [p.name for p in state.iterdir() if ".copy-" in p.name] == []
+    await outbox.aclose()
+
+
+async def test_a_deleted_wal_is_noticed_and_its_events_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL holds every commit since the last checkpoint, and without it at the path the
+    checkpointer stopped for good: a crash lost all of them."""
+    monkeypatch.setattr(outbox_module, "CHECKPOINT_INTERVAL_SECS", 3600.0)  # none of its own
+    state = tmp_path / "state"
+    outbox = await open_outbox(tmp_path)
+    for n in range(5):
+        assert await outbox.append(event(n)) is True
+    Path(f"{state / DB_NAME}-wal").unlink()
+    with pytest.raises(StoreUnavailable, match="-wal was deleted"):
+        await outbox.append(event(5))
+    assert await outbox.probe() is True
+    assert what_a_restart_finds(state, tmp_path / "restart").events == 5
+    await outbox.aclose()
+
+
+async def test_a_store_replaced_under_the_daemon_is_left_alone_and_posts_are_refused(
+    tmp_path: Path,
+) -> None:
+    """Another database put at the path (a backup restored while it ran) is not this process's to
+    overwrite: posts get 503 until a restart, while the old file's queue still drains."""
+    state = tmp_path / "state"
+    outbox = await open_outbox(tmp_path)
+    for n in range(2):
+        assert await outbox.append(event(n)) is True
+    theirs = Database(tmp_path / "backup")
+    theirs.append([NewEvent("theirs", "fp", "incident", 1.0, b"{}")], ["a"], 0)
+    theirs.close()
+    for journal in ("-wal", "-shm"):  # as the restore procedure says
+        Path(f"{state / DB_NAME}{journal}").unlink()
+    os.replace(tmp_path / "backup" / DB_NAME, state / DB_NAME)
+
+    assert await outbox.probe() is False
+    assert "replaced by another file" in (outbox.last_error or "")
+    assert "Restart the daemon" in (outbox.last_error or "")
+    with pytest.raises(StoreUnavailable):
+        await outbox.append(event(2))
+    queued = await outbox.fetch("a", 10, 1 << 20)
+    assert len(queued) == 2
+    await outbox.ack("a", [stored.seq for stored in queued])
+    assert table_rows(state / DB_NAME, "SELECT event_id FROM events") == [("theirs",)]
+    await outbox.aclose()
 
 
 # Damage found at runtime
