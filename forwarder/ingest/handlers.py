@@ -107,7 +107,8 @@ async def webhook(request: web.Request) -> web.Response:
     except StoreFull:
         log.warning("Store is full; post refused with 503.", client=client)
         return _error(503, "store_full", **{"Retry-After": str(STORE_FULL_RETRY_AFTER_SECS)})
-    except StoreUnavailable:
+    except StoreUnavailable as exc:
+        log.warning("Store cannot commit; post refused with 503.", client=client, error=str(exc))
         return _error(503, "store_unavailable", **{"Retry-After": "5"})
     if not stored:
         metrics.duplicates.inc()

@@ -22,10 +22,12 @@ from typing import Any
 import pytest
 import structlog
 
+from forwarder.settings import Settings
 from forwarder.store import database as database_module
 from forwarder.store import outbox as outbox_module
 from forwarder.store.database import DB_NAME, Checkpointer, Database, NewEvent, StoreStats
 from forwarder.store.outbox import StoreUnavailable
+from tests.helpers import ClientFactory, sample, served_pipelines
 from tests.store.helpers import event, open_outbox, table_rows
 
 # Bounds a wait for something the test has set in motion; only a broken build waits this long.
@@ -492,3 +494,30 @@ def test_closing_waits_only_briefly_to_fold_the_wal_for_a_reader(tmp_path: Path)
     assert time.monotonic() - started < 1.0
     reader.close()
     database.close()
+
+
+# What a client is told
+
+
+async def test_a_post_the_store_cannot_commit_gets_503_retry_after_and_a_warning(
+    aiohttp_client: ClientFactory,
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def full(self: Database, *args: object) -> list[int | None]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async with served_pipelines(aiohttp_client) as serve:
+        client, _ = await serve(make_settings())
+        monkeypatch.setattr(Database, "append", full)
+        with structlog.testing.capture_logs() as logs:
+            answer = await client.post(
+                "/canary",
+                data=sample("incident_ssh_login"),
+                headers={"Content-Type": "application/json"},
+            )
+        assert answer.status == 503
+        assert answer.headers["Retry-After"] == "5"
+        assert await answer.json() == {"error": "store_unavailable"}
+        [warning] = [e for e in logs if e["event"] == "Store cannot commit; post refused with 503."]
+        assert warning["log_level"] == "warning" and "full" in warning["error"]
