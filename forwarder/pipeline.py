@@ -6,6 +6,11 @@ the send they are in and stop; nothing queued is lost because the queue is the s
 `Pipeline.reopen_outputs` reopens the running outputs in place: a refused reload still needs
 that, since logrotate has moved their files away all the same.
 
+A stop keeps to one deadline, set by `Pipeline.begin_stop` as soon as it is asked for, whatever
+is under way: a reload then starts no new output and stops waiting for files to reopen, and its
+wait for the outputs it replaces ends by that deadline too. Before, a stop that came during a
+reload waited for the whole reload first.
+
 Every output's healthcheck also runs every HEALTHCHECK_INTERVAL_SECS. An idle output never
 fails a send, so without it a SIEM that went away overnight would show only at the next alert.
 """
@@ -14,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -28,7 +34,7 @@ from forwarder.settings import OutputSpec, Settings
 from forwarder.store.outbox import Outbox
 from forwarder.telemetry import metrics
 
-__all__ = ["Pipeline", "ReloadError", "healthcheck_problem"]
+__all__ = ["Pipeline", "ReloadAbandoned", "ReloadError", "healthcheck_problem", "unless_set"]
 
 log = structlog.get_logger("forwarder.pipeline")
 
@@ -36,12 +42,22 @@ SWEEP_INTERVAL_SECS = 60.0
 STORE_PROBE_SECS = 5.0
 # What closing an output may still take when the graceful budget is spent.
 OUTPUT_CLOSE_MIN_SECS = 0.5
+# What a dispatcher may still take to end when the budget is spent: an idle one ends within an
+# iteration of the event loop, and cancelling it at once would report a send cut short.
+DISPATCHER_STOP_MIN_SECS = 0.25
 HEALTHCHECK_INTERVAL_SECS = 30.0
 HEALTHCHECK_TIMEOUT_SECS = 10.0
 
 
+T = TypeVar("T")
+
+
 class ReloadError(Exception):
     """The new configuration could not be started; the old one keeps running."""
+
+
+class ReloadAbandoned(ReloadError):
+    """A stop was asked for before the new outputs had started; the old ones stay until it."""
 
 
 def build_dispatchers(specs: Sequence[OutputSpec], outbox: Outbox) -> list[Dispatcher]:
@@ -65,6 +81,10 @@ class Pipeline:
         # Outputs whose healthcheck fails: since when (monotonic) and why.
         self._unhealthy: dict[str, tuple[float, str]] = {}
         self._reload_lock = asyncio.Lock()
+        # Set once a stop is asked for; a reload under way then cuts itself short.
+        self._stopping = asyncio.Event()
+        # The event loop's time by which the stop must be over.
+        self._stop_deadline = math.inf
 
     @classmethod
     async def start(cls, settings: Settings) -> Pipeline:
@@ -94,44 +114,89 @@ class Pipeline:
         )
         return pipeline
 
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked for (`begin_stop` or `stop`)."""
+        return self._stopping.is_set()
+
     async def reload(self, settings: Settings, graceful_secs: float) -> None:
-        """Swap in new outputs; raises ReloadError (old outputs untouched) if they cannot start."""
+        """Swap in new outputs; raises ReloadError (old outputs untouched) if they cannot start,
+        ReloadAbandoned if a stop is asked for before they have.
+
+        The outputs it replaces get `graceful_secs` to finish their sends, or less if a stop
+        must be over sooner. Once a stop is asked for, the new outputs are not started: they
+        would only be stopped again.
+        """
         async with self._reload_lock:
             try:
-                fresh = await _start_outputs(settings.outputs, self.outbox)
+                fresh = await unless_set(
+                    self._stopping, lambda: _start_outputs(settings.outputs, self.outbox)
+                )
             except Exception as exc:
                 raise ReloadError(str(exc)) from exc
+            if fresh is None:
+                raise ReloadAbandoned("the daemon is stopping")
             old, self.dispatchers = self.dispatchers, fresh
             # New events go to the new set from here on; the old dispatchers only drain.
             self.outbox.set_outputs(d.name for d in fresh)
-            await _stop_all(old, graceful_secs)
+            loop = asyncio.get_running_loop()
+            await _stop_all(old, min(loop.time() + graceful_secs, self._stop_deadline))
+            self.settings = settings
+            names = [d.name for d in fresh]
+            if self.stopping:
+                log.info("Configuration reloaded; the daemon is stopping.", outputs=names)
+                return
             for dispatcher in fresh:
                 dispatcher.start()
-            self.settings = settings
             await self._warn_orphans()
-            log.info("Configuration reloaded.", outputs=[d.name for d in fresh])
+            log.info("Configuration reloaded.", outputs=names)
 
     async def reopen_outputs(self) -> None:
         """Reopen every running output's files and connections (SIGHUP, after logrotate).
 
         The outputs reopen side by side, so one waiting for its send in progress delays none of
-        the others; one that cannot reopen is logged and does not stop the rest.
+        the others; one that cannot reopen is logged and does not stop the rest. A stop asked
+        for meanwhile ends the wait: the outputs are about to be closed anyway.
         """
         async with self._reload_lock:
             running = list(self.dispatchers)
-            reopened = await asyncio.gather(*(_reopen(d) for d in running))
+            reopened = await unless_set(
+                self._stopping, lambda: asyncio.gather(*(_reopen(d) for d in running))
+            )
+        if reopened is None:
+            log.info("Outputs not reopened; the daemon is stopping.")
+            return
         log.info(
             "Outputs reopened.",
             outputs=[d.name for d, done in zip(running, reopened, strict=True) if done],
         )
 
-    async def stop(self, graceful_secs: float) -> None:
+    def begin_stop(self, graceful_secs: float) -> None:
+        """Ask for a stop that must be over `graceful_secs` from now (an earlier deadline holds).
+
+        Called as soon as the stop signal arrives, so a reload under way keeps to the same
+        deadline as the stop (see `reload` and `reopen_outputs`); `stop` finishes the job. The
+        periodic jobs end here: a healthcheck has nothing to report once stopping.
+        """
+        deadline = asyncio.get_running_loop().time() + graceful_secs
+        self._stop_deadline = min(self._stop_deadline, deadline)
+        self._stopping.set()
         for task in (self._sweeper, self._prober, self._checker):
             if task is not None:
                 task.cancel()
+
+    async def stop(self, graceful_secs: float) -> None:
+        """Stop within `graceful_secs`, or by the deadline `begin_stop` set if that is sooner:
+        the outputs finish their sends in progress, then close, then the store closes."""
+        self.begin_stop(graceful_secs)
+        for task in (self._sweeper, self._prober, self._checker):
+            if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await _stop_all(self.dispatchers, graceful_secs)
+        # A reload under way returns promptly once stopping (within the deadline); waiting for
+        # it means no output it started, or is still draining, outlives the store.
+        async with self._reload_lock:
+            await _stop_all(self.dispatchers, self._stop_deadline)
         await self.outbox.aclose()
 
     def failing_outputs(self, threshold_secs: float) -> dict[str, str]:
@@ -262,24 +327,62 @@ async def _reopen(dispatcher: Dispatcher) -> bool:
     return True
 
 
-async def _stop_all(dispatchers: Sequence[Dispatcher], graceful_secs: float) -> None:
-    """Stop the dispatchers and close their outputs, all within one graceful budget.
+async def _stop_all(dispatchers: Sequence[Dispatcher], deadline: float) -> None:
+    """Stop the dispatchers and close their outputs, all by `deadline` (the event loop's time).
 
     Closing can wait on the peer too (a TLS close_notify to a receiver that no longer reads);
-    what is left of the budget, at least OUTPUT_CLOSE_MIN_SECS, bounds it.
+    what is left until the deadline, at least OUTPUT_CLOSE_MIN_SECS, bounds it. The outputs
+    close side by side, so several stuck ones cost that floor once, not once each.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + graceful_secs
-    await asyncio.gather(*(d.stop(graceful_secs) for d in dispatchers))
-    for dispatcher in dispatchers:
-        left = max(OUTPUT_CLOSE_MIN_SECS, deadline - loop.time())
-        try:
-            async with asyncio.timeout(left):
-                await dispatcher.output.aclose()
-        except TimeoutError:
-            log.warning(
-                "Output did not close within the graceful timeout; left open.",
-                output=dispatcher.name,
-            )
-        except Exception as exc:
-            log.warning("Output did not close cleanly.", output=dispatcher.name, error=str(exc))
+    await asyncio.gather(
+        *(d.stop(max(DISPATCHER_STOP_MIN_SECS, deadline - loop.time())) for d in dispatchers)
+    )
+    await asyncio.gather(*(_close_output(d, deadline) for d in dispatchers))
+
+
+async def _close_output(dispatcher: Dispatcher, deadline: float) -> None:
+    left = max(OUTPUT_CLOSE_MIN_SECS, deadline - asyncio.get_running_loop().time())
+    try:
+        async with asyncio.timeout(left):
+            await dispatcher.output.aclose()
+    except TimeoutError:
+        log.warning(
+            "Output did not close within the graceful timeout; left open.",
+            output=dispatcher.name,
+        )
+    except Exception as exc:
+        log.warning("Output did not close cleanly.", output=dispatcher.name, error=str(exc))
+
+
+async def unless_set(event: asyncio.Event, work: Callable[[], Awaitable[T]]) -> T | None:
+    """`work()`'s result, or None if `event` is set first (already set: `work` never starts).
+
+    `work` is then cancelled, and waited for so that it can close what it opened; if it
+    finishes all the same, its result counts. Its exceptions are raised as they are.
+    """
+    if event.is_set():
+        return None
+
+    async def call() -> T:
+        return await work()
+
+    # A task of its own even for a future such as gather's: a cancelled gather ends with a
+    # CancelledError as its exception, not cancelled, and that would escape as if the caller
+    # itself had been cancelled.
+    task = asyncio.create_task(call())
+    setting = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, setting}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        setting.cancel()
+    if not task.done():
+        task.cancel()
+        # asyncio.wait raises nothing of the task's, only a cancellation of the caller itself.
+        await asyncio.wait({task})
+    if task.cancelled():
+        return None
+    return task.result()

@@ -2,7 +2,8 @@
 configuration and reopens the outputs' files, even when it refuses the new configuration.
 
 Shutdown order (after uvicorn's): stop accepting, let in-flight requests finish, let each output
-finish the send it is in within the graceful timeout, then close the store cleanly.
+finish the send it is in, then close the store cleanly, all within one graceful timeout counted
+from the signal, a reload under way included.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from forwarder import __version__, systemd
 from forwarder.app import IN_FLIGHT, build_app
 from forwarder.cli._common import add_config_argument, settings_from_args
 from forwarder.ingest.tls import reload_certificates, server_context
-from forwarder.pipeline import Pipeline, ReloadError
+from forwarder.pipeline import Pipeline, ReloadAbandoned, ReloadError
 from forwarder.settings import ConfigError, Settings, default_settings, load_settings
 from forwarder.telemetry.logging import configure_logging
 
@@ -205,8 +206,10 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     try:
         await stop.wait()
     finally:
-        # One graceful budget for the whole shutdown, not one per stage.
+        # One graceful budget for the whole shutdown, counted from now, not one per stage; a
+        # reload under way keeps to it too (Pipeline.begin_stop).
         deadline = loop.time() + graceful_secs
+        pipeline.begin_stop(graceful_secs)
         notifier.stopping(status=f"stopping: {_status_line(pipeline)}")
         watchdog.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -219,11 +222,12 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(app[IN_FLIGHT].wait_idle(), deadline - loop.time())
         await runner.cleanup()
-        # A reload under way finishes (it may be swapping outputs); none starts after it.
+        # A reload under way ends by the deadline (it may be swapping outputs); none starts
+        # after it.
         reload_wanted.set()
         with contextlib.suppress(Exception):
             await reloader
-        await pipeline.stop(max(1.0, deadline - loop.time()))
+        await pipeline.stop(deadline - loop.time())
         log.info("Stopped.")
     return 0
 
@@ -268,6 +272,9 @@ async def _reload(pipeline: Pipeline, config_path: Path | None, graceful_secs: f
         settings = Settings(settings.listen, pipeline.settings.store, settings.outputs)
     try:
         await pipeline.reload(settings, graceful_secs)
+    except ReloadAbandoned:
+        log.info("Reload abandoned; the daemon is stopping.")
+        return False
     except ReloadError as exc:
         log.error("New outputs could not start; the old ones keep running.", error=str(exc))
         return False
