@@ -88,15 +88,24 @@ class Pipeline:
 
     @classmethod
     async def start(cls, settings: Settings) -> Pipeline:
-        """Open the store and start every output; raises if any of them cannot start."""
-        outbox = await Outbox.open(settings.store, [spec.name for spec in settings.outputs])
+        """Open the store and start every output; raises if any of them cannot start.
+
+        Cancelled (a stop during start-up), it closes what it opened. A store being opened is let
+        finish first: the store thread cannot be interrupted, and an open that is repairing a
+        corrupt store must not be cut short, or the moved-aside file would never be salvaged.
+        """
+        outbox = await _open_outbox(settings)
         try:
             dispatchers = await _start_outputs(settings.outputs, outbox)
         except BaseException:
             await outbox.aclose()
             raise
         pipeline = cls(settings, outbox, dispatchers)
-        await pipeline._warn_orphans()
+        try:
+            await pipeline._warn_orphans()
+        except BaseException:
+            await pipeline.stop(0.0)
+            raise
         for dispatcher in dispatchers:
             dispatcher.start()
         pipeline._sweeper = asyncio.create_task(
@@ -353,6 +362,22 @@ async def _close_output(dispatcher: Dispatcher, deadline: float) -> None:
         )
     except Exception as exc:
         log.warning("Output did not close cleanly.", output=dispatcher.name, error=str(exc))
+
+
+async def _open_outbox(settings: Settings) -> Outbox:
+    """`Outbox.open`, which a cancellation lets finish and then closes: the open runs on the
+    store thread, which cannot be interrupted, and cut short it would leave the store to the
+    next start with nobody to close it now."""
+    opening = asyncio.ensure_future(
+        Outbox.open(settings.store, [spec.name for spec in settings.outputs])
+    )
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        await asyncio.wait({opening})
+        if not opening.cancelled() and opening.exception() is None:
+            await opening.result().aclose()
+        raise
 
 
 async def unless_set(event: asyncio.Event, work: Callable[[], Awaitable[T]]) -> T | None:

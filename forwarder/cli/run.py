@@ -1,6 +1,10 @@
 """`run`: start the daemon and keep it running until SIGTERM or SIGINT; SIGHUP reloads the
 configuration and reopens the outputs' files, even when it refuses the new configuration.
 
+Start-up order: bind the listening sockets (so a port in use fails before anything else has
+started), open the store, start the outputs, then listen and send READY=1. A stop signal during
+start-up ends it there: what was opened is closed and the exit status is 0.
+
 Shutdown order (after uvicorn's): stop accepting, let in-flight requests finish, let each output
 finish the send it is in, then close the store cleanly, all within one graceful timeout counted
 from the signal, a reload under way included.
@@ -11,10 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import os
 import resource
 import signal
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,7 +32,7 @@ from forwarder import __version__, systemd
 from forwarder.app import IN_FLIGHT, build_app
 from forwarder.cli._common import add_config_argument, settings_from_args
 from forwarder.ingest.tls import reload_certificates, server_context
-from forwarder.pipeline import Pipeline, ReloadAbandoned, ReloadError
+from forwarder.pipeline import Pipeline, ReloadAbandoned, ReloadError, unless_set
 from forwarder.settings import ConfigError, Settings, default_settings, load_settings
 from forwarder.telemetry.logging import configure_logging
 
@@ -133,11 +139,48 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
     loop.add_signal_handler(signal.SIGHUP, on_reload)
+    # Bound before the store opens and the outputs start, so a port in use or an unusable
+    # certificate fails the start before anything has begun that it would cut short. Not yet
+    # listening: connections are refused, not left waiting, until the daemon is ready.
     try:
-        pipeline = await Pipeline.start(settings)
-    except Exception as exc:
-        log.error("Cannot start.", error=str(exc))
+        server_tls = server_context(listen)
+        sockets = await _bind(listen.host, listen.port)
+    except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a NUL in a path
+        log.error("Cannot listen.", host=listen.host, port=listen.port, error=str(exc))
         return 1
+    try:
+        notifier.status("starting: opening the store and the outputs")
+        try:
+            pipeline = await unless_set(stop, lambda: Pipeline.start(settings))
+        except Exception as exc:
+            log.error("Cannot start.", error=str(exc))
+            return 1
+        if pipeline is None:
+            notifier.stopping(status="stopping: start-up interrupted")
+            log.info("Stopped.")
+            return 0
+        return await _serve(
+            pipeline, sockets, server_tls, config_path, graceful_secs, stop, reload_wanted, notifier
+        )
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def _serve(
+    pipeline: Pipeline,
+    sockets: list[socket.socket],
+    server_tls: ssl.SSLContext | None,
+    config_path: Path | None,
+    graceful_secs: float,
+    stop: asyncio.Event,
+    reload_wanted: asyncio.Event,
+    notifier: systemd.Notifier,
+) -> int:
+    """Listen on `sockets` with the started `pipeline` until `stop`; the exit code."""
+    loop = asyncio.get_running_loop()
+    settings = pipeline.settings
+    listen = settings.listen
     app = build_app(pipeline)
     # The graceful wait for in-flight requests happens below, before cleanup; by then aiohttp
     # only closes idle connections, so its own shutdown timeout can be short.
@@ -154,10 +197,9 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     )
     await runner.setup()
     try:
-        server_tls = server_context(listen)
-        site = web.TCPSite(runner, listen.host, listen.port, ssl_context=server_tls, backlog=1024)
-        await site.start()
-    except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a NUL in a path
+        for sock in sockets:
+            await web.SockSite(runner, sock, ssl_context=server_tls, backlog=1024).start()
+    except OSError as exc:  # listen() can still find the port taken
         log.error("Cannot listen.", host=listen.host, port=listen.port, error=str(exc))
         await runner.cleanup()
         await pipeline.stop(graceful_secs)
@@ -194,7 +236,8 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         store=str(settings.store.path),
     )
     settle_collector()
-    notifier.ready(status=_status_line(pipeline))
+    if not stop.is_set():  # a stop during the last steps of start-up: STOPPING=1 comes next
+        notifier.ready(status=_status_line(pipeline))
     watchdog = asyncio.create_task(
         systemd.watchdog_loop(
             lambda: _status_line(pipeline), notifier=notifier, alive=pipeline.outbox.responsive
@@ -230,6 +273,47 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         await pipeline.stop(deadline - loop.time())
         log.info("Stopped.")
     return 0
+
+
+async def _bind(host: str, port: int) -> list[socket.socket]:
+    """A bound socket, not yet listening, for each address `host` resolves to, made as asyncio's
+    create_server makes them: SO_REUSEADDR, IPv6 sockets for IPv6 only, and an address the host
+    cannot assign skipped if another one binds ("localhost" with IPv6 disabled)."""
+    loop = asyncio.get_running_loop()
+    infos = list(
+        dict.fromkeys(
+            await loop.getaddrinfo(
+                host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        )
+    )
+    sockets: list[socket.socket] = []
+    unassignable: OSError | None = None
+    try:
+        for family, kind, proto, _, address in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+            except OSError as exc:
+                sock.close()
+                error = OSError(
+                    exc.errno, f"cannot bind {address!r}: {(exc.strerror or str(exc)).lower()}"
+                )
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise error from None
+                unassignable = unassignable or error
+                continue
+            sockets.append(sock)
+        if not sockets:
+            raise unassignable or OSError(errno.EADDRNOTAVAIL, f"{host} has no address")
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 async def reload_when_asked(

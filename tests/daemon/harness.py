@@ -32,6 +32,7 @@ __all__ = [
     "JSON_HEADERS",
     "Daemon",
     "DaemonFactory",
+    "NotifyListener",
     "PostResults",
     "drained",
     "file_output",
@@ -174,13 +175,19 @@ class Daemon:
         *,
         graceful_secs: float = 10.0,
         extra_args: Iterable[str] = (),
+        module: str = "forwarder",
+        environ: Mapping[str, str] | None = None,
     ) -> None:
+        """`module` is what `python -m` runs (a wrapper such as tests.daemon.stalls takes the
+        same arguments); `environ` is added to the test's environment."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "config.yaml"
         self.port = free_port()
         self.graceful_secs = graceful_secs
         self.extra_args = list(extra_args)
+        self.module = module
+        self.environ = dict(environ or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
         self.write_config(config)
@@ -222,7 +229,7 @@ class Daemon:
         return [
             sys.executable,
             "-m",
-            "forwarder",
+            self.module,
             "run",
             "-c",
             str(self.config_path),
@@ -241,7 +248,12 @@ class Daemon:
         """
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
         self.runs += 1
-        env = dict(os.environ, PYTHONUNBUFFERED="1", FORWARDER_DISABLE_PLUGIN_AUTOLOAD="1")
+        env = dict(
+            os.environ,
+            PYTHONUNBUFFERED="1",
+            FORWARDER_DISABLE_PLUGIN_AUTOLOAD="1",
+            **self.environ,
+        )
         with self.stderr_path.open("wb") as log_file:
             self.proc = subprocess.Popen(
                 self.command(),
@@ -384,6 +396,39 @@ class Daemon:
             if line.startswith(f"{name} "):
                 return float(line.split()[1])
         return None
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET: give a daemon
+    `environ={"NOTIFY_SOCKET": str(listener.path)}` and read what it told systemd."""
+
+    def __init__(self, path: Path) -> None:
+        # AF_UNIX paths are limited to 108 bytes.
+        assert len(str(path)) < 100, path
+        self.path = path
+        self.received: list[str] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.setblocking(False)
+
+    def __enter__(self) -> NotifyListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+
+    def messages(self) -> list[str]:
+        """Every datagram so far, oldest first."""
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.received.append(self._sock.recv(4096).decode())
+        return self.received
+
+    def states(self) -> list[str]:
+        """The first assignment of each datagram that changes the state systemd sees (READY=1,
+        RELOADING=1, STOPPING=1), leaving out watchdog pings and status lines."""
+        firsts = [message.split("\n")[0] for message in self.messages()]
+        return [first for first in firsts if not first.startswith(("WATCHDOG=", "STATUS="))]
 
 
 DaemonFactory = Callable[..., Daemon]

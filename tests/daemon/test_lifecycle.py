@@ -92,16 +92,41 @@ def test_invalid_yaml_exits_78(daemons: DaemonFactory, tmp_path: Path) -> None:
 
 
 def test_port_in_use_exits_1_with_a_clear_log_line(daemons: DaemonFactory, tmp_path: Path) -> None:
-    daemon = daemons({"outputs": [file_output("out", tmp_path / "out.jsonl")]})
+    """The port is bound before anything else starts: a start that cannot listen neither
+    creates the store nor starts an output (which it would only stop again at once)."""
+    output, state = tmp_path / "out.jsonl", tmp_path / "state"
+    daemon = daemons({"store": {"path": str(state)}, "outputs": [file_output("out", output)]})
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
         squatter.bind((HOST, daemon.port))
         squatter.listen()
-        code, _ = daemon.run_to_exit()
+        code, stderr = daemon.run_to_exit()
     assert code == 1
     [line] = daemon.find_logs("Cannot listen.", level="error")
     assert line["port"] == daemon.port
     assert "in use" in line["error"]
-    assert not daemon.find_logs("Listening.")
+    assert [entry["level"] for entry in daemon.logs()] == ["warning", "error"], stderr
+    assert not state.exists()
+    assert not output.exists()
+
+
+def test_an_address_not_on_this_host_exits_1_with_a_clear_log_line(
+    daemons: DaemonFactory, tmp_path: Path
+) -> None:
+    auth = {"header": "X-Canary-Token", "secret": "a-webhook-secret-of-32-characters"}
+    daemon = daemons(
+        {
+            "listen": {"host": "192.0.2.1", "auth": auth},  # TEST-NET-1: never local
+            "store": {"path": str(tmp_path / "state")},
+            "outputs": [file_output("out", tmp_path / "out.jsonl")],
+        }
+    )
+    code, stderr = daemon.run_to_exit()
+    assert code == 1
+    [line] = daemon.find_logs("Cannot listen.", level="error")
+    assert line["host"] == "192.0.2.1"
+    assert "cannot assign requested address" in line["error"]
+    assert [entry["level"] for entry in daemon.logs()] == ["error"], stderr
+    assert not (tmp_path / "state").exists()
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])  # noqa: S104 - refused, never bound
@@ -284,7 +309,8 @@ async def test_sighups_coalesce_and_ready_never_follows_stopping(
     reloads = len(daemon.find_logs("Reloading configuration."))
     # The first SIGHUP starts a reload; the rest arrive during it and ask for one more.
     assert 1 <= reloads <= 2, reloads
-    states = [m.split("\n")[0] for m in messages if not m.startswith("WATCHDOG")]
+    assert messages[0] == "STATUS=starting: opening the store and the outputs"
+    states = [m.split("\n")[0] for m in messages if not m.startswith(("WATCHDOG", "STATUS"))]
     assert states[0].startswith("READY=1")
     assert states[-1].startswith("STOPPING=1")
     assert "STATUS=stopping: " in messages[-1]  # `systemctl status` shows the stop, not the queue
