@@ -85,6 +85,7 @@ class Pipeline:
         self._stopping = asyncio.Event()
         # The event loop's time by which the stop must be over.
         self._stop_deadline = math.inf
+        self._store_closing: asyncio.Future[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Pipeline:
@@ -206,7 +207,17 @@ class Pipeline:
         # it means no output it started, or is still draining, outlives the store.
         async with self._reload_lock:
             await _stop_all(self.dispatchers, self._stop_deadline)
-        await self.outbox.aclose()
+        await self.close_store()
+
+    async def close_store(self) -> None:
+        """Close the store, once however many ask: pending commits are made, the WAL folded back.
+
+        A second stop signal calls this while `stop` may be waiting for sends; both then wait
+        for the same close.
+        """
+        if self._store_closing is None:
+            self._store_closing = asyncio.ensure_future(self.outbox.aclose())
+        await asyncio.shield(self._store_closing)
 
     def failing_outputs(self, threshold_secs: float) -> dict[str, str]:
         """Outputs whose sends or healthcheck have failed for longer than `threshold_secs`,

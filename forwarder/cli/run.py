@@ -7,7 +7,8 @@ start-up ends it there: what was opened is closed and the exit status is 0.
 
 Shutdown order (after uvicorn's): stop accepting, let in-flight requests finish, let each output
 finish the send it is in, then close the store cleanly, all within one graceful timeout counted
-from the signal, a reload under way included.
+from the signal, a reload under way included. A second stop signal ends the process at once,
+after closing the store, with status 1.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import resource
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 from aiohttp import web
@@ -44,6 +47,11 @@ log = structlog.get_logger("forwarder")
 HEADER_TIMEOUT_SECS = 15.0
 # Open files the daemon asks for at start (each connection is one).
 FD_LIMIT = 65536
+# How long a second stop signal lets the store take to close before the process ends anyway:
+# a store thread stuck on a dead disk must not keep an operator's "stop now" waiting.
+FORCED_STORE_CLOSE_SECS = 5.0
+# The exit status after a second stop signal cut the graceful stop short.
+EXIT_FORCED = 1
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -120,13 +128,17 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     stop = asyncio.Event()
     # SIGHUPs that arrive while a reload runs ask for one more reload, not one each.
     reload_wanted = asyncio.Event()
+    pipeline: Pipeline | None = None
+    forced: asyncio.Task[None] | None = None
 
     def on_stop(signame: str) -> None:
-        if stop.is_set():
+        nonlocal forced
+        if not stop.is_set():
+            log.info("Stopping.", signal=signame)
+            stop.set()
+        elif forced is None:
             log.warning("Second stop signal; exiting at once.", signal=signame)
-            os._exit(1)
-        log.info("Stopping.", signal=signame)
-        stop.set()
+            forced = asyncio.create_task(_exit_at_once(pipeline), name="exit-at-once")
 
     def on_reload() -> None:
         if stop.is_set():
@@ -314,6 +326,30 @@ async def _bind(host: str, port: int) -> list[socket.socket]:
             sock.close()
         raise
     return sockets
+
+
+async def _exit_at_once(pipeline: Pipeline | None) -> NoReturn:
+    """End the process for a second stop signal, closing the store first if it is open.
+
+    Nothing else is waited for: a send in progress is repeated at the next start, and a thread
+    stuck in a system call (a file output on a hung mount) cannot hold the exit. The store is
+    closed because a closed store has its WAL folded back, so a backup of the one file taken
+    after the stop holds every event; what was committed is durable either way.
+    """
+    if pipeline is not None:
+        try:
+            async with asyncio.timeout(FORCED_STORE_CLOSE_SECS):
+                await pipeline.close_store()
+        except TimeoutError:
+            log.error(
+                "The store did not close in time; SQLite recovers it at the next start.",
+                waited_secs=FORCED_STORE_CLOSE_SECS,
+            )
+        except Exception as exc:
+            log.error("The store did not close cleanly.", error=str(exc))
+    log.warning("Stopped at once; sends that were under way are repeated at the next start.")
+    sys.stderr.flush()
+    os._exit(EXIT_FORCED)
 
 
 async def reload_when_asked(

@@ -2,7 +2,8 @@
 
 What an operator and systemd rely on: a stop ends within one graceful timeout of the signal
 (plus a small fixed margin) whatever is under way; a stop during start-up ends it there, cleanly
-and with status 0; and READY=1 is sent only by a daemon that runs on.
+and with status 0; a second stop signal ends the process at once, after closing the store; and
+READY=1 is sent only by a daemon that runs on.
 
 A send that never finishes comes from a TCP syslog receiver that never reads
 (tests/reliability/_peers.py), with records larger than its receive window. Start-up is held at
@@ -163,6 +164,35 @@ async def test_a_stop_while_a_reload_drains_outputs_starts_none_and_keeps_to_one
     assert took < GRACEFUL_SECS + STOP_MARGIN_SECS, took
     assert daemon.find_logs("Configuration reloaded; the daemon is stopping.")
     assert not daemon.find_logs("Configuration reloaded.")
+    assert _closed_cleanly(state)
+    assert _queued(state) == {"deaf": 1}
+
+
+# A second stop signal
+
+
+async def test_a_second_stop_signal_exits_at_once_and_still_closes_the_store(
+    daemons: DaemonFactory, tmp_path: Path
+) -> None:
+    """Before, the second signal ended the process without closing the store: its WAL was not
+    folded back, so a backup of the database file taken after the stop missed events."""
+    state = tmp_path / "state"
+    async with StalledPeer("no_read") as peer:
+        daemon = daemons(
+            {"store": {"path": str(state)}, "outputs": [deaf_output(peer)]}, graceful_secs=60
+        )
+        await daemon.start()
+        await _send_stuck(daemon)
+        daemon.send_signal(signal.SIGTERM)
+        await daemon.wait_for_log("Stopping.")
+        daemon.send_signal(signal.SIGINT)
+        assert await daemon.wait_exit(timeout=10) == 1
+    [line] = daemon.find_logs("Second stop signal; exiting at once.", level="warning")
+    assert line["signal"] == "SIGINT"
+    assert daemon.find_logs(
+        "Stopped at once; sends that were under way are repeated at the next start."
+    )
+    _no_traceback(daemon)
     assert _closed_cleanly(state)
     assert _queued(state) == {"deaf": 1}
 
