@@ -3,17 +3,18 @@
 # canary-forwarder container image.
 #
 #   docker build -t canary-forwarder .
-#   docker run -d --name canary-forwarder -p 8080:8080 --stop-timeout 75 \
+#   docker run -d --name canary-forwarder -p 8080:8080 --stop-timeout 45 \
 #     -e CANARY_WEBHOOK_SECRET \
 #     -v canary-forwarder-state:/var/lib/canary-forwarder \
 #     -v "$PWD/config.yaml:/etc/canary-forwarder/config.yaml:ro" \
 #     canary-forwarder
 #
 # Stopping: on SIGTERM the daemon gives in-flight webhook requests and sends one graceful timeout
-# (30 s) together; a reload under way when the stop comes may take as long again first. Docker's
-# default of 10 s before SIGKILL is too short: use `docker stop -t 75`,
-# `docker run --stop-timeout 75`, or in compose `stop_grace_period: 75s`. A SIGKILL loses no
-# stored event, but repeats an interrupted send.
+# (30 s) together, counted from the signal whatever is under way (a reload is cut short), then
+# closes the store. Docker's default of 10 s before SIGKILL is too short: use `docker stop -t 45`,
+# `docker run --stop-timeout 45`, or in compose `stop_grace_period: 45s`. A SIGKILL loses no
+# stored event, but repeats an interrupted send. A second SIGTERM stops it at once, still closing
+# the store.
 #
 # No secret is baked in: the default config reads ${CANARY_WEBHOOK_SECRET} from the environment
 # at start-up; ${file:/run/secrets/NAME} reads a mounted secret file instead.

@@ -144,8 +144,12 @@ def test_the_unit_matches_what_the_daemon_does() -> None:
     assert values(text, "Type") == ["notify"]
     assert values(text, "NotifyAccess") == ["main"]
     assert values(text, "ExecReload")[-1] == "/bin/kill -HUP $MAINPID"
-    # Shutdown waits for in-flight requests, then for in-flight sends: each up to the timeout.
-    assert seconds(values(text, "TimeoutStopSec")[0]) > 2 * graceful_timeout_secs
+    # Shutdown takes the graceful timeout from the SIGTERM, whatever is under way, then closes
+    # the outputs and the store (tests/daemon/test_signals.py measures it); systemd must not
+    # SIGKILL it while it closes the store. No more than that either: a daemon stuck in its stop
+    # should be killed and restarted soon.
+    stop_secs = seconds(values(text, "TimeoutStopSec")[0])
+    assert graceful_timeout_secs + 10 <= stop_secs <= 2 * graceful_timeout_secs
     assert seconds(values(text, "WatchdogSec")[0]) > 0
     assert "78" in values(text, "RestartPreventExitStatus")[0].split()
     assert values(text, "CapabilityBoundingSet") == [""]
