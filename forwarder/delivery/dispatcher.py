@@ -138,7 +138,13 @@ class Dispatcher:
         task, self._task = self._task, None
         if task is None:
             return
-        done, _ = await asyncio.wait({task}, timeout=graceful_secs)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=graceful_secs)
+        except asyncio.CancelledError:
+            # Whoever stops us gave up waiting; nothing else holds the task, and left running
+            # it would go on sending after the daemon stopped.
+            task.cancel()
+            raise
         if not done:
             log.warning(
                 "Output did not finish its send in time; cancelled, events stay queued.",

@@ -302,6 +302,30 @@ async def test_stop_leaves_unsent_events_queued(outbox: Outbox) -> None:
     assert (await outbox.stats()).queued == {"scripted": 3}
 
 
+async def test_a_cancelled_stop_takes_the_dispatcher_down_with_it(outbox: Outbox) -> None:
+    sending = asyncio.Event()
+
+    class Stuck(ScriptedOutput):
+        async def send(self, batch: Sequence[Record]) -> SendResult:
+            sending.set()
+            await asyncio.Event().wait()
+            return Delivered()
+
+    dispatcher = await run(outbox, Stuck([]), 1)
+    await asyncio.wait_for(sending.wait(), 5)
+    task = dispatcher._task
+    assert task is not None
+    stopping = asyncio.create_task(dispatcher.stop(graceful_secs=60))
+    await asyncio.sleep(0)  # let the stop begin waiting
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    # Nobody holds the task any more: left running, it would send after the daemon stopped.
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert done == {task}
+    assert task.cancelled()
+
+
 def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
     config = RetryConfig(initial_backoff_secs=1, max_backoff_secs=30)
     samples = [backoff_secs(attempt, config) for attempt in range(1, 12) for _ in range(20)]
