@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
+import sys
 from collections.abc import Mapping, Sequence
+from types import FrameType
 
 from forwarder import __version__
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "hangup_held", "main"]
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: Mapping[str, tuple[str, str]] = {
@@ -25,6 +28,22 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
     "example-config": ("forwarder.cli.example_config", "print a complete, commented config"),
     "schema": ("forwarder.cli.schema", "print the JSON Schema of the configuration"),
 }
+
+
+# A SIGHUP that reaches `run` before its event loop handles signals would kill it (the default
+# action), and systemd counts that as a clean exit, so it would not restart it: logrotate or an
+# operator may send one while the daemon starts. It is held from the first moment and becomes a
+# reload once the loop takes over.
+_held_hangups: list[int] = []
+
+
+def _hold_hangup(signum: int, frame: FrameType | None) -> None:
+    _held_hangups.append(signum)
+
+
+def hangup_held() -> bool:
+    """Whether a SIGHUP came before `run` handled signals itself."""
+    return bool(_held_hangups)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["run"]:
+        # Before anything slow: importing the commands below takes a good part of a second.
+        signal.signal(signal.SIGHUP, _hold_hangup)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

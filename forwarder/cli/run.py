@@ -33,6 +33,7 @@ from aiohttp import web
 
 from forwarder import __version__, systemd
 from forwarder.app import IN_FLIGHT, build_app
+from forwarder.cli import hangup_held
 from forwarder.cli._common import add_config_argument, settings_from_args
 from forwarder.ingest.tls import reload_certificates, server_context
 from forwarder.pipeline import Pipeline, ReloadAbandoned, ReloadError, unless_set
@@ -151,6 +152,8 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
     loop.add_signal_handler(signal.SIGHUP, on_reload)
+    if hangup_held():
+        on_reload()
     # Bound before the store opens and the outputs start, so a port in use or an unusable
     # certificate fails the start before anything has begun that it would cut short. Not yet
     # listening: connections are refused, not left waiting, until the daemon is ready.

@@ -6,6 +6,7 @@ test can send a signal while start-up is at that step, waiting on files, never o
 
 - `store`: opening the store, on the store thread, as a slow disk or the repair of a corrupt store
   holds it. A thread cannot be interrupted, so a stop has to wait for it.
+- `config`: reading the configuration, before the event loop handles signals.
 - `outputs`: starting the `memory` outputs, awaiting as an output connecting to its receiver
   would. This one can be cancelled.
 
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from forwarder.cli import main
+from forwarder.cli import main, run
 from forwarder.outputs.base import Output, OutputConfig
 from forwarder.outputs.memory import MemoryOutput
 from forwarder.store import database
@@ -68,7 +69,24 @@ def _hold_the_outputs_start() -> None:
     MemoryOutput.start = starting  # type: ignore[method-assign]
 
 
-STALLS = {"store": _hold_the_store_open, "outputs": _hold_the_outputs_start}
+def _hold_the_config_load() -> None:
+    original = run.settings_from_args
+
+    def reading(args: Any) -> Any:
+        _reach("config")
+        deadline = time.monotonic() + HOLD_SECS
+        while not _released("config") and time.monotonic() < deadline:
+            time.sleep(POLL_SECS)
+        return original(args)
+
+    run.settings_from_args = reading
+
+
+STALLS = {
+    "config": _hold_the_config_load,
+    "store": _hold_the_store_open,
+    "outputs": _hold_the_outputs_start,
+}
 
 if __name__ == "__main__":
     STALLS[os.environ["FORWARDER_TEST_STALL"]]()

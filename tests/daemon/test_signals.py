@@ -320,6 +320,22 @@ async def test_a_sighup_during_start_up_reloads_once_the_daemon_runs(
     assert notify.states()[-1] == "STOPPING=1"
 
 
+async def test_a_sighup_before_the_event_loop_handles_signals_is_held_for_a_reload(
+    daemons: DaemonFactory, tmp_path: Path, notify: NotifyListener
+) -> None:
+    """Before, SIGHUP's default action ended the process, which systemd takes as a clean exit
+    and does not restart."""
+    daemon = _stalled(daemons, tmp_path, "config", [{"name": "mem", "type": "memory"}], notify)
+    daemon.spawn()
+    await _reach(tmp_path, daemon, "config")
+    daemon.send_signal(signal.SIGHUP)
+    _release(tmp_path, "config")
+    await daemon.wait_ready()
+    await daemon.wait_for_log("Configuration reloaded.")
+    assert await daemon.stop() == 0
+    assert len(daemon.find_logs("Reloading configuration.")) == 1
+
+
 # What systemd is told around a reload
 
 
