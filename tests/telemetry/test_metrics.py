@@ -102,14 +102,21 @@ def value(families: Mapping[str, Metric], name: str, **labels: str) -> float:
     return values(families, name)[frozenset(labels.items())]
 
 
-async def delivered(pipeline: Pipeline, output: str) -> None:
-    """Wait until `output` has sent and acknowledged one event (its counters and gauges set)."""
+async def delivered(pipeline: Pipeline, output: str, since: float) -> None:
+    """Wait until `output` has sent and acknowledged an event after `since` (time.time()).
+
+    Its own gauge, not a counter: the registry is shared by every test in the process, and an
+    earlier test's output of the same name leaves its counters behind.
+    """
     await asyncio.wait_for(memory_output(pipeline, output).wait_for(1), 10)
     deadline = time.monotonic() + 10
     labels = {"output": output}
-    while not metrics.REGISTRY.get_sample_value(
-        "canary_forwarder_output_sent_events_total", labels
-    ):
+    while (
+        metrics.REGISTRY.get_sample_value(
+            "canary_forwarder_output_last_success_timestamp_seconds", labels
+        )
+        or 0
+    ) < since:
         assert time.monotonic() < deadline, f"{output} never acknowledged its send"
         await asyncio.sleep(0.01)
 
@@ -284,8 +291,12 @@ async def test_a_reload_removes_the_gauges_of_a_removed_output(
     """Removed or renamed: its in-flight, queued, healthy and last-success series go; its
     counters stay (a counter that vanished would read as a reset)."""
     client, pipeline = await serve(outputs=[memory("keep"), memory("gone")])
+    since = time.time()
+    sent_before = metrics.REGISTRY.get_sample_value(
+        "canary_forwarder_output_sent_events_total", {"output": "gone"}
+    )
     await client.post("/canary", data=sample("incident_ssh_login"), headers=JSON)
-    await delivered(pipeline, "gone")
+    await delivered(pipeline, "gone", since)
     await pipeline.check_outputs()
     families = await scrape(client)
     for name in OUTPUT_GAUGES:
@@ -295,7 +306,9 @@ async def test_a_reload_removes_the_gauges_of_a_removed_output(
     families = await scrape(client)
     for name in OUTPUT_GAUGES:
         assert not output_values(families, name, "gone"), f"{name} reports a removed output"
-    assert output_values(families, "canary_forwarder_output_sent_events", "gone") == [1.0]
+    assert output_values(families, "canary_forwarder_output_sent_events", "gone") == [
+        (sent_before or 0) + 1
+    ]
     assert value(families, "canary_forwarder_output_in_flight_events", output="renamed") == 0
     assert value(families, "canary_forwarder_output_queued_events", output="renamed") == 0
     assert value(families, "canary_forwarder_output_sent_events", output="renamed") == 0
