@@ -53,6 +53,8 @@ def client_address(request: web.Request, listen: ListenConfig) -> str:
     not one of ours is the client, whatever the client itself put at the left end.
     """
     peer = request.remote or ""
+    if not listen.trusted_proxies:
+        return peer  # the common case, without parsing the address
     proxies = _networks(listen.trusted_proxies)
     if not _in_any(peer, proxies):
         return peer
