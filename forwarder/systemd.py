@@ -100,6 +100,11 @@ class Notifier:
             return self.notify(STOPPING=1)
         return self.notify(STOPPING=1, STATUS=status)
 
+    def extend_timeout(self, secs: float) -> bool:
+        """EXTEND_TIMEOUT_USEC: give the start (or stop) `secs` more from now, beyond
+        TimeoutStartSec; systemd 236 and later. Ignored by the others, harmlessly."""
+        return self.notify(EXTEND_TIMEOUT_USEC=int(secs * 1_000_000))
+
     def status(self, text: str) -> bool:
         """STATUS=<text>: one line shown by `systemctl status`."""
         return self.notify(STATUS=text)

@@ -24,6 +24,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import NoReturn
@@ -53,6 +54,14 @@ FD_LIMIT = 65536
 FORCED_STORE_CLOSE_SECS = 5.0
 # The exit status after a second stop signal cut the graceful stop short.
 EXIT_FORCED = 1
+# While the store opens (its integrity check, or salvaging a damaged one, reads the whole file)
+# and the outputs start, systemd is asked for this much more time, again every
+# START_EXTEND_EVERY_SECS, up to START_EXTEND_MAX_SECS in all: a large store's repair must not
+# be killed at TimeoutStartSec and begun again at every restart. The cap still lets systemd
+# end a start that hangs.
+START_EXTEND_SECS = 30.0
+START_EXTEND_EVERY_SECS = 10.0
+START_EXTEND_MAX_SECS = 900.0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -165,11 +174,14 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
         return 1
     try:
         notifier.status("starting: opening the store and the outputs")
+        extending = asyncio.create_task(_extend_start(notifier), name="extend-start")
         try:
             pipeline = await unless_set(stop, lambda: Pipeline.start(settings))
         except Exception as exc:
             log.error("Cannot start.", error=str(exc))
             return 1
+        finally:
+            extending.cancel()
         if pipeline is None:
             notifier.stopping(status="stopping: start-up interrupted")
             log.info("Stopped.")
@@ -288,6 +300,16 @@ async def _serve(
         await pipeline.stop(deadline - loop.time())
         log.info("Stopped.")
     return 0
+
+
+async def _extend_start(notifier: systemd.Notifier) -> None:
+    """Ask systemd for more start time while start-up runs (see START_EXTEND_SECS)."""
+    if not notifier.enabled:
+        return
+    ends = time.monotonic() + START_EXTEND_MAX_SECS
+    while time.monotonic() < ends:
+        notifier.extend_timeout(START_EXTEND_SECS)
+        await asyncio.sleep(START_EXTEND_EVERY_SECS)
 
 
 async def _bind(host: str, port: int) -> list[socket.socket]:

@@ -426,9 +426,10 @@ class NotifyListener:
 
     def states(self) -> list[str]:
         """The first assignment of each datagram that changes the state systemd sees (READY=1,
-        RELOADING=1, STOPPING=1), leaving out watchdog pings and status lines."""
+        RELOADING=1, STOPPING=1), leaving out watchdog pings, status lines and extensions."""
         firsts = [message.split("\n")[0] for message in self.messages()]
-        return [first for first in firsts if not first.startswith(("WATCHDOG=", "STATUS="))]
+        ignored = ("WATCHDOG=", "STATUS=", "EXTEND_TIMEOUT_USEC=")
+        return [first for first in firsts if not first.startswith(ignored)]
 
 
 DaemonFactory = Callable[..., Daemon]

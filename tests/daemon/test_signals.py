@@ -336,6 +336,25 @@ async def test_a_sighup_before_the_event_loop_handles_signals_is_held_for_a_relo
     assert len(daemon.find_logs("Reloading configuration.")) == 1
 
 
+async def test_a_long_store_open_asks_systemd_for_more_start_time(
+    daemons: DaemonFactory, tmp_path: Path, notify: NotifyListener
+) -> None:
+    """A large store's check or repair must not be killed at TimeoutStartSec, then begun again
+    at every restart."""
+    daemon = _stalled(daemons, tmp_path, "store", [{"name": "mem", "type": "memory"}], notify)
+    daemon.spawn()
+    await _reach(tmp_path, daemon, "store")
+    await wait_until(
+        lambda: "EXTEND_TIMEOUT_USEC=30000000" in notify.messages(),
+        timeout=10,
+        what="a start-time extension",
+    )
+    _release(tmp_path, "store")
+    await daemon.wait_ready()
+    assert await daemon.stop() == 0
+    assert notify.states() == ["READY=1", "STOPPING=1"]
+
+
 # What systemd is told around a reload
 
 
