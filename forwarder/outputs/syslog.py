@@ -112,8 +112,9 @@ def _ipv6(address: str, text: str) -> str:
 
 class SyslogConfig(OutputConfig):
     hosts: list[str] = Field(min_length=1, validation_alias=AliasChoices("hosts", "host"))
-    """Receivers as `host`, `host:port` or `[IPv6]:port`; several for a cluster (round-robin,
-    failover, a failing node benched for a growing cooldown). `host:` with one value works too."""
+    """Receivers as `host`, `host:port` or `[IPv6]:port`; several for a cluster: UDP datagrams
+    go round-robin, a TCP or TLS connection stays on its node until it fails; a failing node is
+    benched for a growing cooldown. `host:` with one value works too."""
     port: int | None = Field(default=None, ge=1, le=65_535)
     """Port for hosts listed without one: 514 for udp and tcp, 6514 for tls by default."""
     transport: Literal["udp", "tcp", "tls"] = "tcp"
