@@ -244,6 +244,14 @@ class Dispatcher:
                         ahead = None
                         await self._settle(previous)
                         continue  # the prepared batch is fetched again, after the backoff
+                if self._stopping.is_set():
+                    # Only the send in progress is finished. The batch prepared behind it stays
+                    # queued for whoever delivers next: after a reload that is the output that
+                    # replaces this one, in its own format; sent here, it would go in the old
+                    # format, or twice if the graceful timeout cut it short.
+                    if previous is not None:
+                        await self._settle(previous)
+                    break
                 if sendable or outcome.rejected:
                     in_flight = asyncio.create_task(self._send_all(sendable, outcome))
                     in_flight_seqs = {seq for seq, _ in sendable} | set(outcome.rejected)
