@@ -350,7 +350,6 @@ class Outbox:
             if self._displaced is not None:
                 await self._leave_displaced_files()
             elif self._damaged and self._db is not None:
-                self._damaged = False
                 await self._close_connection()
             if self._db is None:
                 await self._open()
@@ -361,7 +360,9 @@ class Outbox:
             self._mark_unhealthy(exc)
             return False
         self._mark_healthy()
-        return True
+        # Not healthy after all if a call meanwhile found the new connection damaged or
+        # displaced: /readyz must not pass while posts are refused.
+        return self.healthy
 
     async def _open(self) -> None:
         floor = self._highest_seq
@@ -378,13 +379,17 @@ class Outbox:
 
         database, (self.events, self.bytes) = await self._run(connect)
         self._db = database
+        # A new connection, checked as it opened: what was found on the old one is dealt with.
+        self._damaged, self._displaced = False, None
         self._checkpoints = asyncio.create_task(
             self._checkpoint_forever(database), name="store-checkpoint"
         )
 
     async def _close_connection(self) -> None:
-        await self._stop_checkpoints()
+        # Let go of it first: a post that came while the checkpointer stops would otherwise be
+        # committed into the damaged file being closed, and answered 200.
         database, self._db = self._db, None
+        await self._stop_checkpoints()
         if database is not None:
             with contextlib.suppress(sqlite3.Error):
                 await self._run(database.close)

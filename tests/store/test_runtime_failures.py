@@ -521,3 +521,90 @@ async def test_a_post_the_store_cannot_commit_gets_503_retry_after_and_a_warning
         assert await answer.json() == {"error": "store_unavailable"}
         [warning] = [e for e in logs if e["event"] == "Store cannot commit; post refused with 503."]
         assert warning["log_level"] == "warning" and "full" in warning["error"]
+
+
+# Races with the probe that replaces the connection
+
+
+def found_damaged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next delivery read fails as SQLite fails on a damaged page, once."""
+    original = Database.fetch
+    failed = False
+
+    def fetch(self: Database, *args: Any) -> list[Any]:
+        nonlocal failed
+        if not failed:
+            failed = True
+            damage = sqlite3.DatabaseError("database disk image is malformed")
+            damage.sqlite_errorcode = 11  # SQLITE_CORRUPT, as SQLite sets it
+            raise damage
+        return original(self, *args)
+
+    monkeypatch.setattr(Database, "fetch", fetch)
+
+
+class Gate:
+    """Holds a call on its thread until the test opens it; says when one is held."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def hold(self) -> None:
+        self.entered.set()
+        self.opened.wait(PATIENCE_SECS)
+
+    async def reached(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, PATIENCE_SECS)
+
+
+async def test_a_post_while_the_probe_reopens_a_damaged_store_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe stops the checkpointer before it closes the damaged connection; a post in
+    between was committed into that connection and answered 200, and flipped the store back to
+    healthy in the middle of the probe."""
+    monkeypatch.setattr(outbox_module, "CHECKPOINT_INTERVAL_SECS", 0.001)
+    gate = Gate()
+    checkpointer_closed = Checkpointer.close
+
+    def slow_close(self: Checkpointer) -> None:
+        gate.hold()
+        checkpointer_closed(self)
+
+    monkeypatch.setattr(Checkpointer, "close", slow_close)
+    found_damaged(monkeypatch)
+    outbox = await open_outbox(tmp_path)
+    assert await outbox.append(event(1)) is True
+    with pytest.raises(sqlite3.DatabaseError):
+        await outbox.fetch("a", 10, 1 << 20)
+    probing = asyncio.ensure_future(outbox.probe())
+    try:
+        await gate.reached()
+        with pytest.raises(StoreUnavailable):
+            await outbox.append(event(2))
+        assert not outbox.healthy
+    finally:
+        gate.opened.set()
+    assert await probing is True
+    assert await outbox.append(event(3)) is True
+    await outbox.aclose()
+
+
+async def test_a_store_both_damaged_and_deleted_takes_posts_once_the_probe_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe copied the deleted store and opened the copy, which passed its check, but the
+    damage noted on the old connection was never cleared: /readyz passed while every post got
+    503, until the next probe reopened the store once more."""
+    found_damaged(monkeypatch)
+    outbox = await open_outbox(tmp_path)
+    assert await outbox.append(event(1)) is True
+    with pytest.raises(sqlite3.DatabaseError):
+        await outbox.fetch("a", 10, 1 << 20)
+    shutil.rmtree(tmp_path / "state")
+    assert await outbox.probe() is True
+    assert outbox.healthy
+    assert await outbox.append(event(2)) is True
+    assert len(await outbox.fetch("a", 10, 1 << 20)) == 2
+    await outbox.aclose()
