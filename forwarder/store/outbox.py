@@ -599,9 +599,11 @@ class Outbox:
             # A probe may be reopening the store; it must not start a checkpointer after this.
             await asyncio.shield(self._probing)
         await self._stop_checkpoints()
-        if self._db is not None:
-            await self._run(self._db.close)
-            self._db = None
+        # Let go of it first: a read or an ack queued behind the close gets StoreUnavailable,
+        # not a closed connection's error that would report the store failing.
+        database, self._db = self._db, None
+        if database is not None:
+            await self._run(database.close)
         self._executor.shutdown(wait=True)
 
 

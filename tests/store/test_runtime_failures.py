@@ -608,3 +608,31 @@ async def test_a_store_both_damaged_and_deleted_takes_posts_once_the_probe_passe
     assert await outbox.append(event(2)) is True
     assert len(await outbox.fetch("a", 10, 1 << 20)) == 2
     await outbox.aclose()
+
+
+async def test_a_read_while_the_store_closes_is_refused_without_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scrape or a send's ack queued behind the close ran on the closed connection, and the
+    store logged an ERROR that it could not commit, at a clean stop."""
+    gate = Gate()
+    closed = Database.close
+
+    def slow_close(self: Database) -> None:
+        gate.hold()
+        closed(self)
+
+    monkeypatch.setattr(Database, "close", slow_close)
+    outbox = await open_outbox(tmp_path)
+    with structlog.testing.capture_logs() as logs:
+        closing = asyncio.ensure_future(outbox.aclose())
+        try:
+            await gate.reached()
+            reading = asyncio.ensure_future(outbox.stats())
+            await asyncio.sleep(0)  # queued on the store thread behind the close
+        finally:
+            gate.opened.set()
+        await closing
+        with pytest.raises(StoreUnavailable):
+            await reading
+    assert errors(logs, STORE_ERROR) == []
