@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -36,6 +37,7 @@ __all__ = [
     "StoreStats",
     "StoredEvent",
     "is_damage",
+    "replace_with_salvage",
 ]
 
 DB_NAME = "outbox.sqlite3"
@@ -988,3 +990,36 @@ def move_aside(path: Path, now: float) -> Path:
         if source.exists():
             source.rename(Path(f"{target}{suffix}"))
     return target
+
+
+def replace_with_salvage(
+    path: Path, outputs: Sequence[str], *, sync: str, now: float
+) -> tuple[Path, int, int]:
+    """Salvage the broken outbox at `path` into a new file and put that in its place.
+
+    Returns where the broken file was moved and the events and deliveries salvaged. The new
+    file is built beside the broken one and takes its place only once complete: a salvage that
+    fails (a full disk, which the broken file's own size makes likely) or is cut short (the
+    daemon killed) leaves the broken file at the path for the next open to salvage again. Made
+    the other way round, the next open found an empty store there and the events left in the
+    moved file were never delivered.
+    """
+    # One left by a salvage cut short is of this same broken file, and incomplete.
+    for stale in path.parent.glob(f"{path.name}.salvage-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = path.with_name(f"{path.name}.salvage-{time.time_ns()}")
+    try:
+        fresh = Database(staging, sync=sync)
+        try:
+            events, deliveries = fresh.salvage(path, outputs)
+        finally:
+            fresh.close()
+        # Only the file moves into place: what its WAL still holds would stay behind.
+        if _wal(fresh.path).exists():
+            raise OSError(errno.EIO, "could not fold the salvaged store's WAL", str(fresh.path))
+        moved = move_aside(path, now)
+        os.replace(staging / DB_NAME, path)
+        _sync_directory(path.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return moved, events, deliveries

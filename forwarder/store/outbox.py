@@ -37,7 +37,7 @@ from forwarder.store.database import (
     StoreDisplaced,
     StoreStats,
     is_damage,
-    move_aside,
+    replace_with_salvage,
 )
 
 __all__ = ["Outbox", "StoreFull", "StoreUnavailable"]
@@ -132,9 +132,16 @@ class Outbox:
         try:
             return Database(path, sync=self.config.sync, background_checkpoints=True)
         except StoreCorrupt as exc:
-            moved = move_aside(path / DB_NAME, time.time())
-            database = Database(path, sync=self.config.sync, background_checkpoints=True)
-            events, deliveries = database.salvage(moved, self._outputs)
+            try:
+                moved, events, deliveries = replace_with_salvage(
+                    path / DB_NAME, self._outputs, sync=self.config.sync, now=time.time()
+                )
+            except (sqlite3.Error, OSError) as failed:
+                # The error alone ("database or disk is full") would not say that a salvage
+                # is pending, nor that the file at the path holds the queued events.
+                raise StoreUnavailable(
+                    f"{exc}; salvaging it failed, tried again at the next probe: {failed}"
+                ) from failed
             log.error(
                 "Store was corrupt; moved it aside, started a fresh one and copied what was "
                 "readable. Keep the moved file until the events are accounted for.",
@@ -143,7 +150,7 @@ class Outbox:
                 salvaged_events=events,
                 salvaged_deliveries=deliveries,
             )
-            return database
+            return Database(path, sync=self.config.sync, background_checkpoints=True)
 
     async def _run(self, call: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)

@@ -636,3 +636,51 @@ async def test_a_read_while_the_store_closes_is_refused_without_an_error(
         with pytest.raises(StoreUnavailable):
             await reading
     assert errors(logs, STORE_ERROR) == []
+
+
+async def damaged_while_running(tmp_path: Path) -> outbox_module.Outbox:
+    """An outbox of 40 events whose file was then damaged, as a delivery read has just found."""
+    outbox = await open_outbox(tmp_path)
+    for n in range(40):
+        assert await outbox.append(event(n, pad=3000)) is True  # a page or so each
+    await outbox.aclose()  # folds the WAL into the file
+    outbox = await open_outbox(tmp_path)
+    damage_the_tail(tmp_path / "state" / DB_NAME, pages=10)
+    await outbox._with_db(lambda db: db._db.execute("PRAGMA shrink_memory"))
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        await outbox.fetch("a", 100, 1 << 30)
+    return outbox
+
+
+async def test_a_salvage_that_fails_is_tried_again_not_left_as_an_empty_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The damaged file was moved aside and a fresh one made before the salvage ran; when the
+    salvage failed (a full disk: the moved file still takes its space), the next probe opened
+    the fresh, empty store, and every event left in the moved file was forgotten without a
+    word."""
+    outbox = await damaged_while_running(tmp_path)
+    cut_short = tmp_path / "state" / f"{DB_NAME}.salvage-1"  # a salvage killed halfway
+    cut_short.mkdir()
+    (cut_short / DB_NAME).write_bytes(b"part of a salvage")
+    salvage = Database.salvage
+
+    def full(self: Database, *args: Any) -> tuple[int, int]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Database, "salvage", full)
+    assert await outbox.probe() is False
+    said = outbox.last_error or ""
+    assert str(tmp_path / "state" / DB_NAME) in said and "salvaging it failed" in said
+    assert "full" in said
+    with pytest.raises(StoreUnavailable):
+        await outbox.append(event(100))
+
+    monkeypatch.setattr(Database, "salvage", salvage)
+    with structlog.testing.capture_logs() as logs:
+        assert await outbox.probe() is True
+    [salvaged] = [entry for entry in logs if entry["event"].startswith("Store was corrupt")]
+    assert salvaged["salvaged_events"] > 0
+    assert len(await outbox.fetch("a", 100, 1 << 30)) == salvaged["salvaged_events"]
+    assert [p.name for p in (tmp_path / "state").iterdir() if ".salvage-" in p.name] == []
+    await outbox.aclose()
