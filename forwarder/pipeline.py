@@ -135,7 +135,8 @@ class Pipeline:
 
         The outputs it replaces get `graceful_secs` to finish their sends, or less if a stop
         must be over sooner. Once a stop is asked for, the new outputs are not started: they
-        would only be stopped again.
+        would only be stopped again. An output left as it was keeps its failure streak (see
+        `Dispatcher.carry_on_from`); a changed or new one starts afresh.
         """
         async with self._reload_lock:
             try:
@@ -146,11 +147,18 @@ class Pipeline:
                 raise ReloadError(str(exc)) from exc
             if fresh is None:
                 raise ReloadAbandoned("the daemon is stopping")
+            unchanged = _unchanged(self.settings.outputs, settings.outputs)
             old, self.dispatchers = self.dispatchers, fresh
+            # A failing healthcheck speaks for the configuration it checked only.
+            self._unhealthy = {n: v for n, v in self._unhealthy.items() if n in unchanged}
+            # Now, for /readyz while the old ones drain, and again once they have stopped,
+            # with what their last sends left.
+            _carry_on(old, fresh, unchanged)
             # New events go to the new set from here on; the old dispatchers only drain.
             self.outbox.set_outputs(d.name for d in fresh)
             loop = asyncio.get_running_loop()
             await _stop_all(old, min(loop.time() + graceful_secs, self._stop_deadline))
+            _carry_on(old, fresh, unchanged)
             self.settings = settings
             names = [d.name for d in fresh]
             if self.stopping:
@@ -307,6 +315,20 @@ async def _every(
         except Exception as exc:
             log.warning(failure, error=str(exc))
         await asyncio.sleep(interval_secs())
+
+
+def _unchanged(before: Sequence[OutputSpec], after: Sequence[OutputSpec]) -> set[str]:
+    """The outputs a reload leaves as they were: the same name, options and format."""
+    was = {spec.name: spec for spec in before}
+    return {spec.name for spec in after if was.get(spec.name) == spec}
+
+
+def _carry_on(old: Sequence[Dispatcher], fresh: Sequence[Dispatcher], unchanged: set[str]) -> None:
+    """Hand each unchanged output's failure streak on to its new dispatcher."""
+    replaced = {d.name: d for d in old}
+    for dispatcher in fresh:
+        if dispatcher.name in unchanged:
+            dispatcher.carry_on_from(replaced[dispatcher.name])
 
 
 async def _start_outputs(specs: Sequence[OutputSpec], outbox: Outbox) -> list[Dispatcher]:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from forwarder.events import CanaryEvent, parse_event
 from forwarder.mappers.base import Record
-from forwarder.outputs.base import SendResult
+from forwarder.outputs.base import HealthcheckError, Retry, SendResult
 from forwarder.outputs.memory import MemoryOutput
 from forwarder.pipeline import Pipeline
 from forwarder.settings import Settings
@@ -73,4 +75,99 @@ async def test_a_batch_prepared_behind_the_send_in_flight_goes_in_the_new_format
     records = await asyncio.wait_for(new.wait_for(1), 10)
     assert numbers(records) == [2]
     assert isinstance(records[0].body, str) and records[0].body.startswith("CEF:")
+    await pipeline.stop(1)
+
+
+# Backoff and /readyz across a reload
+
+
+def failing_first(retry: Retry) -> Callable[[MemoryOutput, Sequence[Record]], Any]:
+    """A MemoryOutput.send that answers `retry` to the first send of all, then delivers."""
+    sends: list[float] = []
+    deliver = MemoryOutput.send  # taken before the test patches it in
+
+    async def send(self: MemoryOutput, batch: Sequence[Record]) -> SendResult:
+        sends.append(time.monotonic())
+        if len(sends) == 1:
+            return retry
+        return await deliver(self, batch)
+
+    send.sends = sends  # type: ignore[attr-defined]
+    return send
+
+
+async def test_an_unchanged_output_keeps_its_failure_streak_and_its_wait(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload that leaves an output as it was leaves /readyz's clock and the wait the
+    destination asked for alone. Before, the reload reset both: the new output sent at once, and
+    a SIGHUP every few minutes kept a dead output from ever failing /readyz."""
+    send = failing_first(Retry("busy", retry_after=0.3))
+    monkeypatch.setattr(MemoryOutput, "send", send)
+    spec = {**MEM, "name": "mem", "retry": {"initial_backoff_secs": 0.01}}
+    pipeline = await Pipeline.start(make_settings(outputs=[spec]))
+    await append(pipeline, 1)
+    since = await wait_until(
+        lambda: pipeline.dispatchers[0].failing_since, timeout=10, what="the send to fail"
+    )
+    await pipeline.reload(make_settings(outputs=[spec]), 5)
+    assert pipeline.dispatchers[0].failing_since == since
+    assert pipeline.failing_outputs(-1) == {"mem": "busy"}
+    await asyncio.wait_for(memory_output(pipeline).wait_for(1), 10)
+    first, second = send.sends  # type: ignore[attr-defined]
+    assert second - first >= 0.3
+    await wait_until(
+        lambda: not pipeline.failing_outputs(-1), timeout=10, what="the delivery to clear it"
+    )
+    await pipeline.stop(1)
+
+
+async def test_a_changed_output_starts_afresh(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MemoryOutput, "send", failing_first(Retry("busy", retry_after=3600)))
+    spec = {**MEM, "name": "mem", "retry": {"max_backoff_secs": 3600}}
+    pipeline = await Pipeline.start(make_settings(outputs=[spec]))
+    await append(pipeline, 1)
+    await wait_until(lambda: pipeline.failing_outputs(-1), timeout=10, what="the send to fail")
+    changed = {**spec, "retry": {"max_backoff_secs": 3000}}
+    await pipeline.reload(make_settings(outputs=[changed]), 5)
+    assert pipeline.failing_outputs(-1) == {}
+    # Within the test's timeout, not the hour the old configuration was waiting.
+    await asyncio.wait_for(memory_output(pipeline).wait_for(1), 10)
+    await pipeline.stop(1)
+
+
+async def test_a_reload_does_not_keep_an_output_that_needs_an_operator_waiting(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reload may be the operator's fix (a renewed certificate file, the configuration
+    unchanged): the new output tries at once, and /readyz still counts from the first failure."""
+    refused = Retry("HEC token disabled", operator_action=True)
+    monkeypatch.setattr(MemoryOutput, "send", failing_first(refused))
+    spec = {**MEM, "name": "mem", "retry": {"max_backoff_secs": 3600}}
+    pipeline = await Pipeline.start(make_settings(outputs=[spec]))
+    await append(pipeline, 1)
+    since = await wait_until(
+        lambda: pipeline.dispatchers[0].failing_since, timeout=10, what="the send to fail"
+    )
+    await pipeline.reload(make_settings(outputs=[spec]), 5)
+    assert pipeline.dispatchers[0].failing_since == since
+    await asyncio.wait_for(memory_output(pipeline).wait_for(1), 10)
+    await pipeline.stop(1)
+
+
+async def test_a_failing_healthcheck_stands_for_an_unchanged_output_only(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unreachable(self: MemoryOutput) -> None:
+        raise HealthcheckError("connection refused")
+
+    monkeypatch.setattr(MemoryOutput, "liveness", unreachable)
+    kept, changed = {**MEM, "name": "kept"}, {**MEM, "name": "changed"}
+    pipeline = await Pipeline.start(make_settings(outputs=[kept, changed]))
+    await pipeline.check_outputs()
+    assert set(pipeline.failing_outputs(-1)) == {"kept", "changed"}
+    await pipeline.reload(make_settings(outputs=[kept, {**changed, "format": "cef"}]), 5)
+    assert pipeline.failing_outputs(-1) == {"kept": "healthcheck: connection refused"}
     await pipeline.stop(1)

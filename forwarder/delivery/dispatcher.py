@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -118,6 +119,9 @@ class Dispatcher:
         self.failures = 0
         self.failing_since: float | None = None
         self.last_error: str | None = None
+        # When the backoff under way ends (monotonic), unless it waits for an operator: what
+        # `carry_on_from` hands on.
+        self._resume_at = -math.inf
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -130,6 +134,22 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wakeup.set()
+
+    def carry_on_from(self, previous: Dispatcher) -> None:
+        """Take over the failure streak of `previous`, which this one replaces for the same
+        output and the same configuration (a reload that changed other outputs); before `start`.
+
+        Starting afresh, every reload would reset /readyz's "failing for 5 minutes" and send at
+        once to a destination in backoff, ignoring its Retry-After; a SIGHUP every few minutes
+        would keep a dead output from ever failing /readyz. The wait for an operator is not
+        carried: a reload is what an operator does about it (a renewed certificate file, say,
+        under an unchanged configuration). An output whose configuration changed starts afresh
+        instead: the change may be the fix.
+        """
+        self.failures = previous.failures
+        self.failing_since = previous.failing_since
+        self.last_error = previous.last_error
+        self._resume_at = previous._resume_at
 
     async def stop(self, graceful_secs: float) -> None:
         """Finish the send in progress within `graceful_secs`; unsent events stay queued."""
@@ -203,6 +223,9 @@ class Dispatcher:
         in_flight_seqs: set[int] = set()
         ahead: asyncio.Task[list[StoredEvent]] | None = None
         store_error_logged = False
+        waiting = self._resume_at - time.monotonic()
+        if waiting > 0:  # a backoff carried over from the dispatcher this one replaced
+            await self._pause(waiting, wake_early=False)
         try:
             while not self._stopping.is_set():
                 self._wakeup.clear()
@@ -421,4 +444,5 @@ class Dispatcher:
                 attempt=self.failures,
                 retry_in_secs=round(delay, 2),
             )
+            self._resume_at = time.monotonic() + delay
         await self._pause(delay, wake_early=False)
