@@ -6,7 +6,9 @@ and share the next commit (and its fsync): that is what keeps a durable 200 chea
 
 When the store fails while running (a full disk, damage, another process's lock, its files
 deleted under it), any call that fails marks it unhealthy and posts get 503; `probe` brings it
-back, reopening, salvaging or copying it where that is what it takes.
+back, reopening, salvaging or copying it where that is what it takes. Those run on a thread of
+their own, as long as they take, while the store thread has no connection to use and so refuses
+every call at once: it still answers the watchdog.
 """
 
 from __future__ import annotations
@@ -384,7 +386,11 @@ class Outbox:
                 database.close()
                 raise
 
-        database, (self.events, self.bytes) = await self._run(connect)
+        # Not on the store thread: opening checks the whole file, and salvaging or totalling it
+        # reads every row, for as long as the store is large. On the store thread that kept the
+        # watchdog from its answer, and it killed the daemon halfway through. Meanwhile the
+        # store thread refuses every call at once: there is no connection.
+        database, (self.events, self.bytes) = await asyncio.to_thread(connect)
         self._db = database
         # A new connection, checked as it opened: what was found on the old one is dealt with.
         self._damaged, self._displaced = False, None
@@ -439,7 +445,10 @@ class Outbox:
         self._db = None
         await self._stop_checkpoints()
         try:
-            await self._run(lambda: _replace_path_with_copy(database, copy))
+            # Not on the store thread, for the watchdog (see `_open`); but only once the calls
+            # already queued there, which still use this connection, are done.
+            await self._run(_no_op)
+            await asyncio.to_thread(_replace_path_with_copy, database, copy)
         except BaseException:
             self._db = database
             self._checkpoints = asyncio.create_task(

@@ -684,3 +684,58 @@ async def test_a_salvage_that_fails_is_tried_again_not_left_as_an_empty_store(
     assert len(await outbox.fetch("a", 100, 1 << 30)) == salvaged["salvaged_events"]
     assert [p.name for p in (tmp_path / "state").iterdir() if ".salvage-" in p.name] == []
     await outbox.aclose()
+
+
+async def test_the_store_thread_answers_the_watchdog_while_a_damaged_store_is_salvaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A salvage reads the whole file; on the store thread, one that outlasted WatchdogSec got
+    the daemon killed halfway, and the restart opened the fresh store it had started."""
+    outbox = await damaged_while_running(tmp_path)
+    gate = Gate()
+    salvage = Database.salvage
+
+    def slow_salvage(self: Database, *args: Any) -> tuple[int, int]:
+        gate.hold()
+        return salvage(self, *args)
+
+    monkeypatch.setattr(Database, "salvage", slow_salvage)
+    probing = asyncio.ensure_future(outbox.probe())
+    try:
+        await gate.reached()
+        assert await outbox.responsive(PATIENCE_SECS / 2)
+        with pytest.raises(StoreUnavailable):
+            await outbox.append(event(100))
+    finally:
+        gate.opened.set()
+    assert await probing is True
+    await outbox.aclose()
+
+
+async def test_the_store_thread_answers_the_watchdog_while_a_deleted_store_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy of a large store outlasting WatchdogSec got the daemon killed halfway through it,
+    and with it everything the deleted files held."""
+    gate = Gate()
+    copy_to = Database.copy_to
+
+    def slow_copy(self: Database, target: Path) -> None:
+        gate.hold()
+        copy_to(self, target)
+
+    monkeypatch.setattr(Database, "copy_to", slow_copy)
+    outbox = await open_outbox(tmp_path)
+    assert await outbox.append(event(1)) is True
+    shutil.rmtree(tmp_path / "state")
+    probing = asyncio.ensure_future(outbox.probe())
+    try:
+        await gate.reached()
+        assert await outbox.responsive(PATIENCE_SECS / 2)
+        with pytest.raises(StoreUnavailable):
+            await outbox.append(event(2))
+    finally:
+        gate.opened.set()
+    assert await probing is True
+    assert what_a_restart_finds(tmp_path / "state", tmp_path / "restart").events == 1
+    await outbox.aclose()
