@@ -110,7 +110,9 @@ store_oldest_age = Gauge(
     namespace=_NS, registry=REGISTRY,
 )  # fmt: skip
 store_healthy = Gauge(
-    "store_healthy", "1 if the store's last commit or probe succeeded, else 0 (posts get 503).",
+    "store_healthy",
+    "0 from a failed store call (a commit, a read, an ack, a probe) until a commit or a probe "
+    "succeeds, else 1; while 0, posts get 503.",
     namespace=_NS, registry=REGISTRY,
 )  # fmt: skip
 store_stats_time = Gauge(
