@@ -249,11 +249,18 @@ class Pipeline:
             *(healthcheck_problem(d.output.liveness) for d in dispatchers)
         )
         now = time.monotonic()
-        unhealthy: dict[str, tuple[float, str]] = {}
+        # A reload during the checks replaced some outputs, closing them under their check:
+        # what those answered says nothing of their successors, which the next round checks.
+        running = set(self.dispatchers)
+        names = {d.name for d in running}
+        unhealthy = {name: entry for name, entry in self._unhealthy.items() if name in names}
         for dispatcher, problem in zip(dispatchers, problems, strict=True):
+            if dispatcher not in running:
+                continue
             name, before = dispatcher.name, self._unhealthy.get(dispatcher.name)
             metrics.output_healthy.labels(name).set(problem is None)
             if problem is None:
+                unhealthy.pop(name, None)
                 if before is not None:
                     log.info("Output healthcheck passes again.", output=name)
                 continue
@@ -270,7 +277,13 @@ class Pipeline:
         configured = {d.name for d in self.dispatchers}
         if not self.outbox.available:
             return
-        stats = await self.outbox.stats()
+        try:
+            stats = await self.outbox.stats()
+        except Exception as exc:
+            # Only a warning is lost: the outputs are in place by now, and a reload that raised
+            # here would be reported as refused while the new configuration runs.
+            log.warning("Cannot list the events queued for each output.", error=str(exc))
+            return
         for name, count in stats.queued.items():
             if name not in configured:
                 log.warning(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import structlog
 
 from forwarder.events import CanaryEvent, parse_event
 from forwarder.mappers.base import Record
@@ -16,6 +18,7 @@ from forwarder.outputs.base import HealthcheckError, Retry, SendResult
 from forwarder.outputs.memory import MemoryOutput
 from forwarder.pipeline import Pipeline
 from forwarder.settings import Settings
+from forwarder.store.database import StoreStats
 from tests.daemon.harness import wait_until
 from tests.helpers import memory_output
 
@@ -170,4 +173,52 @@ async def test_a_failing_healthcheck_stands_for_an_unchanged_output_only(
     assert set(pipeline.failing_outputs(-1)) == {"kept", "changed"}
     await pipeline.reload(make_settings(outputs=[kept, {**changed, "format": "cef"}]), 5)
     assert pipeline.failing_outputs(-1) == {"kept": "healthcheck: connection refused"}
+    await pipeline.stop(1)
+
+
+async def test_a_healthcheck_of_a_replaced_output_does_not_count_for_its_successor(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 30-second check of an output that a reload closes under it fails, as likely as not;
+    before, that failure was logged and counted against the new output of the same name."""
+    checking, closed = asyncio.Event(), asyncio.Event()
+
+    async def liveness(self: MemoryOutput) -> None:
+        checking.set()
+        await closed.wait()
+        raise HealthcheckError("session closed")
+
+    async def aclose(self: MemoryOutput) -> None:
+        closed.set()
+
+    monkeypatch.setattr(MemoryOutput, "liveness", liveness)
+    monkeypatch.setattr(MemoryOutput, "aclose", aclose)
+    pipeline = await Pipeline.start(make_settings())
+    check = asyncio.create_task(pipeline.check_outputs())
+    await asyncio.wait_for(checking.wait(), 10)
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.reload(make_settings(), 5)
+        await asyncio.wait_for(check, 10)
+    assert pipeline.failing_outputs(-1) == {}
+    assert not [e for e in logs if e["log_level"] == "warning"]
+    await pipeline.stop(1)
+
+
+async def test_a_store_that_cannot_list_orphans_does_not_make_a_reload_look_refused(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The orphan check runs once the new outputs are in place; before, its failure raised out
+    of the reload, and `run` logged that the old configuration kept running when it did not."""
+    pipeline = await Pipeline.start(make_settings())
+
+    async def unreadable() -> StoreStats:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(pipeline.outbox, "stats", unreadable)
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.reload(make_settings(outputs=[{**MEM, "name": "second"}]), 5)
+    assert [d.name for d in pipeline.dispatchers] == ["second"]
+    assert "Configuration reloaded." in [e["event"] for e in logs]
+    await append(pipeline, 1)
+    await asyncio.wait_for(memory_output(pipeline, "second").wait_for(1), 10)
     await pipeline.stop(1)
