@@ -573,8 +573,17 @@ async def test_a_post_while_the_probe_reopens_a_damaged_store_is_refused(
         checkpointer_closed(self)
 
     monkeypatch.setattr(Checkpointer, "close", slow_close)
+    checkpointed = threading.Event()
+    checkpoint = Checkpointer.checkpoint
+
+    def noted_checkpoint(self: Checkpointer) -> int | None:
+        checkpointed.set()  # so there is a checkpointer for the probe to stop
+        return checkpoint(self)
+
+    monkeypatch.setattr(Checkpointer, "checkpoint", noted_checkpoint)
     found_damaged(monkeypatch)
     outbox = await open_outbox(tmp_path)
+    await until(checkpointed.is_set, "the first checkpoint")
     assert await outbox.append(event(1)) is True
     with pytest.raises(sqlite3.DatabaseError):
         await outbox.fetch("a", 10, 1 << 20)
