@@ -7,19 +7,23 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import structlog
+import yaml
 
+from forwarder.cli import run as run_module
 from forwarder.events import CanaryEvent, parse_event
 from forwarder.mappers.base import Record
 from forwarder.outputs.base import HealthcheckError, Retry, SendResult
 from forwarder.outputs.memory import MemoryOutput
-from forwarder.pipeline import Pipeline
+from forwarder.pipeline import Pipeline, ReloadError
 from forwarder.settings import Settings
 from forwarder.store.database import StoreStats
-from tests.daemon.harness import wait_until
+from tests.daemon.harness import wait_until, wait_until_async
 from tests.helpers import memory_output
 
 MEM = {"type": "memory", "batch": {"timeout_secs": 0}}
@@ -221,4 +225,124 @@ async def test_a_store_that_cannot_list_orphans_does_not_make_a_reload_look_refu
     assert "Configuration reloaded." in [e["event"] for e in logs]
     await append(pipeline, 1)
     await asyncio.wait_for(memory_output(pipeline, "second").wait_for(1), 10)
+    await pipeline.stop(1)
+
+
+# What is sound, kept so
+
+
+async def test_posts_during_a_reload_go_to_the_old_set_or_the_new_one_whole(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Each post is queued for the outputs of one configuration: an output kept gets it once,
+    and it goes to either the removed output or the added one, never both or neither.
+
+    Which one is the commit's: a group commit already under way at the swap (at most one) was
+    given the old outputs, and the reload's warning about orphaned queues comes after it."""
+    pipeline = await Pipeline.start(
+        make_settings(outputs=[{**MEM, "name": "keep"}, {**MEM, "name": "gone"}])
+    )
+    keep_old, gone = memory_output(pipeline, "keep"), memory_output(pipeline, "gone")
+    posted: list[int] = []
+    reloaded = asyncio.Event()
+
+    async def post_until_reloaded() -> None:
+        while not reloaded.is_set() or len(posted) < 20:
+            await asyncio.gather(*(append(pipeline, len(posted) + k) for k in range(5)))
+            posted.extend(range(len(posted), len(posted) + 5))
+
+    posting = asyncio.create_task(post_until_reloaded())
+    await wait_until(lambda: len(posted) >= 10, timeout=10, what="posts before the reload")
+    await pipeline.reload(
+        make_settings(outputs=[{**MEM, "name": "keep"}, {**MEM, "name": "new"}]), 5
+    )
+    reloaded.set()
+    await asyncio.wait_for(posting, 10)
+    keep_new, new = memory_output(pipeline, "keep"), memory_output(pipeline, "new")
+
+    async def delivered() -> bool:
+        queued = (await pipeline.outbox.stats()).queued
+        return not queued.get("keep") and not queued.get("new")
+
+    await wait_until_async(delivered, timeout=10, what="keep and new to deliver their queues")
+    assert sorted(numbers(keep_old.records + keep_new.records)) == posted
+    left_for_gone = await pipeline.outbox.fetch("gone", 10**6, 10**9)
+    to_gone = numbers(gone.records) + [orjson.loads(e.body)["N"] for e in left_for_gone]
+    to_new = numbers(new.records)
+    assert not set(to_gone) & set(to_new)
+    assert sorted(to_gone + to_new) == posted
+    await pipeline.stop(1)
+
+
+async def test_a_removed_output_keeps_its_queue_which_ages_or_waits_for_its_return(
+    make_settings: Callable[..., Settings],
+) -> None:
+    store = {"path": str(make_settings().store.path), "max_age_secs": 60}
+    both = [{**MEM, "name": "mem"}, {**MEM, "name": "gone"}]
+    pipeline = await Pipeline.start(make_settings(store=store, outputs=both))
+    await pipeline.dispatchers[1].stop(1)  # "gone" delivers nothing from here on
+    old = parse_event(event(1), received_at=datetime(2020, 1, 1, tzinfo=UTC))
+    assert await pipeline.outbox.append(old)
+    await append(pipeline, 2)
+    await asyncio.wait_for(memory_output(pipeline).wait_for(2), 10)
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.reload(make_settings(store=store, outputs=both[:1]), 5)
+    assert {"output": "gone", "queued": 2}.items() <= logs[0].items()
+    assert (await pipeline.outbox.stats()).queued == {"gone": 2}
+    await pipeline.sweep()
+    [letter] = await pipeline.outbox.dead_letters()
+    assert (letter.output, letter.reason) == ("gone", "expired: not delivered within 60 s")
+    await pipeline.reload(make_settings(store=store, outputs=both), 5)
+    records = await asyncio.wait_for(memory_output(pipeline, "gone").wait_for(1), 10)
+    assert numbers(records) == [2]
+    await pipeline.stop(1)
+
+
+async def test_a_reload_whose_second_output_cannot_start_changes_nothing(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    closed: list[str] = []
+
+    async def aclose(self: MemoryOutput) -> None:
+        closed.append(self.name)
+
+    monkeypatch.setattr(MemoryOutput, "aclose", aclose)
+    pipeline = await Pipeline.start(make_settings())
+    running = list(pipeline.dispatchers)
+    await running[0].stop(1)  # events stay queued for "mem"
+    await append(pipeline, 1)
+    broken = {"name": "file", "type": "file", "path": str(tmp_path / "no-such-dir" / "x")}
+    with pytest.raises(ReloadError):
+        await pipeline.reload(make_settings(outputs=[{**MEM, "name": "first"}, broken]), 5)
+    assert closed == ["first"]  # the one that had started is closed again
+    assert pipeline.dispatchers == running
+    await append(pipeline, 2)  # still queued for "mem" alone
+    assert (await pipeline.outbox.stats()).queued == {"mem": 2}
+    await pipeline.stop(1)
+
+
+async def test_changes_under_store_and_listen_wait_for_a_restart(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings()
+    pipeline = await Pipeline.start(settings)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listen": {"port": 9999},
+                "store": {"path": str(tmp_path / "elsewhere"), "max_age_secs": 60},
+                "outputs": [{**MEM, "name": "second"}],
+            }
+        )
+    )
+    with structlog.testing.capture_logs() as logs:
+        assert await run_module._reload(pipeline, config, 5)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "Changes under `listen` take effect at the next restart.",
+        "Changes under `store` take effect at the next restart.",
+    ]
+    assert pipeline.settings.store == settings.store == pipeline.outbox.config
+    assert pipeline.settings.listen == settings.listen
+    assert [d.name for d in pipeline.dispatchers] == ["second"]
     await pipeline.stop(1)
