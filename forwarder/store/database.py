@@ -985,6 +985,11 @@ def move_aside(path: Path, now: float) -> Path:
     """Rename a broken database (and its WAL files) out of the way; returns the new name."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    # A second move within the same second must not replace the first: rename would, silently.
+    extra = 1
+    while any(Path(f"{target}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+        extra += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{extra}")
     for suffix in ("", "-wal", "-shm"):
         source = Path(f"{path}{suffix}")
         if source.exists():

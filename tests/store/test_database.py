@@ -169,6 +169,20 @@ def test_corrupt_file_is_detected_and_moved_aside(tmp_path: Path) -> None:
     fresh.close()
 
 
+def test_a_second_move_aside_in_the_same_second_keeps_the_first(tmp_path: Path) -> None:
+    path = tmp_path / DB_NAME
+    path.write_bytes(b"first")
+    Path(f"{path}-wal").write_bytes(b"first wal")
+    first = move_aside(path, now=0.0)
+    path.write_bytes(b"second")
+    second = move_aside(path, now=0.0)
+    assert first != second
+    assert first.read_bytes() == b"first"
+    assert Path(f"{first}-wal").read_bytes() == b"first wal"
+    assert second.read_bytes() == b"second"
+    assert second.name == f"{DB_NAME}.corrupt-19700101T000000Z-2"
+
+
 @pytest.mark.parametrize(
     ("statements", "why"),
     [
