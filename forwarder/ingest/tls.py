@@ -2,15 +2,25 @@
 
 Reloading loads the certificate files again into the same context: new connections get the
 renewed certificate, open ones keep theirs, and a bad file leaves the old certificate in use.
+A certificate that has expired or is not valid yet, and a world-readable private key file, are
+loaded but logged as warnings: a client refusing the certificate fails its handshake, which
+the daemon does not log (the Internet fails handshakes all day).
 """
 
 from __future__ import annotations
 
 import ssl
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
 
 from forwarder.settings import ListenConfig
 
 __all__ = ["reload_certificates", "server_context"]
+
+log = structlog.get_logger("forwarder.ingest")
 
 
 def server_context(listen: ListenConfig) -> ssl.SSLContext | None:
@@ -19,11 +29,111 @@ def server_context(listen: ListenConfig) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # OpenSSL 3 refuses a client's renegotiation by itself; OpenSSL 1.1.1, which some
+    # distributions still build Python with, grants it: a full handshake's work on demand.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     reload_certificates(context, listen)
     return context
 
 
 def reload_certificates(context: ssl.SSLContext, listen: ListenConfig) -> None:
     """Read the certificate and key files again; raises (leaving the old ones) if they are bad."""
-    if listen.tls is not None:
-        context.load_cert_chain(str(listen.tls.cert), str(listen.tls.key))
+    if listen.tls is None:
+        return
+    cert, key = listen.tls.cert, listen.tls.key
+    # Tried on a context of their own first: loading into the live one replaces its certificate
+    # before the key is checked against it, so a key that does not match (a certificate renewed
+    # with a new key, the old key still in place) left the listener with no key at all, and
+    # every handshake failing.
+    _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key)
+    _load(context, cert, key)
+    _warn_about(cert, key)
+
+
+def _load(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    def no_passphrase() -> str:
+        # Without this OpenSSL asks for the passphrase on the terminal, if there is one: the
+        # daemon would wait there, its event loop stopped, for an answer nobody gives.
+        raise OSError(f"the private key is encrypted, and no passphrase can be given: {key}")
+
+    context.load_cert_chain(cert, key, password=no_passphrase)
+
+
+def _warn_about(cert: Path, key: Path) -> None:
+    try:
+        mode = key.stat().st_mode
+    except OSError:
+        mode = 0
+    if mode & stat.S_IROTH:
+        log.warning(
+            "The listener's private key file is world-readable; make it 0600 or 0640.",
+            key=str(key),
+            mode=f"{stat.S_IMODE(mode):04o}",
+        )
+    validity = _validity(cert)
+    if validity is None:
+        return
+    not_before, not_after = validity
+    now = datetime.now(UTC)
+    if now >= not_after:
+        log.warning(
+            "The listener's certificate has expired; clients will refuse it.",
+            cert=str(cert),
+            not_after=not_after.isoformat(),
+        )
+    elif now < not_before:
+        log.warning(
+            "The listener's certificate is not valid yet; clients will refuse it.",
+            cert=str(cert),
+            not_before=not_before.isoformat(),
+        )
+
+
+_PEM_BEGIN, _PEM_END = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+
+
+def _validity(path: Path) -> tuple[datetime, datetime] | None:
+    """notBefore and notAfter of the first certificate in a PEM file; None if unreadable.
+
+    Read from the DER: the ssl module has no public way to the dates of a certificate it loaded.
+    """
+    try:
+        pem = path.read_text("ascii")
+        begin = pem.index(_PEM_BEGIN)
+        end = pem.index(_PEM_END, begin) + len(_PEM_END)
+        [(_, certificate)] = _der_elements(ssl.PEM_cert_to_DER_cert(pem[begin:end]))
+        fields = _der_elements(_der_elements(certificate)[0][1])  # the TBSCertificate's
+        if fields[0][0] == 0xA0:  # the optional [0] version
+            fields = fields[1:]
+        # serialNumber, signature, issuer, then validity: a sequence of two times.
+        not_before, not_after = _der_elements(fields[3][1])
+        return _der_time(*not_before), _der_time(*not_after)
+    except (OSError, ValueError, IndexError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _der_elements(data: bytes) -> list[tuple[int, bytes]]:
+    """The tag and contents of each DER element in `data`, in order."""
+    elements: list[tuple[int, bytes]] = []
+    at = 0
+    while at < len(data):
+        tag, length = data[at], data[at + 1]
+        at += 2
+        if length & 0x80:
+            size = length & 0x7F
+            length = int.from_bytes(data[at : at + size], "big")
+            at += size
+        if at + length > len(data):
+            raise ValueError("truncated DER")
+        elements.append((tag, data[at : at + length]))
+        at += length
+    return elements
+
+
+def _der_time(tag: int, value: bytes) -> datetime:
+    text = value.decode("ascii")
+    if tag == 0x17:  # UTCTime, YYMMDDHHMMSSZ: years 50-99 are 19xx (RFC 5280 §4.1.2.5.1)
+        text = ("19" if int(text[:2]) >= 50 else "20") + text
+    elif tag != 0x18:  # GeneralizedTime, YYYYMMDDHHMMSSZ
+        raise ValueError(f"not a time: tag {tag:#x}")
+    return datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=UTC)

@@ -1,13 +1,24 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import select
 import ssl
+import subprocess
+import sys
+import time
+import warnings
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 import trustme
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
 from forwarder.app import build_app
 from forwarder.ingest.tls import reload_certificates, server_context
@@ -82,3 +93,174 @@ async def test_webhook_over_tls_and_certificate_reload(
 
 def test_no_tls_configured_means_no_context(make_settings: Callable[..., Settings]) -> None:
     assert server_context(make_settings().listen) is None
+
+
+async def serving(context: ssl.SSLContext, pipeline: Pipeline) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(build_app(pipeline))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    return runner, runner.addresses[0][1]
+
+
+async def test_a_key_that_does_not_match_is_refused_and_the_old_certificate_stays(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """A renewal that replaced the certificate but not yet the key (a new key per renewal, as
+    certbot makes, with the files swapped one at a time) must not leave the listener without a
+    key: it used to keep the new certificate and drop the old key, failing every handshake."""
+    authority = trustme.CA()
+    cert, key = issue(authority, tmp_path)
+    settings = make_settings(listen={"tls": {"cert": str(cert), "key": str(key)}})
+    context = server_context(settings.listen)
+    assert context is not None
+    pipeline = await Pipeline.start(settings)
+    runner, port = await serving(context, pipeline)
+    try:
+        authority.issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(cert)
+        with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH"):
+            reload_certificates(context, settings.listen)
+        assert await post(port, client_context(authority)) == 200
+    finally:
+        await runner.cleanup()
+        await pipeline.stop(1)
+
+
+def encrypted(issued: trustme.LeafCert, path: Path) -> None:
+    key = serialization.load_pem_private_key(issued.private_key_pem.bytes(), None)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+
+
+LOAD_ON_A_TERMINAL = """
+import os, sys
+os.open(sys.argv[1], os.O_RDWR)  # a session leader's first terminal becomes its own
+from forwarder.ingest.tls import server_context
+from forwarder.settings import parse_settings
+tls = {"cert": sys.argv[2], "key": sys.argv[3]}
+outputs = [{"name": "mem", "type": "memory"}]
+try:
+    server_context(parse_settings({"listen": {"tls": tls}, "outputs": outputs}).listen)
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_an_encrypted_key_is_refused_at_once_even_from_a_terminal(tmp_path: Path) -> None:
+    """OpenSSL asks for a key's passphrase on the terminal if there is one: a daemon started
+    from a shell (or `docker run -it`), or reloading there, stopped for an answer. Now the key
+    is refused, with a message that says why, terminal or not."""
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(cert)
+    encrypted(issued, key)
+    terminal, child_end = os.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-c", LOAD_ON_A_TERMINAL, os.ttyname(child_end), str(cert), str(key)],
+        cwd=Path(__file__).resolve().parents[2],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    os.close(child_end)
+    shown = b""
+    try:
+        deadline = time.monotonic() + 20
+        # Until the child is done, or OpenSSL prompts on its terminal (and waits there).
+        while child.poll() is None and b"pass phrase" not in shown:
+            assert time.monotonic() < deadline, shown
+            if select.select([terminal], [], [], 0.5)[0]:
+                with contextlib.suppress(OSError):  # EIO once the child is gone
+                    shown += os.read(terminal, 1024)
+    finally:
+        child.kill()
+        output = child.communicate()[0].decode()
+        os.close(terminal)
+    assert b"pass phrase" not in shown, shown
+    assert "refused: the private key is encrypted" in output, output
+
+
+def test_an_expired_certificate_or_a_key_all_may_read_is_loaded_with_a_warning(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    authority = trustme.CA()
+    cert, key = issue(authority, tmp_path)
+    settings = make_settings(listen={"tls": {"cert": str(cert), "key": str(key)}})
+    key.chmod(0o600)
+    with structlog.testing.capture_logs() as logs:
+        assert server_context(settings.listen) is not None
+    assert logs == []
+
+    expired = authority.issue_cert(
+        "127.0.0.1",
+        not_before=datetime(2020, 1, 1, tzinfo=UTC),
+        not_after=datetime(2021, 1, 1, tzinfo=UTC),
+    )
+    expired.cert_chain_pems[0].write_to_path(cert)
+    expired.private_key_pem.write_to_path(key)
+    key.chmod(0o644)
+    with structlog.testing.capture_logs() as logs:
+        assert server_context(settings.listen) is not None
+    assert [(line["log_level"], line["event"]) for line in logs] == [
+        ("warning", "The listener's private key file is world-readable; make it 0600 or 0640."),
+        ("warning", "The listener's certificate has expired; clients will refuse it."),
+    ]
+    assert logs[0]["mode"] == "0644"
+    assert logs[1]["not_after"] == "2021-01-01T00:00:00+00:00"
+
+    future = authority.issue_cert("127.0.0.1", not_before=datetime(2090, 1, 1, tzinfo=UTC))
+    future.cert_chain_pems[0].write_to_path(cert)
+    future.private_key_pem.write_to_path(key)
+    key.chmod(0o600)
+    context = server_context(settings.listen)
+    assert context is not None
+    with structlog.testing.capture_logs() as logs:
+        reload_certificates(context, settings.listen)
+    assert [line["event"] for line in logs] == [
+        "The listener's certificate is not valid yet; clients will refuse it."
+    ]
+
+
+async def test_protocol_settings_of_the_listener(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """TLS 1.2 at least, Python's default ciphers, no compression, no renegotiation (OpenSSL
+    1.1.1 grants a client's by default), and HTTP/1.1: a client offering h2 does not get it."""
+    authority = trustme.CA()
+    cert, key = issue(authority, tmp_path)
+    settings = make_settings(listen={"tls": {"cert": str(cert), "key": str(key)}})
+    context = server_context(settings.listen)
+    assert context is not None
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert context.options & ssl.OP_NO_COMPRESSION
+    assert context.get_ciphers() == ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).get_ciphers()
+
+    pipeline = await Pipeline.start(settings)
+    runner, port = await serving(context, pipeline)
+    try:
+        offering_h2 = client_context(authority)
+        offering_h2.set_alpn_protocols(["h2", "http/1.1"])
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=offering_h2, server_hostname="127.0.0.1"
+        )
+        tls = writer.get_extra_info("ssl_object")
+        assert tls.selected_alpn_protocol() in (None, "http/1.1")
+        assert tls.compression() is None
+        writer.close()
+        await writer.wait_closed()
+
+        old = client_context(authority)
+        with warnings.catch_warnings(category=DeprecationWarning, action="ignore"):
+            old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+        old.set_ciphers("ALL:@SECLEVEL=0")
+        # Refused with a protocol_version alert, or the connection reset just after it.
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            await asyncio.open_connection("127.0.0.1", port, ssl=old, server_hostname="127.0.0.1")
+    finally:
+        await runner.cleanup()
+        await pipeline.stop(1)
