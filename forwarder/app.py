@@ -12,11 +12,14 @@ from forwarder.ingest.auth import FailureLimiter
 from forwarder.ingest.handlers import (
     LIMITER,
     PIPELINE,
+    REFUSAL_LOG,
+    expect_body,
     healthz,
     metrics_endpoint,
     readyz,
     webhook,
 )
+from forwarder.ingest.listener import LogBudget
 from forwarder.pipeline import Pipeline
 from forwarder.settings import AuthConfig
 from forwarder.telemetry import metrics
@@ -78,10 +81,12 @@ def build_app(pipeline: Pipeline) -> web.Application:
     app = web.Application(client_max_size=listen.max_body_bytes, middlewares=[account])
     app[PIPELINE] = pipeline
     app[LIMITER] = FailureLimiter()
+    app[REFUSAL_LOG] = LogBudget()
     app[IN_FLIGHT] = InFlight()
-    app.router.add_post(listen.path, webhook)
+    app.router.add_post(listen.path, webhook, expect_handler=expect_body)
     if isinstance(listen.auth, AuthConfig) and listen.auth.secret_path is not None:
-        app.router.add_post(f"{listen.path.rstrip('/')}/{{secret}}", webhook)
+        secret_route = f"{listen.path.rstrip('/')}/{{secret}}"
+        app.router.add_post(secret_route, webhook, expect_handler=expect_body)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -36,6 +36,7 @@ from forwarder import __version__, systemd
 from forwarder.app import IN_FLIGHT, build_app
 from forwarder.cli import hangup_held
 from forwarder.cli._common import add_config_argument, settings_from_args
+from forwarder.ingest.listener import HTTP_LOGGER, ListenSite, ListenSocket
 from forwarder.ingest.tls import reload_certificates, server_context
 from forwarder.pipeline import Pipeline, ReloadAbandoned, ReloadError, unless_set
 from forwarder.settings import ConfigError, Settings, default_settings, load_settings
@@ -45,7 +46,8 @@ __all__ = ["configure", "main", "serve"]
 
 log = structlog.get_logger("forwarder")
 
-# How long a connection may take to send a request's headers, or sit idle between requests.
+# How long a connection may take to send a request's headers, or sit idle between requests;
+# also how long a TLS handshake may take, before that.
 HEADER_TIMEOUT_SECS = 15.0
 # Open files the daemon asks for at start (each connection is one).
 FD_LIMIT = 65536
@@ -221,11 +223,21 @@ async def _serve(
         keepalive_timeout=HEADER_TIMEOUT_SECS,
         # Compressed bodies are refused with 415; never inflate one, not even to discard it.
         auto_decompress=False,
+        # Logs a request it cannot parse as one warning within a budget, not an ERROR with a
+        # traceback per request.
+        logger=HTTP_LOGGER,
     )
     await runner.setup()
     try:
         for sock in sockets:
-            await web.SockSite(runner, sock, ssl_context=server_tls, backlog=1024).start()
+            site = ListenSite(
+                runner,
+                sock,
+                ssl_context=server_tls,
+                backlog=1024,
+                handshake_timeout=HEADER_TIMEOUT_SECS,
+            )
+            await site.start()
     except OSError as exc:  # listen() can still find the port taken
         log.error("Cannot listen.", host=listen.host, port=listen.port, error=str(exc))
         await runner.cleanup()
@@ -328,7 +340,7 @@ async def _bind(host: str, port: int) -> list[socket.socket]:
     unassignable: OSError | None = None
     try:
         for family, kind, proto, _, address in infos:
-            sock = socket.socket(family, kind, proto)
+            sock = ListenSocket(family, kind, proto)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
@@ -347,8 +359,8 @@ async def _bind(host: str, port: int) -> list[socket.socket]:
         if not sockets:
             raise unassignable or OSError(errno.EADDRNOTAVAIL, f"{host} has no address")
     except BaseException:
-        for sock in sockets:
-            sock.close()
+        for bound in sockets:
+            bound.close()
         raise
     return sockets
 

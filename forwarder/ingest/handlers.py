@@ -2,21 +2,23 @@
 
 The webhook answers 200 only after the store has committed the event. Every other answer is a
 small JSON object with an `error` field that names the problem without echoing the input.
-Authenticated posts that are refused (not JSON, wrong type, compressed, too large, too slow) are
-kept in the store's quarantine with what of their body arrived, so nothing the console sent is
-silently gone.
+Authenticated posts that are refused (not JSON, wrong type, compressed, too large, too slow, cut
+off) are kept in the store's quarantine with what of their body arrived, so nothing the console
+sent is silently gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpProcessingError, HttpVersion11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from forwarder.events import PayloadError, parse_event
@@ -27,17 +29,33 @@ from forwarder.ingest.auth import (
     is_authenticated,
     may_read_status,
 )
+from forwarder.ingest.listener import LogBudget, held_back
 from forwarder.pipeline import Pipeline
 from forwarder.settings import AuthConfig
 from forwarder.store.outbox import StoreFull, StoreUnavailable
 from forwarder.telemetry import metrics
 
-__all__ = ["LIMITER", "PIPELINE", "healthz", "metrics_endpoint", "readyz", "webhook"]
+__all__ = [
+    "LIMITER",
+    "PIPELINE",
+    "REFUSAL_LOG",
+    "expect_body",
+    "healthz",
+    "metrics_endpoint",
+    "readyz",
+    "webhook",
+]
 
 log = structlog.get_logger("forwarder.ingest")
 
 PIPELINE = web.AppKey("pipeline", Pipeline)
 LIMITER = web.AppKey("limiter", FailureLimiter)
+# The warnings for posts refused by address or credentials: anyone on the Internet can cause them.
+REFUSAL_LOG = web.AppKey("refusal_log", LogBudget)
+# What the Expect handler found (`_gate`'s answer), for the webhook to answer without asking again.
+_GATE: web.RequestKey[web.Response | None] = web.RequestKey("gate")
+# Set when the client asked whether to send the body and was not told to.
+_BODY_NOT_ASKED = web.RequestKey("body_not_asked", bool)
 
 STORE_FULL_RETRY_AFTER_SECS = 30
 # The whole body must arrive within this long once the headers are in.
@@ -70,13 +88,17 @@ class _BodyNotRead(Exception):
         self.received = received
 
 
-async def webhook(request: web.Request) -> web.Response:
-    metrics.received.inc()
-    pipeline = request.app[PIPELINE]
-    listen = pipeline.settings.listen
-    client = client_address(request, listen)
+def _refusal_logged(request: web.Request, message: str, client: str) -> None:
+    held = request.app[REFUSAL_LOG].take()
+    if held is not None:
+        log.warning(message, client=client, **held_back(held))
+
+
+def _gate(request: web.Request, client: str) -> web.Response | None:
+    """The answer to a post refused before its body is read (address, credentials), or None."""
+    listen = request.app[PIPELINE].settings.listen
     if not is_allowed(client, listen):
-        log.warning("Post from an address outside listen.allow refused.", client=client)
+        _refusal_logged(request, "Post from an address outside listen.allow refused.", client)
         return _error(403, "forbidden")
     if isinstance(listen.auth, AuthConfig):
         limiter = request.app[LIMITER]
@@ -85,8 +107,55 @@ async def webhook(request: web.Request) -> web.Response:
             return _error(429, "too_many_failed_attempts", **{"Retry-After": str(int(wait) + 1)})
         if not is_authenticated(request, listen.auth, request.match_info.get("secret")):
             limiter.failed(client)
-            log.warning("Post with missing or wrong credentials refused.", client=client)
+            _refusal_logged(request, "Post with missing or wrong credentials refused.", client)
             return _error(401, "unauthorized", **{"WWW-Authenticate": 'Basic realm="canary"'})
+    return None
+
+
+async def expect_body(request: web.Request) -> None:
+    """The webhook's `Expect: 100-continue`: ask for the body only if the webhook will read it.
+
+    aiohttp's own handler asks every client, so one about to be refused for its address, its
+    credentials or its Content-Length sent the body first (up to the 10 s aiohttp reads a
+    refused body for). Not asked, it gets the webhook's refusal before it sends any.
+    """
+    if request.version != HttpVersion11:
+        return  # HTTP/1.0 has no interim answers; aiohttp ignores Expect there too
+    if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed()
+    listen = request.app[PIPELINE].settings.listen
+    gate = request[_GATE] = _gate(request, client_address(request, listen))
+    length = request.content_length
+    if gate is not None or (length is not None and length > listen.max_body_bytes):
+        request[_BODY_NOT_ASKED] = True
+        return
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # As aiohttp's own handler does: the answer proper has not started.
+    request.writer.output_size = 0
+
+
+async def webhook(request: web.Request) -> web.Response:
+    response = await _webhook(request)
+    if request.get(_BODY_NOT_ASKED):
+        # The client waits to be asked for the body, or sends it after a while: a body that
+        # may follow cannot be told from a next request, so the connection ends with the answer,
+        # without aiohttp's wait (up to 10 s) for the rest of a body it did not ask for.
+        response.force_close()
+        with contextlib.suppress(ConnectionError):  # the client went first: aiohttp's concern
+            await response.prepare(request)
+            await response.write_eof()
+        request.protocol.force_close()
+    return response
+
+
+async def _webhook(request: web.Request) -> web.Response:
+    metrics.received.inc()
+    pipeline = request.app[PIPELINE]
+    listen = pipeline.settings.listen
+    client = client_address(request, listen)
+    gate = request[_GATE] if _GATE in request else _gate(request, client)
+    if gate is not None:
+        return gate
     compressed = request.headers.get("Content-Encoding", "identity").lower() != "identity"
     try:
         body = await _read_body(request, listen.max_body_bytes)
@@ -126,7 +195,9 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     a refused body is quarantined with whatever of it did arrive.
 
     Raises:
-        _BodyNotRead: too large (by Content-Length or by what arrived) or too slow.
+        _BodyNotRead: too large (by Content-Length or by what arrived), too slow, or cut off (the
+            client closed the connection, or broke the chunked encoding, before the end: an
+            invalid payload, as the part that came would be).
     """
     if request.content_length is not None and request.content_length > limit:
         raise _BodyNotRead(413, "body_too_large", f"Content-Length {request.content_length}", b"")
@@ -143,6 +214,11 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     except TimeoutError:
         detail = f"{len(received)} bytes within {BODY_TIMEOUT_SECS:g} s"
         raise _BodyNotRead(408, "body_timeout", detail, bytes(received)) from None
+    except (ConnectionResetError, HttpProcessingError) as exc:
+        # A client gone in the middle of its body is the client's doing, not a failure of the
+        # daemon's (which it was taken for: an ERROR with a traceback, counted as a 500).
+        detail = f"cut off after {len(received)} bytes ({exc.__class__.__name__})"
+        raise _BodyNotRead(400, "invalid_payload", detail, bytes(received)) from None
     return bytes(received)
 
 

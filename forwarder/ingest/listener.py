@@ -1,0 +1,177 @@
+"""Below the application: the listening sockets, the bounds on a TLS connection before and after
+its requests, and logging that hostile clients cannot turn into a flood.
+
+What the Internet sends the listener (scans, malformed requests, idle connections by the
+thousand) costs the daemon a bounded amount of log: each kind of refusal is logged within a
+`LogBudget`, and the lines left out are counted in the next one that is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import socket
+import ssl
+import sys
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.http import HttpProcessingError
+
+__all__ = ["HTTP_LOGGER", "ListenSite", "ListenSocket", "LogBudget", "held_back"]
+
+log = structlog.get_logger("forwarder.ingest")
+
+# How long the daemon waits for a TLS client's close_notify once it has closed the connection
+# (asyncio's default is 30 s): a client that never answers holds the connection that long.
+TLS_SHUTDOWN_TIMEOUT_SECS = 5.0
+# The share of the open-file limit kept free of connections: the store, the outputs' own
+# connections and the files they write must still open when clients hold all the rest.
+FD_RESERVE_SHARE = 8
+FD_RESERVE_MIN = 64
+
+
+class LogBudget:
+    """How many lines a source that clients drive may log: `burst` at once, then `per_minute`.
+
+    A refusal is logged per request, and a client may send as many requests, from as many
+    addresses, as it likes: without a budget it would decide how much the journal gets.
+    """
+
+    def __init__(self, burst: int = 20, per_minute: float = 60) -> None:
+        self.burst = burst
+        self.rate = per_minute / 60
+        self._tokens = float(burst)
+        self._updated = time.monotonic()
+        self._held = 0
+
+    def take(self) -> int | None:
+        """None if this line is to be left out; else how many were left out since the last."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if self._tokens < 1:
+            self._held += 1
+            return None
+        self._tokens -= 1
+        held, self._held = self._held, 0
+        return held
+
+
+def held_back(count: int) -> dict[str, int]:
+    """The field that says how many lines like this one were left out before it, if any."""
+    return {"suppressed": count} if count else {}
+
+
+_CONNECTIONS_LOG = LogBudget(burst=1, per_minute=1)
+
+
+def _connection_ceiling() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return sys.maxsize
+    return soft - max(FD_RESERVE_MIN, soft // FD_RESERVE_SHARE)
+
+
+class ListenSocket(socket.socket):
+    """A listening socket that closes at once a connection past its share of the open files.
+
+    Without it, connections held open by clients use up the open-file limit; then every accept()
+    fails, and asyncio logs each failure with its traceback, a thousand (the backlog) per retry,
+    while the store and the outputs cannot open a file or a connection of their own.
+    """
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        conn, address = super().accept()
+        # The kernel gives the lowest free descriptor: one at the ceiling means every one below
+        # is taken, so connections keep out of the reserve however the descriptors are spread.
+        if conn.fileno() < _connection_ceiling():
+            return conn, address
+        conn.close()
+        held = _CONNECTIONS_LOG.take()
+        if held is not None:
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            log.warning(
+                "Too many open connections; new ones are closed at once.",
+                open_files_limit=limit,
+                **held_back(held),
+            )
+        # What asyncio's accept loop takes for a client gone before it was accepted.
+        raise ConnectionAbortedError
+
+
+class ListenSite(web.SockSite):
+    """aiohttp's SockSite, with a TLS connection's handshake and shutdown bounded in time.
+
+    asyncio gives a handshake 60 s, and aiohttp's header timeout starts only once it is done: a
+    client that connects and sends nothing held the connection four times as long as over plain
+    HTTP. Then, with the connection closed, asyncio waits 30 s more for the client's
+    close_notify.
+    """
+
+    __slots__ = ("_handshake_timeout",)
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        sock: socket.socket,
+        *,
+        handshake_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+        backlog: int = 128,
+    ) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context, backlog=backlog)
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        if self._ssl_context is None:
+            await super().start()
+            return
+        await web.BaseSite.start(self)  # registers the site with the runner
+        server = self._runner.server
+        if server is None:
+            raise RuntimeError("the runner is not set up")
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            sock=self._sock,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout,
+            ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_SECS,
+        )
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs each request it cannot parse as an ERROR with its traceback. That is the
+    client's doing, not the daemon's: one line, a warning, within a budget."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.budget = LogBudget()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.levelno < logging.ERROR or not isinstance(error, HttpProcessingError):
+            return True
+        held = self.budget.take()
+        if held is not None:
+            # aiohttp's message is "Error handling request from %s", with the client's address.
+            client = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            # Its first line names the problem; the lines after it quote the request.
+            problem = error.message.splitlines()[0] if error.message else ""
+            log.warning(
+                "Malformed request refused.",
+                client=str(client),
+                status=error.code,
+                error=problem[:200].rstrip(":"),
+                **held_back(held),
+            )
+        return False
+
+
+HTTP_LOGGER = logging.getLogger("forwarder.http")
+"""The logger of the listener's aiohttp server (its `logger` argument)."""
+HTTP_LOGGER.addFilter(_MalformedRequests())
