@@ -62,6 +62,8 @@ STORE_FULL_RETRY_AFTER_SECS = 30
 BODY_TIMEOUT_SECS = 30.0
 # An output failing this long makes /readyz fail, so an orchestrator can alert on it.
 READY_OUTPUT_FAILING_SECS = 300.0
+# How long /readyz waits for a store probe; orchestrators' probes time out after 1 to 10 s.
+READY_PROBE_SECS = 3.0
 _JSON_TYPES = ("application/json",)
 _NOT_IDENTITY = "content_encoding_not_supported"
 
@@ -257,10 +259,20 @@ async def healthz(request: web.Request) -> web.Response:
     return _json({"status": "alive"})
 
 
+async def _store_probed(pipeline: Pipeline) -> bool:
+    """The probe's answer, or False once READY_PROBE_SECS have passed: a store thread stuck on a
+    dead disk must not hold every /readyz open (the probe itself goes on, for the others)."""
+    try:
+        async with asyncio.timeout(READY_PROBE_SECS):
+            return await pipeline.outbox.probe()
+    except TimeoutError:
+        return False
+
+
 async def readyz(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
     problems: dict[str, str] = {}
-    if not pipeline.outbox.healthy and not await pipeline.outbox.probe():
+    if not pipeline.outbox.healthy and not await _store_probed(pipeline):
         problems["store"] = pipeline.outbox.last_error or "store cannot commit"
     for name, error in pipeline.failing_outputs(READY_OUTPUT_FAILING_SECS).items():
         problems[f"output {name}"] = error

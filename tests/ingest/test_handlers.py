@@ -425,6 +425,25 @@ async def test_readyz_fails_for_an_idle_output_whose_healthcheck_keeps_failing(
     }
 
 
+async def test_readyz_answers_in_bounded_time_while_the_store_probe_hangs(
+    start: Started, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, pipeline = await start()
+    pipeline.outbox.healthy = False
+    pipeline.outbox.last_error = "disk I/O error"
+
+    async def stuck() -> bool:
+        await asyncio.Event().wait()
+        return True
+
+    monkeypatch.setattr(pipeline.outbox, "probe", stuck)
+    monkeypatch.setattr(handlers, "READY_PROBE_SECS", 0.05)
+    async with asyncio.timeout(5):
+        answer = await client.get("/readyz")
+    assert answer.status == 503
+    assert (await answer.json())["problems"] == {"store": "disk I/O error"}
+
+
 async def test_metrics_exposition(start: Started) -> None:
     client, pipeline = await start()
     await client.post("/canary", data=sample("incident_ssh_login"), headers=JSON)
