@@ -67,13 +67,26 @@ async def account(request: web.Request, handler: Handler) -> web.StreamResponse:
             response = await handler(request)
     except web.HTTPException as exc:
         metrics.http_requests.labels(group, str(exc.status)).inc()
-        raise
+        if exc.status < 400:
+            raise
+        return _json_error(exc)
     except Exception:
         log.exception("Request failed unexpectedly.", path_group=group)
         metrics.http_requests.labels(group, "500").inc()
         return web.json_response({"error": "internal_error"}, status=500)
     metrics.http_requests.labels(group, str(response.status)).inc()
     return response
+
+
+# Headers of a refusal that tell the client what to do next; the rest are aiohttp's own.
+_KEPT_HEADERS = frozenset({"allow", "retry-after", "www-authenticate"})
+
+
+def _json_error(exc: web.HTTPException) -> web.Response:
+    """The router's refusals (404, 405) as the small JSON object every other refusal is."""
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in _KEPT_HEADERS}
+    error = "_".join(exc.reason.lower().split()) or "http_error"
+    return web.json_response({"error": error}, status=exc.status, headers=headers)
 
 
 def build_app(pipeline: Pipeline) -> web.Application:

@@ -234,7 +234,17 @@ async def test_slow_body_is_408_and_what_arrived_quarantined(
 async def test_wrong_method_is_405(start: Started) -> None:
     client, _ = await start()
     assert (await client.get("/canary")).status == 405
-    assert (await client.put("/canary", data=b"{}")).status == 405
+    answer = await client.put("/canary", data=b"{}")
+    assert answer.status == 405
+    assert answer.headers["Allow"] == "POST"
+    assert await answer.json() == {"error": "method_not_allowed"}
+
+
+async def test_an_unknown_path_is_a_json_404(start: Started) -> None:
+    client, _ = await start()
+    answer = await client.post("/elsewhere", data=b"{}")
+    assert answer.status == 404
+    assert await answer.json() == {"error": "not_found"}
 
 
 async def test_header_secret(start: Started) -> None:
