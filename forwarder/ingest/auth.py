@@ -46,6 +46,34 @@ def _in_any(address: str, networks: tuple[Network, ...]) -> bool:
     return any(ip in network or (mapped is not None and mapped in network) for network in networks)
 
 
+def _hop_address(hop: str) -> str:
+    """The address in one X-Forwarded-For hop, in its one canonical spelling.
+
+    Proxies write a hop as `2001:db8::7`, `[2001:db8::7]` (RFC 7239's form), `[2001:db8::7]:4711`
+    or `192.0.2.7:4711`. Read as written, such a hop matched no list, a trusted proxy written
+    so was taken for the client, and the source port, new on each connection, made every
+    request a client of its own to the failure limiter. A hop that is not an address is kept
+    as it came: no list matches it.
+    """
+    text = hop
+    if text.startswith("["):
+        inside, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not (port[:1] == ":" and port[1:].isdigit())):
+            return hop
+        text = inside
+    elif text.count(":") == 1:  # IPv4 (or a name) with a port; an IPv6 address has two or more
+        host, _, port = text.partition(":")
+        if not port.isdigit():
+            return hop
+        text = host
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return hop
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped if mapped is not None else ip)
+
+
 def client_address(request: web.Request, listen: ListenConfig) -> str:
     """The client's address, believing X-Forwarded-For only from a trusted proxy.
 
@@ -61,8 +89,8 @@ def client_address(request: web.Request, listen: ListenConfig) -> str:
     # A proxy may add a header line of its own rather than extend the client's (HAProxy does),
     # so the lines in order make one list (RFC 9110 §5.3); the first line alone is the client's.
     forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
-    hops = [hop.strip() for hop in forwarded.split(",")]
-    for hop in reversed([h for h in hops if h]):
+    hops = [_hop_address(hop.strip()) for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
         if not _in_any(hop, proxies):
             return hop
     return peer
