@@ -153,8 +153,31 @@ class _Bucket:
     updated: float
 
 
+# Every IPv6 host gets a /64 to itself (RFC 7421), 2**64 addresses it may send from.
+_IPV6_CLIENT_PREFIX = 64
+_IPV6_HOST_MASK = (1 << (128 - _IPV6_CLIENT_PREFIX)) - 1
+
+
+def _limiter_key(address: str) -> str:
+    """Whose bucket a failure from `address` goes to: an IPv4 address (however written), or an
+    IPv6 /64. Counted per IPv6 address, each guess could come from an address of its own and
+    the limit would never be reached, while the buckets it made pushed others' out."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    # From the integer: a zone (fe80::1%eth0) has no place in a network.
+    network = ipaddress.IPv6Address(int(ip) & ~_IPV6_HOST_MASK)
+    return f"{network}/{_IPV6_CLIENT_PREFIX}"
+
+
 class FailureLimiter:
-    """Allows `burst` failed attempts per address, refilled at `per_minute`; bounded memory."""
+    """Allows `burst` failed attempts per address (per /64 for IPv6), refilled at `per_minute`;
+    bounded memory."""
 
     def __init__(self, burst: int = 10, per_minute: float = 10, max_clients: int = 10_000):
         self.burst = burst
@@ -163,6 +186,7 @@ class FailureLimiter:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
     def _bucket(self, address: str, now: float) -> _Bucket:
+        address = _limiter_key(address)
         bucket = self._buckets.get(address)
         if bucket is None:
             bucket = _Bucket(float(self.burst), now)

@@ -1,5 +1,5 @@
-"""IPv6 clients: who the client is behind a proxy, the lists that match it, and what the log and
-the quarantine record. The daemon's app listens on ::1 for real."""
+"""IPv6 clients: who the client is behind a proxy, the lists that match it, the failure limiter's
+key, and what the log and the quarantine record. The daemon's app listens on ::1 for real."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from multidict import CIMultiDict
 
 from forwarder.app import build_app
-from forwarder.ingest.auth import client_address
+from forwarder.ingest.auth import FailureLimiter, client_address
 from forwarder.pipeline import Pipeline
 from forwarder.settings import ListenConfig, Settings
 from forwarder.store.database import Database
 from tests.helpers import ClientFactory, sample
 
+SECRET = "correct-horse-battery-staple"
 JSON = {"Content-Type": "application/json"}
 
 
@@ -82,6 +83,26 @@ def test_a_trusted_proxy_is_skipped_however_its_hop_is_written(proxy_hop: str) -
 def test_without_a_trusted_proxy_the_ipv6_peer_is_the_client() -> None:
     assert seen_from("2001:db8::9", "[2001:db8::7]:4711") == "2001:db8::9"
     assert seen_from("2001:db8::9", "[2001:db8::7]:4711", **PROXY6) == "2001:db8::9"
+
+
+def test_failed_attempts_from_one_ipv6_64_share_a_bucket() -> None:
+    # Every IPv6 host has a /64 to itself (RFC 7421): counted per address, each guess could
+    # come from an address of its own, and the limit would never be reached.
+    limiter = FailureLimiter(burst=3, per_minute=1)
+    for n in range(3):
+        assert limiter.blocked(f"2001:db8:0:1::{n + 1:x}") is None
+        limiter.failed(f"2001:db8:0:1::{n + 1:x}")
+    assert limiter.blocked("2001:db8:0:1:ffff:ffff:ffff:ffff") is not None
+    assert limiter.blocked("2001:db8:0:2::1") is None  # the next /64 is someone else
+    assert limiter.blocked("192.0.2.1") is None
+
+
+def test_an_ipv4_client_counts_the_same_however_it_is_written() -> None:
+    limiter = FailureLimiter(burst=2, per_minute=1)
+    limiter.failed("192.0.2.1")
+    limiter.failed("::ffff:192.0.2.1")
+    assert limiter.blocked("192.0.2.1") is not None
+    assert limiter.blocked("192.0.2.2") is None
 
 
 # --- the daemon's app on ::1 --------------------------------------------------------------------
@@ -149,3 +170,22 @@ async def test_a_client_behind_an_ipv6_proxy_is_logged_allowed_and_quarantined_b
     assert quarantined_clients(pipeline) == ["2001:db8::7"]
     outside = {"X-Forwarded-For": "[2001:db9::7]:4711"}
     assert await post(client, sample("test_event"), outside) == 403
+
+
+@requires_loopback6
+async def test_guesses_from_many_addresses_of_one_ipv6_64_are_rate_limited(serve6: Serve) -> None:
+    client, _ = await serve6(
+        auth={"header": "X-Canary-Token", "secret": SECRET}, trusted_proxies=["::1/128"]
+    )
+    statuses = [
+        await post(
+            client,
+            b"{}",
+            {"X-Forwarded-For": f"2001:db8:0:1::{n + 1:x}", "X-Canary-Token": "guess"},
+        )
+        for n in range(15)
+    ]
+    assert statuses[:10] == [401] * 10
+    assert set(statuses[10:]) == {429}
+    elsewhere = {"X-Forwarded-For": "2001:db8:0:2::1", "X-Canary-Token": SECRET}
+    assert await post(client, sample("test_event"), elsewhere) == 200
