@@ -126,6 +126,8 @@ class ListenConfig(BaseModel):
     model_config = _STRICT
 
     host: str = "127.0.0.1"
+    """An address or a name: listens on each address it resolves to. `::` is every IPv6
+    address only; an empty string is every IPv4 and every IPv6 address."""
     port: int = Field(default=8080, ge=0, le=65535)
     path: str = Field(default="/canary", pattern=r"^/[A-Za-z0-9/_.-]*$")
     auth: AuthConfig | Literal["none"] | None = None
@@ -141,6 +143,31 @@ class ListenConfig(BaseModel):
     webhook listener may face the Internet, and those name outputs, hosts and errors."""
     tls: TlsServerConfig | None = None
 
+    @field_validator("host")
+    @classmethod
+    def _bindable(cls, value: str) -> str:
+        # Each of these passed validation and then failed the start with a resolver or socket
+        # error ("Name or service not known", "invalid argument") that did not say what to write.
+        if "[" in value or "]" in value or value.count(":") == 1:
+            raise ValueError(
+                f"{value!r}: write an address without brackets (::1, not [::1]) and the port "
+                "in listen.port"
+            )
+        if ":" not in value:
+            return value
+        try:
+            ip = ipaddress.IPv6Address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv6 address") from None
+        if ip.ipv4_mapped is not None:
+            # IPv6 sockets here take IPv6 only (IPV6_V6ONLY), so the kernel refuses this one.
+            raise ValueError(f"{value!r} is an IPv4-mapped address; write {ip.ipv4_mapped}")
+        if ip.is_link_local and not ip.scope_id:
+            raise ValueError(
+                f"{value!r} is a link-local address, which needs its interface: {value}%eth0"
+            )
+        return value
+
     @field_validator("allow", "trusted_proxies", "status_allow")
     @classmethod
     def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -155,7 +182,7 @@ class ListenConfig(BaseModel):
     def _auth_off_loopback(self) -> Self:
         if self.auth is None and not _is_loopback(self.host):
             raise ValueError(
-                f"refusing to listen on {self.host} without authentication; "
+                f"refusing to listen on {self.host or 'every address'} without authentication; "
                 "configure listen.auth or say `auth: none` explicitly"
             )
         return self
