@@ -141,7 +141,8 @@ def json_response(status: int, data: Any, headers: Mapping[str, str] | None = No
 
 
 class FakePeer:
-    """An aiohttp server on 127.0.0.1 with a fault script and a record of what it received."""
+    """An aiohttp server on loopback (127.0.0.1 unless told) with a fault script and a record
+    of what it received."""
 
     def __init__(self) -> None:
         self.faults = FaultScript()
@@ -157,20 +158,26 @@ class FakePeer:
         self._stopping = asyncio.Event()
         self._changed: asyncio.Condition | None = None
         self.port = 0
+        self.host = HOST
         self._tls = False
 
     # Life cycle
 
     @property
     def url(self) -> str:
-        return f"{'https' if self._tls else 'http'}://{HOST}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self._tls else 'http'}://{host}:{self.port}"
 
-    async def start(self, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> Self:
-        """Listen on 127.0.0.1 (`port` 0: a free one), over TLS with `ssl_context`."""
+    async def start(
+        self, port: int = 0, ssl_context: ssl.SSLContext | None = None, *, host: str = HOST
+    ) -> Self:
+        """Listen on `host` (127.0.0.1; "::1" for IPv6) and `port` (0: a free one), over TLS
+        with `ssl_context`."""
         self._tls = ssl_context is not None
+        self.host = host
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, HOST, port, ssl_context=ssl_context)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         server = site._server  # aiohttp exposes the bound port nowhere else
         assert isinstance(server, asyncio.base_events.Server)

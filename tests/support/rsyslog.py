@@ -2,10 +2,10 @@
 
 Each instance runs in the foreground (-n) with its own configuration, pid file, work directory
 and output files, so nothing of the machine's own syslog set-up is read or touched. It listens
-on 127.0.0.1 on one transport (UDP, TCP with octet-counted and LF framing on the same port, or
-TLS through the gtls driver with a CA made for the test) and writes every message it parsed as
-one JSON object per line, with the RFC 5424 structured data parsed by mmpstrucdata. Its own
-messages (start, errors such as TLS failures) go to a second file, so a test can assert on them.
+on 127.0.0.1 (or ::1) on one transport (UDP, TCP with octet-counted and LF framing on the same
+port, or TLS through the gtls driver with a CA made for the test) and writes every message it
+parsed as one JSON object per line, with the RFC 5424 structured data parsed by mmpstrucdata. Its
+own messages (start, errors such as TLS failures) go to a second file, so a test can assert on them.
 
 Use the `rsyslog_factory` fixture, or `running_rsyslog` to share one instance across a module.
 """
@@ -105,7 +105,7 @@ def make_tls_files(directory: Path) -> TlsFiles:
 
     directory.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost", "syslog.test")
+    server = ca.issue_cert("127.0.0.1", "::1", "localhost", "syslog.test")
     client = ca.issue_cert("canary-forwarder.test")
     files = TlsFiles(
         ca_file=directory / "ca.pem",
@@ -124,12 +124,13 @@ def make_tls_files(directory: Path) -> TlsFiles:
     return files
 
 
-def _free_udp_port() -> int:
+def _free_udp_port(host: str) -> int:
     # imudp cannot bind port 0 and report it (imtcp can, see listenPortFileName), so ask the
     # kernel for a free port and hand it over; the window in which another process could take it
     # is a few milliseconds.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
 
@@ -174,6 +175,7 @@ def _config(
     tls: TlsFiles | None,
     client_auth: bool,
     max_message_size: int,
+    host: str,
 ) -> str:
     global_options = [
         f"workDirectory={_quote(layout.work_dir)}",
@@ -195,7 +197,7 @@ def _config(
     if transport == "udp":
         lines += [
             'module(load="imudp")',
-            f'input(type="imudp" address="127.0.0.1" port={_quote(udp_port)} ruleset="in")',
+            f'input(type="imudp" address={_quote(host)} port={_quote(udp_port)} ruleset="in")',
         ]
     else:
         # One imtcp port takes octet-counted and LF-framed records alike: it looks at the first
@@ -208,7 +210,7 @@ def _config(
             )
         lines += [
             'module(load="imtcp")',
-            'input(type="imtcp" address="127.0.0.1" port="0"'
+            f'input(type="imtcp" address={_quote(host)} port="0"'
             f' listenPortFileName={_quote(layout.port_file)} ruleset="in"{stream}'
             # Log every session's end, so a test can wait for it and see how it ended.
             ' notifyOnConnectionClose="on")',
@@ -229,8 +231,6 @@ def _config(
 class Rsyslog:
     """One running rsyslogd. `records()` reads what it wrote so far; `stop()` ends it."""
 
-    host = "127.0.0.1"
-
     def __init__(
         self,
         directory: Path,
@@ -239,6 +239,7 @@ class Rsyslog:
         tls: TlsFiles | None = None,
         client_auth: bool = False,
         max_message_size: int = 64 * 1024,
+        host: str = "127.0.0.1",
     ) -> None:
         if RSYSLOGD is None:
             raise RsyslogError("rsyslogd is not installed")
@@ -246,14 +247,15 @@ class Rsyslog:
             tls = make_tls_files(directory / "tls")
         self.transport: Transport = transport
         self.tls = tls
+        self.host = host
         self._layout = _Layout(directory)
         self._read_offset = 0
         self._parsed: list[dict[str, Any]] = []
         directory.mkdir(parents=True, exist_ok=True)
         self._layout.work_dir.mkdir(exist_ok=True)
-        udp_port = _free_udp_port() if transport == "udp" else None
+        udp_port = _free_udp_port(host) if transport == "udp" else None
         self._layout.config.write_text(
-            _config(self._layout, transport, udp_port, tls, client_auth, max_message_size)
+            _config(self._layout, transport, udp_port, tls, client_auth, max_message_size, host)
         )
         self._stderr_path = directory / "stderr.txt"
         with self._stderr_path.open("wb") as stderr:
@@ -279,8 +281,9 @@ class Rsyslog:
 
     @property
     def address(self) -> str:
-        """`host:port`, as an output's `hosts` entry."""
-        return f"{self.host}:{self.port}"
+        """`host:port` (`[host]:port` for IPv6), as an output's `hosts` entry."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def _fail_if_late(self, deadline: float, waiting_for: str) -> None:
         """Raise if rsyslogd died or the deadline passed; say what was awaited and why."""
@@ -398,6 +401,7 @@ class RsyslogFactory(Protocol):
         *,
         client_auth: bool = False,
         max_message_size: int = 64 * 1024,
+        host: str = "127.0.0.1",
     ) -> Rsyslog: ...
 
 
@@ -408,10 +412,15 @@ def running_rsyslog(
     *,
     client_auth: bool = False,
     max_message_size: int = 64 * 1024,
+    host: str = "127.0.0.1",
 ) -> Iterator[Rsyslog]:
     """One rsyslogd for the `with` block, e.g. inside a module-scoped fixture."""
     server = Rsyslog(
-        directory, transport, client_auth=client_auth, max_message_size=max_message_size
+        directory,
+        transport,
+        client_auth=client_auth,
+        max_message_size=max_message_size,
+        host=host,
     )
     try:
         yield server
@@ -429,12 +438,14 @@ def rsyslog_factory(tmp_path: Path) -> Iterator[RsyslogFactory]:
         *,
         client_auth: bool = False,
         max_message_size: int = 64 * 1024,
+        host: str = "127.0.0.1",
     ) -> Rsyslog:
         server = Rsyslog(
             tmp_path / f"rsyslog-{len(started)}",
             transport,
             client_auth=client_auth,
             max_message_size=max_message_size,
+            host=host,
         )
         started.append(server)
         return server
