@@ -3,7 +3,6 @@ key, and what the log and the quarantine record. The daemon's app listens on ::1
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -18,26 +17,10 @@ from forwarder.pipeline import Pipeline
 from forwarder.settings import ListenConfig, Settings
 from forwarder.store.database import Database
 from tests.helpers import ClientFactory, sample
+from tests.support.loopback6 import requires_loopback6
 
 SECRET = "correct-horse-battery-staple"
 JSON = {"Content-Type": "application/json"}
-
-
-def _loopback6_problem() -> str | None:
-    """Why this machine cannot listen on ::1, or None when it can."""
-    if not socket.has_ipv6:
-        return "Python was built without IPv6"
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError as exc:
-        return f"::1 is not configured on the loopback interface: {exc}"
-    return None
-
-
-requires_loopback6 = pytest.mark.skipif(
-    _loopback6_problem() is not None, reason=str(_loopback6_problem())
-)
 
 
 def seen_from(peer: str, *forwarded: str, **listen: Any) -> str:
