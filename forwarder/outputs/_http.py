@@ -99,7 +99,14 @@ class HttpOutputConfig(OutputConfig):
     @field_validator("url")
     @classmethod
     def _valid_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(str(parse_base_url(url)) for url in value)
+        urls = tuple(str(parse_base_url(url)) for url in value)
+        # Compared once normalised ([0:0::1] is [::1], :443 is https's own port): failover tells
+        # nodes apart by URL, and a node listed twice was never benched with its twin, so
+        # while it was down it still got every other request.
+        twice = [url for index, url in enumerate(urls) if url in urls[:index]]
+        if twice:
+            raise ValueError(f"{twice[0]} is listed twice")
+        return urls
 
 
 def parse_base_url(text: str) -> URL:
@@ -514,4 +521,6 @@ def answer_error_text(answer: HttpAnswer) -> str:
 
 
 def endpoint_name(url: URL) -> str:
-    return f"{url.host}:{url.port}"
+    """`host:port`, an IPv6 address in brackets: `::1:8088` would itself read as an address."""
+    host = url.host or ""
+    return f"[{host}]:{url.port}" if ":" in host else f"{host}:{url.port}"
