@@ -103,11 +103,11 @@ def parse_endpoint(text: str) -> tuple[str, int | None]:
 
 
 def _ipv6(address: str, text: str) -> str:
+    """`address` in its one canonical spelling (`0:0::1` and `::1` are one receiver)."""
     try:
-        ipaddress.IPv6Address(address)
+        return str(ipaddress.IPv6Address(address))
     except ValueError:
         raise ValueError(f"{address!r} in {text!r} is not an IPv6 address") from None
-    return address
 
 
 class SyslogConfig(OutputConfig):
@@ -155,8 +155,6 @@ class SyslogConfig(OutputConfig):
     def _valid_hosts(cls, value: list[str]) -> list[str]:
         for host in value:
             parse_endpoint(host)
-        if len(set(value)) != len(value):
-            raise ValueError("a host is listed twice")
         return value
 
     @model_validator(mode="after")
@@ -167,6 +165,17 @@ class SyslogConfig(OutputConfig):
             raise ValueError("tls options need transport: tls")
         if self.transport == "udp" and (self.max_message_bytes or 0) > UDP_MAX_PAYLOAD:
             raise ValueError(f"max_message_bytes over UDP is at most {UDP_MAX_PAYLOAD}")
+        # Compared with the default port filled in and IPv6 in one spelling (`::1` and
+        # `[::1]:514`): failover tells receivers apart by host and port, and one listed twice
+        # was never benched with its twin, so while it was down it got every other batch.
+        seen: set[tuple[str, int]] = set()
+        for endpoint in self.endpoints():
+            # Names ignore case; an IPv6 zone (an interface name) does not.
+            host = endpoint.host if ":" in endpoint.host else endpoint.host.lower()
+            key = (host, endpoint.port)
+            if key in seen:
+                raise ValueError(f"hosts: {endpoint} is listed twice")
+            seen.add(key)
         return self
 
     def endpoints(self) -> list[Endpoint]:

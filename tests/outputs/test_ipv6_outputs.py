@@ -204,3 +204,28 @@ async def test_a_dead_ipv6_syslog_receiver_is_named_in_brackets() -> None:
     assert isinstance(result, Retry)
     assert f"[::1]:{port}: connection refused" in result.reason
     assert [line["endpoint"] for line in logs] == [f"[::1]:{port}"]
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ["::1", "[::1]:514"],
+        ["[::1]", "0:0::1"],
+        ["2001:db8::1", "[2001:DB8::1]"],
+        ["siem.example", "SIEM.example:514"],
+    ],
+)
+def test_one_syslog_receiver_listed_twice_in_other_spellings_is_refused(hosts: list[str]) -> None:
+    with pytest.raises(ValidationError, match="listed twice"):
+        SyslogConfig.model_validate({"name": "s", "type": "syslog", "hosts": hosts})
+
+
+def test_an_ipv6_receiver_on_two_ports_is_two_receivers() -> None:
+    config = SyslogConfig.model_validate(
+        {"name": "s", "type": "syslog", "hosts": ["[::1]:514", "[::1]:1514", "::2"]}
+    )
+    assert [str(endpoint) for endpoint in config.endpoints()] == [
+        "[::1]:514",
+        "[::1]:1514",
+        "[::2]:514",
+    ]
