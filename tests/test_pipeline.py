@@ -15,9 +15,11 @@ from forwarder.outputs.base import HealthcheckError
 from forwarder.outputs.memory import MemoryOutput
 from forwarder.pipeline import Pipeline, ReloadError
 from forwarder.settings import Settings
+from forwarder.store import outbox as outbox_module
 from forwarder.telemetry.metrics import REGISTRY
 from tests.daemon.harness import read_jsonl, wait_until
 from tests.helpers import memory_output, sample
+from tests.store.fake_time import FakeTime
 
 MEM = {"type": "memory", "batch": {"timeout_secs": 0}}
 
@@ -75,12 +77,17 @@ async def test_reload_that_cannot_start_keeps_the_old_outputs(
     await pipeline.stop(1)
 
 
-async def test_sweep_dead_letters_expired_events(make_settings: Callable[..., Settings]) -> None:
+async def test_sweep_dead_letters_expired_events(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeTime()
+    monkeypatch.setattr(outbox_module, "time", clock)
     settings = make_settings(store={"path": str(make_settings().store.path), "max_age_secs": 60})
     pipeline = await Pipeline.start(settings)
     await stall(pipeline)
-    old = parse_event(sample("incident_ftp_login"), received_at=datetime(2020, 1, 1, tzinfo=UTC))
+    old = parse_event(sample("incident_ftp_login"), received_at=clock.now())
     assert await pipeline.outbox.append(old)
+    clock.wait(61)
     await append(pipeline, 1)
     with structlog.testing.capture_logs() as logs:
         await pipeline.sweep()
@@ -96,13 +103,16 @@ async def test_the_running_pipeline_sweeps_expired_events_to_dead_letters(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipeline_module, "SWEEP_INTERVAL_SECS", 0.05)
+    clock = FakeTime()
+    monkeypatch.setattr(outbox_module, "time", clock)
     settings = make_settings(store={"path": str(make_settings().store.path), "max_age_secs": 60})
     pipeline = await Pipeline.start(settings)
     await stall(pipeline)
-    old = parse_event(sample("incident_ftp_login"), received_at=datetime(2020, 1, 1, tzinfo=UTC))
+    old = parse_event(sample("incident_ftp_login"), received_at=clock.now())
     # Queued while the pipeline runs: only its own sweeper can dead-letter it.
     with structlog.testing.capture_logs() as logs:
         assert await pipeline.outbox.append(old)
+        clock.wait(61)
         await wait_until(lambda: logs, timeout=10, what="the sweeper to log the expired event")
     [line] = logs
     assert {"output": "mem", "count": 1, "log_level": "error"}.items() <= line.items()
@@ -110,6 +120,25 @@ async def test_the_running_pipeline_sweeps_expired_events_to_dead_letters(
     assert letter.event_id == "bc84b27ca5327d9d7f915fadae7ef9a4"
     assert letter.reason == "expired: not delivered within 60 s"
     assert (await pipeline.outbox.stats()).queued == {}
+    await pipeline.stop(1)
+
+
+async def test_an_ntp_step_forward_sweeps_nothing_into_dead_letters(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeTime()
+    monkeypatch.setattr(outbox_module, "time", clock)
+    pipeline = await Pipeline.start(make_settings())  # store.max_age_secs: 7 days
+    await stall(pipeline)
+    for n in range(3):
+        assert await pipeline.outbox.append(parse_event(event(n), received_at=clock.now()))
+    clock.wait(3600)
+    clock.jump(365 * 86_400)  # booted with the RTC a year behind; NTP puts it right
+    with structlog.testing.capture_logs() as logs:
+        await pipeline.sweep()
+    assert logs == []
+    assert await pipeline.outbox.dead_letters() == []
+    assert (await pipeline.outbox.stats()).queued == {"mem": 3}
     await pipeline.stop(1)
 
 

@@ -22,9 +22,11 @@ from forwarder.outputs.base import HealthcheckError, Retry, SendResult
 from forwarder.outputs.memory import MemoryOutput
 from forwarder.pipeline import Pipeline, ReloadError
 from forwarder.settings import Settings
+from forwarder.store import outbox as outbox_module
 from forwarder.store.database import StoreStats
 from tests.daemon.harness import wait_until, wait_until_async
 from tests.helpers import memory_output
+from tests.store.fake_time import FakeTime
 
 MEM = {"type": "memory", "batch": {"timeout_secs": 0}}
 
@@ -275,14 +277,17 @@ async def test_posts_during_a_reload_go_to_the_old_set_or_the_new_one_whole(
 
 
 async def test_a_removed_output_keeps_its_queue_which_ages_or_waits_for_its_return(
-    make_settings: Callable[..., Settings],
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    clock = FakeTime()
+    monkeypatch.setattr(outbox_module, "time", clock)
     store = {"path": str(make_settings().store.path), "max_age_secs": 60}
     both = [{**MEM, "name": "mem"}, {**MEM, "name": "gone"}]
     pipeline = await Pipeline.start(make_settings(store=store, outputs=both))
     await pipeline.dispatchers[1].stop(1)  # "gone" delivers nothing from here on
-    old = parse_event(event(1), received_at=datetime(2020, 1, 1, tzinfo=UTC))
+    old = parse_event(event(1), received_at=clock.now())
     assert await pipeline.outbox.append(old)
+    clock.wait(61)
     await append(pipeline, 2)
     await asyncio.wait_for(memory_output(pipeline).wait_for(2), 10)
     with structlog.testing.capture_logs() as logs:

@@ -458,7 +458,10 @@ class Database:
                 if dedupe_window > 0:
                     # Also catches the same event twice in one group (two webhooks at once).
                     last = seen.get(event.fingerprint)
-                    if last is not None and last >= event.received_at - dedupe_window:
+                    # Both sides: a fingerprint seen "later" than this post was seen before the
+                    # wall clock went back, and would otherwise drop every identical post for as
+                    # long as the clock took to get back to it (a year, for a year's step).
+                    if last is not None and abs(event.received_at - last) <= dedupe_window:
                         results.append(None)
                         continue
                     seen[event.fingerprint] = event.received_at
@@ -523,10 +526,15 @@ class Database:
             if not raised:
                 db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (floor,))
 
-    def forget_before(self, cutoff: float) -> None:
-        """Drop dedupe memory older than `cutoff`."""
+    def forget_outside(self, now: float, dedupe_window: float) -> None:
+        """Drop dedupe memory that is not within `dedupe_window` of `now`, on either side."""
         with self._transaction() as db:
-            db.execute("DELETE FROM recent WHERE seen_at < ?", (cutoff,))
+            # Ahead of `now` means the wall clock was set back since: kept, such a fingerprint
+            # would match again when the clock reads its time once more, a jump's length later.
+            db.execute(
+                "DELETE FROM recent WHERE seen_at < ? OR seen_at > ?",
+                (now - dedupe_window, now + dedupe_window),
+            )
 
     # Delivery
 
@@ -604,16 +612,26 @@ class Database:
             db.execute("DELETE" + orphans, (listed,))
         return int(events), int(size)
 
-    def expired(self, cutoff: float) -> dict[str, list[int]]:
-        """Deliveries of events received before `cutoff`, by output."""
+    def expired(
+        self, cutoff: float, *, stamped_through: int | None = None, waited_through: int = 0
+    ) -> dict[str, list[int]]:
+        """Deliveries of old events, by output: those received before `cutoff` (of them, with
+        `stamped_through`, only those with a seq up to it) and those with a seq up to
+        `waited_through`."""
         found: dict[str, list[int]] = {}
         for output, seq in self._db.execute(
             "SELECT d.output, d.seq FROM deliveries d JOIN events e ON e.seq = d.seq"
-            " WHERE e.received_at < ? ORDER BY d.seq",
-            (cutoff,),
+            " WHERE e.seq <= ? OR (e.received_at < ? AND (? IS NULL OR e.seq <= ?))"
+            " ORDER BY d.seq",
+            (waited_through, cutoff, stamped_through, stamped_through),
         ):
             found.setdefault(output, []).append(seq)
         return found
+
+    def highest_seq(self) -> int:
+        """The highest seq handed out so far, by this connection or another."""
+        (high,) = self._db.execute(_HIGHEST_SEQ).fetchone()
+        return int(high)
 
     def outputs_with_deliveries(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT DISTINCT output FROM deliveries")]

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +56,10 @@ _PARSED_CACHE_SIZE = 2048
 _PARSED_CACHE_BYTES = 2 * 1024 * 1024
 # What `probe` writes to prove the store can take posts: a few typical events' worth.
 PROBE_BYTES = 16 * 1024
+# How finely `expired` tells commit times apart (see `_mark_seqs`): an event expires at most
+# 1/1024 of store.max_age_secs late, and however long that is, at most twice that many marks
+# are kept.
+_SEQ_MARKS_PER_MAX_AGE = 1024
 
 
 def _no_op() -> None:
@@ -113,6 +117,12 @@ class Outbox:
         self._displaced: StoreDisplaced | None = None
         # The highest seq this process has seen, which a salvaged store must not hand out again.
         self._highest_seq = 0
+        # How `expired` measures an event's wait (see there): the wall and monotonic clocks
+        # when this process first opened the store, the highest seq then, and marks of
+        # (monotonic time, highest seq by then) taken at open, at each commit and each sweep.
+        self._opened_at: tuple[float, float] | None = None
+        self._seq_at_open = 0
+        self._seq_marks: deque[tuple[float, int]] = deque()
 
     @classmethod
     async def open(cls, config: StoreConfig, outputs: Iterable[str] = ()) -> Outbox:
@@ -316,6 +326,7 @@ class Outbox:
             if not pending.done.done():
                 pending.done.set_result(seq)
         if stored:
+            self._mark_seqs(time.monotonic(), self._highest_seq, self.config.max_age_secs)
             for listener in list(self._listeners):
                 listener()
 
@@ -376,12 +387,12 @@ class Outbox:
     async def _open(self) -> None:
         floor = self._highest_seq
 
-        def connect() -> tuple[Database, tuple[int, int]]:
+        def connect() -> tuple[Database, tuple[int, int], int]:
             database = self._connect()
             try:
                 if floor:
                     database.keep_seqs_above(floor)
-                return database, database.totals()
+                return database, database.totals(), database.highest_seq()
             except BaseException:
                 database.close()
                 raise
@@ -390,7 +401,11 @@ class Outbox:
         # reads every row, for as long as the store is large. On the store thread that kept the
         # watchdog from its answer, and it killed the daemon halfway through. Meanwhile the
         # store thread refuses every call at once: there is no connection.
-        database, (self.events, self.bytes) = await asyncio.to_thread(connect)
+        database, (self.events, self.bytes), high = await asyncio.to_thread(connect)
+        if self._opened_at is None:  # a reopen (damage, deleted files) keeps seqs and clocks
+            self._opened_at = (time.time(), time.monotonic())
+            self._seq_at_open = high
+            self._seq_marks.append((self._opened_at[1], high))
         self._db = database
         # A new connection, checked as it opened: what was found on the old one is dealt with.
         self._damaged, self._displaced = False, None
@@ -547,8 +562,50 @@ class Outbox:
         self._release(await self._with_db_counted(lambda db: db.dead_letter(output, reasons, now)))
 
     async def expired(self, max_age: float) -> dict[str, list[int]]:
-        cutoff = time.time() - max_age
-        return await self._with_db(lambda db: db.expired(cutoff))
+        """Deliveries of events that have waited `max_age` undelivered, by output; the sweep's.
+
+        The wait is measured on the monotonic clock, by seq, for every event committed since
+        this process opened the store: a wall clock stepped forward (NTP after boot, a VM
+        restored from a snapshot, a wrong date put right) made a whole queue look older than
+        the max age at once, and one stepped back kept it a year too long for a year's step.
+        An event from before the start has only its wall-clock stamp: its age at the start is
+        read from that, against the wall clock at the start, and counted on monotonically.
+        """
+        if self._opened_at is None:
+            raise StoreUnavailable(self.last_error or "store is not open")
+        opened_wall, opened_steady = self._opened_at
+        now = time.monotonic()
+        cutoff = opened_wall + (now - opened_steady) - max_age
+        # Every seq up to a mark taken `max_age` ago or earlier was committed by then.
+        waited_through = max((seq for at, seq in self._seq_marks if at <= now - max_age), default=0)
+        stamped_through = self._seq_at_open
+
+        def find(db: Database) -> tuple[dict[str, list[int]], int]:
+            found = db.expired(
+                cutoff, stamped_through=stamped_through, waited_through=waited_through
+            )
+            # Also marks the seqs other processes added (a replay), which no commit here did.
+            return found, db.highest_seq()
+
+        found, high = await self._with_db(find)
+        self._mark_seqs(time.monotonic(), high, max_age)
+        return found
+
+    def _mark_seqs(self, now: float, high: int, max_age: float) -> None:
+        """Note that every seq up to `high` was committed by `now` (monotonic), for `expired`."""
+        marks = self._seq_marks
+        if marks and high <= marks[-1][1]:
+            pass
+        elif len(marks) > 1 and now - marks[-2][0] < max_age / _SEQ_MARKS_PER_MAX_AGE:
+            # Marks closer together than this are not worth their memory over a long max
+            # age: moving the newest on instead counts its events from a little later, so
+            # they expire that little late, never early.
+            marks[-1] = (now, high)
+        else:
+            marks.append((now, high))
+        # Of the marks `max_age` old, only the newest still matters.
+        while len(marks) > 1 and marks[1][0] <= now - max_age:
+            marks.popleft()
 
     def _release(self, removed: tuple[int, int]) -> None:
         self._count(-removed[0], -removed[1])
@@ -596,8 +653,8 @@ class Outbox:
     async def forget_old(self) -> None:
         """Drop dedupe memory past the window; also catches up on events another process added
         while this one neither committed nor acked (an idle daemon, an output down)."""
-        cutoff = time.time() - self.config.dedupe_window_secs
-        await self._with_db_counted(lambda db: db.forget_before(cutoff), look=True)
+        now, window = time.time(), self.config.dedupe_window_secs
+        await self._with_db_counted(lambda db: db.forget_outside(now, window), look=True)
 
     async def aclose(self) -> None:
         """Commit what is pending, then close the database.
