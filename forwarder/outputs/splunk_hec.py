@@ -301,7 +301,11 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         node it may go to, so one busy indexer does not hold back the others."""
         if not isinstance(result, Retry) or not result.retry_after:
             return result
-        soonest = self._client.hold(node, result.retry_after)
+        # Capped as the dispatcher caps its own wait: a Retry-After date is read against this
+        # host's wall clock, and one a year behind (booted before NTP stepped it) made the node
+        # sit out a year on the monotonic clock, long after the clock was put right.
+        hold = min(result.retry_after, self.config.retry.max_backoff_secs)
+        soonest = self._client.hold(node, hold)
         return replace(result, retry_after=soonest or None)
 
     def _envelope_line(self, record: Record) -> bytes:
