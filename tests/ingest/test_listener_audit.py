@@ -274,11 +274,12 @@ async def test_refused_posts_are_logged_within_a_budget(start: Started) -> None:
     assert budget.burst <= len(forbidden) < 30, len(forbidden)
     assert "suppressed" not in forbidden[0]
 
-    # Many addresses, one wrong guess each (behind a trusted proxy, to make them up).
+    # Many addresses, one wrong guess each (behind a trusted proxy, to make them up), each in
+    # a /64 of its own: the failure limiter counts one IPv6 /64 as one client.
     client, _ = await start(trusted_proxies=["127.0.0.1/32"])
     with structlog.testing.capture_logs() as logs:
         for n in range(100):
-            headers = {"X-Forwarded-For": f"2001:db8::{n:x}", "Content-Type": "application/json"}
+            headers = {"X-Forwarded-For": f"2001:db8:{n:x}::1", "Content-Type": "application/json"}
             assert (await client.post("/canary", data=b"{}", headers=headers)).status == 401
     unauthorized = [line for line in logs if line["event"].startswith("Post with missing")]
     assert budget.burst <= len(unauthorized) < 30, len(unauthorized)
