@@ -204,7 +204,8 @@ class StoreConfig(BaseModel):
     max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
     """Payload bytes queued before new posts get 503 with Retry-After."""
     max_age_secs: float = Field(default=7 * 86_400, gt=0)
-    """An event not delivered by then goes to dead letters, logged at ERROR."""
+    """An event not delivered by then goes to dead letters, logged at ERROR. Measured on the
+    monotonic clock while the daemon runs, so a stepped wall clock does not age the queue."""
     dedupe_window_secs: float = Field(default=600, ge=0)
     """Identical posts within this window are stored once (global and flock webhooks)."""
     sync: Literal["full", "normal"] = "full"
