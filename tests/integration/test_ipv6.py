@@ -18,7 +18,7 @@ from tests.cli.test_commands import run_cli
 from tests.daemon.harness import Daemon, daemon_factory, file_output, incident, wait_until
 from tests.support.loopback6 import requires_loopback6
 
-pytestmark = [pytest.mark.integration, requires_loopback6]
+pytestmark = requires_loopback6
 
 SECRET = "correct-horse-battery-staple"
 AUTH = {"header": "X-Canary-Token", "secret": SECRET}
@@ -83,6 +83,7 @@ def refused(host: str, port: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 async def test_listening_on_ipv6_loopback_takes_ipv6_only_and_needs_no_auth(daemon6: Any) -> None:
     daemon = await daemon6("::1")
     assert await post(daemon.base_url) == 200
@@ -94,6 +95,7 @@ async def test_listening_on_ipv6_loopback_takes_ipv6_only_and_needs_no_auth(daem
     assert await daemon.stop() == 0
 
 
+@pytest.mark.slow
 async def test_the_ipv6_unspecified_address_takes_ipv6_only(daemon6: Any) -> None:
     # asyncio's and this daemon's IPv6 sockets are IPV6_V6ONLY, whatever the system default:
     # `::` is every IPv6 address and no IPv4 one.
@@ -103,6 +105,7 @@ async def test_the_ipv6_unspecified_address_takes_ipv6_only(daemon6: Any) -> Non
     assert await daemon.stop() == 0
 
 
+@pytest.mark.slow
 async def test_an_empty_host_takes_both_families(daemon6: Any) -> None:
     daemon = await daemon6("", auth=AUTH)
     assert await post(daemon.base_url) == 200
@@ -139,6 +142,7 @@ async def test_a_name_with_addresses_of_both_families_listens_on_each(
         assert six.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
 
 
+@pytest.mark.slow
 async def test_send_test_reaches_a_daemon_on_ipv6_loopback(
     daemon6: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
