@@ -265,7 +265,12 @@ async def _serve(
                 notifier.ready(status=_status_line(pipeline))
             settle_collector()
 
-    addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses if isinstance(a, tuple)]
+    # IPv6 in brackets: "::1:8080" reads as another address.
+    addresses = [
+        f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+        for a in runner.addresses
+        if isinstance(a, tuple)
+    ]
     log.info(
         "Listening.",
         version=__version__,

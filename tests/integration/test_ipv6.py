@@ -91,6 +91,8 @@ async def test_listening_on_ipv6_loopback_takes_ipv6_only_and_needs_no_auth(daem
         lambda: daemon.find_logs("Event accepted.") or None, timeout=10, what="the accept log"
     )
     assert accepted["client"] == "::1"
+    [listening] = daemon.find_logs("Listening.")
+    assert listening["addresses"] == [f"[::1]:{daemon.port}"]
     assert refused("127.0.0.1", daemon.port)
     assert await daemon.stop() == 0
 
