@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import gc
+import ipaddress
 import os
 import resource
 import signal
@@ -39,7 +40,7 @@ from forwarder.cli._common import add_config_argument, settings_from_args
 from forwarder.ingest.listener import HTTP_LOGGER, ListenSite, ListenSocket
 from forwarder.ingest.tls import reload_certificates, server_context
 from forwarder.pipeline import Pipeline, ReloadAbandoned, ReloadError, unless_set
-from forwarder.settings import ConfigError, Settings, default_settings, load_settings
+from forwarder.settings import EX_CONFIG, ConfigError, Settings, default_settings, load_settings
 from forwarder.telemetry.logging import configure_logging
 
 __all__ = ["configure", "main", "serve"]
@@ -170,7 +171,10 @@ async def serve(settings: Settings, config_path: Path | None, graceful_secs: flo
     # listening: connections are refused, not left waiting, until the daemon is ready.
     try:
         server_tls = server_context(listen)
-        sockets = await _bind(listen.host, listen.port)
+        sockets = await _bind(listen.host, listen.port, loopback_only=listen.auth is None)
+    except NotLoopback as exc:
+        log.error("Cannot listen.", host=listen.host, port=listen.port, error=str(exc))
+        return EX_CONFIG  # restarting cannot fix it
     except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a NUL in a path
         log.error("Cannot listen.", host=listen.host, port=listen.port, error=str(exc))
         return 1
@@ -329,10 +333,18 @@ async def _extend_start(notifier: systemd.Notifier) -> None:
         await asyncio.sleep(START_EXTEND_EVERY_SECS)
 
 
-async def _bind(host: str, port: int) -> list[socket.socket]:
+class NotLoopback(ValueError):
+    """A host that may take posts without authentication resolves to an address off the host."""
+
+
+async def _bind(host: str, port: int, *, loopback_only: bool = False) -> list[socket.socket]:
     """A bound socket, not yet listening, for each address `host` resolves to, made as asyncio's
     create_server makes them: SO_REUSEADDR, IPv6 sockets for IPv6 only, and an address the host
-    cannot assign skipped if another one binds ("localhost" with IPv6 disabled)."""
+    cannot assign skipped if another one binds ("localhost" with IPv6 disabled).
+
+    With `loopback_only`, every address must be a loopback one: the configuration lets
+    `localhost` listen without authentication, and /etc/hosts decides what it is.
+    """
     loop = asyncio.get_running_loop()
     infos = list(
         dict.fromkeys(
@@ -341,6 +353,14 @@ async def _bind(host: str, port: int) -> list[socket.socket]:
             )
         )
     )
+    if loopback_only:
+        addresses = [str(info[4][0]) for info in infos]
+        exposed = [a for a in addresses if not ipaddress.ip_address(a).is_loopback]
+        if exposed:
+            raise NotLoopback(
+                f"{host} resolves to {', '.join(exposed)}, which is not loopback; configure "
+                "listen.auth or say `auth: none` explicitly"
+            )
     sockets: list[socket.socket] = []
     unassignable: OSError | None = None
     try:

@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from forwarder.cli.run import _bind
+from forwarder.cli.run import NotLoopback, _bind, serve
+from forwarder.settings import EX_CONFIG, parse_settings
 from tests.cli.test_commands import run_cli
 from tests.daemon.harness import Daemon, daemon_factory, file_output, incident, wait_until
 from tests.support.loopback6 import requires_loopback6
@@ -158,3 +159,40 @@ async def test_send_test_reaches_a_daemon_on_ipv6_loopback(
     code, out, err = await asyncio.to_thread(run_cli, capsys, "send-test", "--url", closed)
     assert code == 1
     assert err.startswith(f"cannot reach {closed.removesuffix('/canary')}: ")
+
+
+async def test_a_name_that_resolves_off_loopback_is_refused_without_auth(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `localhost` needs no auth by the configuration's rules; an /etc/hosts that maps it to an
+    # interface address must not open the webhook to the network.
+    answers = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.10", 8080))]
+    loop = asyncio.get_running_loop()
+
+    async def resolve(host: str | None, *args: Any, **kwargs: Any) -> list[Any]:
+        return answers
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    with pytest.raises(NotLoopback, match=r"localhost resolves to 192\.0\.2\.10"):
+        await _bind("localhost", 8080, loopback_only=True)
+
+
+async def test_the_daemon_refuses_such_a_name_with_exit_status_78(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def resolve(host: str | None, *args: Any, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.10", 8080))]
+
+    monkeypatch.setattr(loop, "getaddrinfo", resolve)
+    settings = parse_settings(
+        {
+            "listen": {"host": "localhost"},
+            "store": {"path": str(tmp_path / "state")},
+            "outputs": [{"name": "mem", "type": "memory"}],
+        },
+        environ={},
+    )
+    assert await serve(settings, None, 1.0) == EX_CONFIG
+    assert not (tmp_path / "state").exists()  # refused before anything started
