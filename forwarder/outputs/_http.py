@@ -340,6 +340,7 @@ class HttpClient:
         self._base_urls = tuple(base_urls)
         self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     @property
     def base_urls(self) -> tuple[URL, ...]:
@@ -379,6 +380,10 @@ class HttpClient:
     def _session_or_retry(self) -> aiohttp.ClientSession | Retry:
         """The session, opened on first use; a Retry for an operator while the TLS files cannot
         be loaded (they are tried again on every request, so a fixed file is picked up)."""
+        if self._closed:
+            # A healthcheck still running when a reload closed this output: a session opened
+            # for it now would be closed by nobody.
+            return Retry("the output is closed")
         if self._session is None:
             try:
                 self._session = self._new_session()
@@ -415,6 +420,7 @@ class HttpClient:
             await old.close()
 
     async def aclose(self) -> None:
+        self._closed = True
         session, self._session = self._session, None
         if session is not None:
             await session.close()
