@@ -7,17 +7,28 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+from forwarder.events import parse_event
+from forwarder.mappers.base import Record
+from forwarder.outputs.base import Retry
+from forwarder.outputs.splunk_hec import SplunkHecConfig, SplunkHecOutput
 from forwarder.pipeline import Pipeline
 from forwarder.settings import Settings
 from tests.daemon.harness import wait_until
+from tests.helpers import closed_port_url, sample
 from tests.peers._server import Delay
 from tests.peers.fake_hec import DEFAULT_TOKEN, FakeHec
 
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def record() -> Record:
+    event = parse_event(sample("incident_ftp_login"), received_at=datetime.now(UTC))
+    return Record(event, {"id": event.id})
 
 
 def hec(*urls: str, **options: Any) -> dict[str, Any]:
@@ -64,3 +75,21 @@ async def test_a_healthcheck_that_a_reload_cuts_short_opens_no_session(
             )
         finally:
             await pipeline.stop(5)
+
+
+async def test_a_node_that_has_failed_for_days_still_fails_over() -> None:
+    """A node's count of failures in a row grows for as long as it is down: each send and each
+    healthcheck adds one. Its cooldown, doubled at each, overflowed a float at the 1,025th, so
+    every send raised (an ERROR with a traceback) instead of being retried, once a node had been
+    down for a few hours."""
+    output = SplunkHecOutput(
+        SplunkHecConfig.model_validate(
+            {"name": "hec", "type": "splunk_hec", "url": closed_port_url(), "token": DEFAULT_TOKEN}
+        )
+    )
+    await output.start()
+    try:
+        results = [await output.send([record()]) for _ in range(1100)]
+    finally:
+        await output.aclose()
+    assert {type(result) for result in results} == {Retry}

@@ -80,5 +80,7 @@ class Endpoints(Generic[T]):
     def failed(self, endpoint: T) -> None:
         health = self._health[self._endpoints.index(endpoint)]
         health.failures += 1
-        cooldown = min(self._max, self._base * 2 ** (health.failures - 1))
+        # The exponent capped: the count grows for as long as the node is down, and past 1024
+        # the cooldown overflowed a float, so every send to a node down for hours raised.
+        cooldown = min(self._max, self._base * 2 ** min(health.failures - 1, 64))
         health.benched_until = self._clock() + cooldown
