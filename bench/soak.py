@@ -14,9 +14,12 @@ a reload does), and how many aiohttp sessions and connectors, SSL contexts, thre
 dispatchers and outputs are alive. The wrapper also shortens a few periods (the healthcheck
 interval, /readyz's failing threshold), so minutes go through as many cycles as days would.
 
-    .venv/bin/python bench/soak.py                       # every scenario, long sizes (~15 min)
+    .venv/bin/python bench/soak.py                       # every scenario, long sizes (~12 min)
     .venv/bin/python bench/soak.py --only reload,outage
     .venv/bin/python bench/soak.py --quick               # every scenario, short sizes (~2 min)
+
+Besides the figures, it counts the ERROR lines each daemon logged: found so, a node's failure
+count overflowing its cooldown after 1,024 failures in a row made every send raise.
 
 Scenarios:
 - reload: 200 SIGHUPs with every output type (file, syslog TCP and TLS to rsyslogd, HEC, ES)
