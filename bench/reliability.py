@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from bench._scenarios import chosen_scenarios, print_table  # noqa: E402 - after the path set-up
 from tests.daemon.harness import PostResults  # noqa: E402
 from tests.peers.fake_hec import FakeHec  # noqa: E402
 from tests.reliability._peers import StalledPeer  # noqa: E402
@@ -852,25 +853,9 @@ SCENARIOS: dict[str, Callable[[Path, argparse.Namespace], Awaitable[Rows]]] = {
 }
 
 
-def print_table(rows: Rows) -> None:
-    widths = [max(len(row[column]) for row in rows) for column in range(3)]
-    print(
-        f"| {'scenario'.ljust(widths[0])} | {'measure'.ljust(widths[1])}"
-        f" | {'value'.ljust(widths[2])} |"
-    )
-    print(f"|{'-' * (widths[0] + 2)}|{'-' * (widths[1] + 2)}|{'-' * (widths[2] + 2)}|")
-    for scenario, measure, value in rows:
-        print(
-            f"| {scenario.ljust(widths[0])} | {measure.ljust(widths[1])}"
-            f" | {value.ljust(widths[2])} |"
-        )
-
-
 async def main(args: argparse.Namespace) -> int:
-    chosen = args.only.split(",") if args.only else list(SCENARIOS)
-    unknown = [name for name in chosen if name not in SCENARIOS]
-    if unknown:
-        print(f"unknown scenarios: {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    chosen = chosen_scenarios(args.only, SCENARIOS)
+    if chosen is None:
         return 2
     rows: Rows = []
     failed = 0
@@ -891,7 +876,7 @@ async def main(args: argparse.Namespace) -> int:
         f"\ncanary-forwarder reliability figures ({os.cpu_count()} CPUs,"
         f" Python {sys.version.split()[0]})\n"
     )
-    print_table(rows)
+    print_table(("scenario", "measure", "value"), rows)
     return 1 if failed else 0
 
 

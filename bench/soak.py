@@ -63,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from bench._scenarios import chosen_scenarios, print_table  # noqa: E402 - after the path set-up
 from tests.daemon.harness import Daemon, free_port, wait_until  # noqa: E402
 from tests.peers.fake_hec import DEFAULT_TOKEN  # noqa: E402
 
@@ -844,18 +845,9 @@ SCENARIOS: dict[str, Callable[[Path, bool], Awaitable[Rows]]] = {
 }
 
 
-def print_table(rows: Rows) -> None:
-    header = ("scenario", "figure", "warm", "middle", "end")
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(5)]
-    for row in [header, tuple("-" * width for width in widths), *rows]:
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
-
-
 async def main(args: argparse.Namespace) -> int:
-    chosen = args.only.split(",") if args.only else list(SCENARIOS)
-    unknown = [name for name in chosen if name not in SCENARIOS]
-    if unknown:
-        print(f"unknown scenarios: {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    chosen = chosen_scenarios(args.only, SCENARIOS)
+    if chosen is None:
         return 2
     rows: Rows = []
     with tempfile.TemporaryDirectory(prefix="canary-soak-") as scratch:
@@ -867,7 +859,7 @@ async def main(args: argparse.Namespace) -> int:
             rows += await SCENARIOS[name](work, args.quick)
             print(f"  {name}: {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
     print(f"\ncanary-forwarder soak ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})\n")
-    print_table(rows)
+    print_table(("scenario", "figure", "warm", "middle", "end"), rows)
     return 0
 
 
