@@ -6,7 +6,6 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,7 @@ from forwarder.store.database import StoreStats
 from tests.daemon.harness import wait_until, wait_until_async
 from tests.helpers import memory_output
 from tests.store.fake_time import FakeTime
-
-MEM = {"type": "memory", "batch": {"timeout_secs": 0}}
-
-
-def event(n: int) -> bytes:
-    return b'{"AlertType": "CanaryIncident", "N": %d}' % n
-
-
-async def append(pipeline: Pipeline, n: int) -> None:
-    stored = await pipeline.outbox.append(parse_event(event(n), received_at=datetime.now(UTC)))
-    assert stored
+from tests.test_pipeline import MEM, append, event
 
 
 def numbers(records: Sequence[Record]) -> list[int]:

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ __all__ = [
     "ids_in",
     "incident",
     "post_event",
+    "queued_deliveries",
     "read_jsonl",
     "wait_until",
     "wait_until_async",
@@ -396,6 +398,16 @@ class Daemon:
             if line.startswith(f"{name} "):
                 return float(line.split()[1])
         return None
+
+
+def queued_deliveries(store: Path) -> dict[str, int]:
+    """Deliveries waiting in a stopped daemon's store, by output (read-only)."""
+    database = sqlite3.connect(f"file:{store / 'outbox.sqlite3'}?mode=ro", uri=True)
+    try:
+        rows = database.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output")
+        return dict(rows.fetchall())
+    finally:
+        database.close()
 
 
 class NotifyListener:

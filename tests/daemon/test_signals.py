@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.daemon.harness import (
     NotifyListener,
     PostResults,
     file_output,
+    queued_deliveries,
     wait_until,
     wait_until_async,
 )
@@ -65,16 +65,6 @@ def deaf_output(peer: StalledPeer) -> dict[str, Any]:
         "write_timeout_secs": 600,
         "batch": {"timeout_secs": 0},
     }
-
-
-def _queued(store: Path) -> dict[str, int]:
-    """Deliveries waiting in a stopped daemon's store, by output (read-only)."""
-    database = sqlite3.connect(f"file:{store / 'outbox.sqlite3'}?mode=ro", uri=True)
-    try:
-        rows = database.execute("SELECT output, COUNT(*) FROM deliveries GROUP BY output")
-        return dict(rows.fetchall())
-    finally:
-        database.close()
 
 
 def _closed_cleanly(store: Path) -> bool:
@@ -133,7 +123,7 @@ async def test_a_stop_while_a_reload_reopens_outputs_keeps_to_one_graceful_timeo
     assert daemon.find_logs("Outputs not reopened; the daemon is stopping.")
     assert daemon.logs()[-1]["event"] == "Stopped."
     assert _closed_cleanly(state)
-    assert _queued(state) == {"deaf": 1}
+    assert queued_deliveries(state) == {"deaf": 1}
 
 
 async def test_a_stop_while_a_reload_drains_outputs_starts_none_and_keeps_to_one_timeout(
@@ -165,7 +155,7 @@ async def test_a_stop_while_a_reload_drains_outputs_starts_none_and_keeps_to_one
     assert daemon.find_logs("Configuration reloaded; the daemon is stopping.")
     assert not daemon.find_logs("Configuration reloaded.")
     assert _closed_cleanly(state)
-    assert _queued(state) == {"deaf": 1}
+    assert queued_deliveries(state) == {"deaf": 1}
 
 
 # A second stop signal
@@ -194,7 +184,7 @@ async def test_a_second_stop_signal_exits_at_once_and_still_closes_the_store(
     )
     _no_traceback(daemon)
     assert _closed_cleanly(state)
-    assert _queued(state) == {"deaf": 1}
+    assert queued_deliveries(state) == {"deaf": 1}
 
 
 # Signals during start-up
