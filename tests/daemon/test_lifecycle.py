@@ -66,6 +66,15 @@ async def _true_or_none(check: Awaitable[bool]) -> bool | None:
     return True if await check else None
 
 
+async def _wait_acked(daemon: Daemon, session: aiohttp.ClientSession) -> None:
+    """Wait until every output has acked what it wrote. Before a test renames an output file:
+    a rename between a write and the output's check after it counts as "rotated during the
+    write", and the batch is written into the new file too."""
+    await wait_until_async(
+        lambda: _true_or_none(drained(daemon, session)), timeout=15, what="every batch acked"
+    )
+
+
 # Start-up failures
 
 
@@ -389,11 +398,7 @@ async def test_reload_reopens_the_output_file(daemons: DaemonFactory, tmp_path: 
     async with _session() as session:
         old = await _post_stored(session, daemon, 3)
         await _wait_delivered(output, set(old))
-        # Acked, not only written: a rename between the write and the output's check after it
-        # counts as "rotated during the write", and the batch is written into the new file too.
-        await wait_until_async(
-            lambda: _true_or_none(drained(daemon, session)), timeout=15, what="the batch acked"
-        )
+        await _wait_acked(daemon, session)
         output.rename(rotated)  # what logrotate does before it sends SIGHUP
         await _reload(daemon, config)
         await daemon.wait_for_log("Configuration reloaded.")
@@ -418,6 +423,7 @@ async def test_sighup_reopens_the_output_file_when_the_reload_is_refused(
         async def deliver_then_rotate(rotated: Path) -> None:
             ids = await _post_stored(session, daemon, 2)
             await _wait_delivered(output, set(ids))
+            await _wait_acked(daemon, session)
             output.rename(rotated)  # what logrotate does before it sends SIGHUP
             delivered[rotated] = set(ids)
 
