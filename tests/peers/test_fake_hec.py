@@ -15,7 +15,7 @@ import pytest
 from forwarder.outputs.base import Delivered, Retry
 from forwarder.outputs.splunk_hec import SplunkHecConfig, SplunkHecOutput
 from tests.peers._server import Respond
-from tests.peers.fake_hec import DEFAULT_TOKEN, FakeHec
+from tests.peers.fake_hec import DEFAULT_TOKEN, FakeHec, HecEvent
 from tests.peers.process import peer_process
 from tests.peers.records import make_records
 
@@ -213,6 +213,26 @@ async def test_every_request_to_hec_is_seen_even_when_refused(
         ("GET", "/services/collector/health/1.0"),
     ]
     assert fake_hec.events == []
+
+
+def test_stats_count_duplicates_across_calls_and_after_a_reset() -> None:
+    hec = FakeHec()
+
+    def arrive(*fingerprints: str) -> None:
+        for value in fingerprints:
+            envelope = {"event": "x", "fields": {"canary_fingerprint": value}}
+            hec.events.append(HecEvent(envelope, 0.0, None))
+
+    arrive("a", "b")
+    assert (hec.stats()["unique"], hec.stats()["duplicates"]) == (2, 0)
+    arrive("a", "c")  # "a" again, counted on from the last call
+    assert (hec.stats()["events"], hec.stats()["unique"], hec.stats()["duplicates"]) == (4, 3, 1)
+    hec.reset()
+    arrive("a", "b", "c", "d", "e")  # more than before the reset: still counted afresh
+    assert (hec.stats()["unique"], hec.stats()["duplicates"]) == (5, 0)
+    hec.events.clear()
+    arrive("z")
+    assert (hec.stats()["events"], hec.stats()["unique"], hec.stats()["duplicates"]) == (1, 1, 0)
 
 
 def control(url: str, path: str, body: Any = None) -> Any:
