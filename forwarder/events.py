@@ -92,6 +92,9 @@ _INTEGER = re.compile(r"\s*-?[0-9]{1,18}\s*", re.ASCII)
 _INT64 = (-(2**63), 2**63 - 1)
 # A count is never negative, and CEF's `cnt` is an ArcSight Integer (signed 32-bit).
 _COUNT = (0, 2**31 - 1)
+# Every LogType the console or OpenCanary defines is positive; a negative one would become a
+# CEF signature id, a LEEF event id and an ECS event.code that no SIEM rule expects.
+_LOG_TYPE = (0, _INT64[1])
 # -1 is the console's "no port" (tampering, scans); it is turned into None, not a quirk.
 _PORT = (-1, 65535)
 _EPOCH_SECONDS = re.compile(r"[0-9]{9,11}(\.[0-9]+)?")
@@ -397,7 +400,7 @@ def _parse_alert(
     quirks: list[str],
 ) -> CanaryEvent:
     log_type_raw = payload.get("LogType")
-    log_type = _integer(log_type_raw, "LogType", quirks)
+    log_type = _integer(log_type_raw, "LogType", quirks, bounds=_LOG_TYPE)
     description = _text(payload.get("Description")) or ""
     intro = _text(payload.get("Intro")) or ""
     alert_type = _text(payload.get("AlertType"))
