@@ -46,6 +46,10 @@ _ACK_FIRST_POLL_SECS = 0.0005
 _ACK_MAX_POLL_SECS = 0.05
 # SIOCOUTQ (Linux): bytes of a TCP socket's send queue the peer has not acknowledged yet.
 _SIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
+# Linux's struct tcp_info (since 4.1): tcpi_bytes_acked, RFC 4898's tcpEStatsAppHCThruOctetsAcked,
+# the bytes of the stream the peer has acknowledged so far; a u64 at this offset.
+_TCP_INFO_BYTES_ACKED = struct.Struct("=Q")
+_TCP_INFO_BYTES_ACKED_OFFSET = 120
 
 # TCP keepalive on syslog connections: the first probe after a minute of silence, well under
 # the idle timeouts of load balancers and firewalls; a peer gone for good is noticed after
@@ -187,6 +191,31 @@ def _kernel_unacknowledged(transport: asyncio.BaseTransport) -> int:
     return queued
 
 
+def _duplicate(transport: asyncio.BaseTransport) -> socket.socket | None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        duplicate: socket.socket = sock.dup()
+    except OSError:  # out of descriptors: without it, a close before the ack means a resend
+        return None
+    return duplicate
+
+
+def _bytes_acknowledged(sock: socket.socket) -> int | None:
+    """How many bytes of the stream the peer's TCP has acknowledged; None where the kernel does
+    not say (not Linux, or older than 4.1), or the socket cannot be asked."""
+    end = _TCP_INFO_BYTES_ACKED_OFFSET + _TCP_INFO_BYTES_ACKED.size
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_INFO", -1), 256)
+    except OSError:
+        return None
+    if len(info) < end:
+        return None
+    acknowledged: int = _TCP_INFO_BYTES_ACKED.unpack_from(info, _TCP_INFO_BYTES_ACKED_OFFSET)[0]
+    return acknowledged
+
+
 def _distinct_picks(endpoints: Endpoints[Endpoint]) -> Iterator[Endpoint]:
     """Endpoints in the order `Endpoints` offers them, each at most once."""
     seen: set[Endpoint] = set()
@@ -209,6 +238,19 @@ class _Stream:
     writer: asyncio.StreamWriter
     tcp: asyncio.WriteTransport
     """The TCP transport; under TLS the one below the TLS layer, which has a buffer of its own."""
+    probe: socket.socket | None = None
+    """A second descriptor of the TCP socket, to ask the kernel about it after the event loop
+    has closed its own: under TLS it does so as soon as the receiver's close_notify arrives,
+    which can be before this side has seen the acknowledgement of the batch the receiver read
+    just before closing. Closed by `release`; until then the kernel keeps the socket open."""
+    batch_end: int | None = None
+    """Where the batch being sent ends in the TCP stream (bytes acknowledged + bytes queued,
+    taken once this process buffers nothing of it), or None while not known."""
+
+    def release(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
+            self.probe = None
 
     def usable(self) -> bool:
         # A receiver that closed an idle connection shows up as EOF; writing into it would
@@ -224,12 +266,28 @@ class _Stream:
         exc = self.reader.exception()
         if exc is not None:
             raise exc if isinstance(exc, OSError) else ConnectionResetError(str(exc))
-        if self.tcp.is_closing():  # its socket is gone: what it had is no longer knowable
+        if self.tcp.is_closing():
+            # A close without a reset: the receiver may have read the whole batch, then closed.
+            if self._batch_acknowledged():
+                return 0
             raise ConnectionResetError("the connection closed before the receiver had the batch")
-        pending = self.tcp.get_write_buffer_size() + _kernel_unacknowledged(self.tcp)
+        buffered = self.tcp.get_write_buffer_size()
         if self.writer.transport is not self.tcp:
-            pending += self.writer.transport.get_write_buffer_size()
-        return pending
+            buffered += self.writer.transport.get_write_buffer_size()
+        queued = _kernel_unacknowledged(self.tcp)
+        if not buffered and self.batch_end is None and self.probe is not None:
+            # The queue first, then the acknowledged count: an acknowledgement between the two
+            # can only put the end later than it is, never earlier.
+            acknowledged = _bytes_acknowledged(self.probe)
+            if acknowledged is not None:
+                self.batch_end = acknowledged + queued
+        return buffered + queued
+
+    def _batch_acknowledged(self) -> bool:
+        if self.batch_end is None or self.probe is None:
+            return False
+        acknowledged = _bytes_acknowledged(self.probe)
+        return acknowledged is not None and acknowledged >= self.batch_end
 
 
 class StreamSender:
@@ -265,6 +323,7 @@ class StreamSender:
             if isinstance(opened, Retry):
                 return opened
             stream = self._stream = opened
+        stream.batch_end = None
         try:
             async with asyncio.timeout(self._write_timeout):
                 stream.writer.writelines(messages)
@@ -367,15 +426,16 @@ class StreamSender:
         except (OSError, ValueError) as exc:  # ValueError: a name IDNA cannot encode
             during = " during the TLS handshake" if handshaking else ""
             raise _Unreachable(f"{describe(exc)}{during}") from exc
-        stream = _Stream(endpoint, reader, writer, tcp)
+        stream = _Stream(endpoint, reader, writer, tcp, probe=_duplicate(tcp))
         # Keep what this process buffers small: the plain transport pauses above `high`, the
         # TLS one at `high` and more (with 0 it would pause while empty and never resume).
         writer.transport.set_write_buffer_limits(high=0 if context is None else 1, low=0)
         if context is not None:
             try:
                 await self._verdict(stream, loop.time() - started)
-            except asyncio.CancelledError:
+            except BaseException:
                 writer.transport.abort()
+                stream.release()
                 raise
         return stream
 
@@ -419,20 +479,23 @@ class StreamSender:
             await self._close_stream(stream, graceful=graceful)
 
     async def _close_stream(self, stream: _Stream, *, graceful: bool) -> None:
-        if not graceful:
-            stream.writer.transport.abort()
-            return
-        # For TLS, close() sends close_notify first (RFC 5425 §4.4); receivers log an error
-        # for a session that just stops.
-        stream.writer.close()
         try:
-            async with asyncio.timeout(self._connect_timeout):
-                await stream.writer.wait_closed()
-        except OSError:  # the peer may close TCP without answering close_notify
-            stream.writer.transport.abort()
-        except asyncio.CancelledError:  # a caller's own deadline (shutdown's graceful budget)
-            stream.writer.transport.abort()
-            raise
+            if not graceful:
+                stream.writer.transport.abort()
+                return
+            # For TLS, close() sends close_notify first (RFC 5425 §4.4); receivers log an error
+            # for a session that just stops.
+            stream.writer.close()
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    await stream.writer.wait_closed()
+            except OSError:  # the peer may close TCP without answering close_notify
+                stream.writer.transport.abort()
+            except asyncio.CancelledError:  # a caller's own deadline (shutdown's graceful budget)
+                stream.writer.transport.abort()
+                raise
+        finally:
+            stream.release()
 
     async def check(self) -> None:
         reasons: list[str] = []

@@ -409,9 +409,11 @@ class TestTls:
 
 @dataclass
 class Sink:
-    """A TCP or TLS server on loopback. `mode`: keep the bytes, reset on data, or never read."""
+    """A TCP or TLS server on loopback. `mode`: keep the bytes, reset on data, or never read;
+    with `close_after`, it closes each connection as soon as it has read those bytes."""
 
     mode: Literal["keep", "reset", "stall"] = "keep"
+    close_after: bytes | None = None
     connections: list[bytearray] = field(default_factory=list)
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     released: asyncio.Event = field(default_factory=asyncio.Event)
@@ -434,6 +436,8 @@ class Sink:
                 received += chunk
                 async with self.received:
                     self.received.notify_all()
+                if self.close_after is not None and self.close_after in received:
+                    break  # as a receiver that takes one batch per connection does
         writer.close()
 
     def data(self) -> bytes:

@@ -74,6 +74,12 @@ def stream_sender(output: SyslogOutput) -> StreamSender:
     return sender
 
 
+def usable(output: SyslogOutput) -> bool:
+    """Whether the output's connection is still usable, as its next send will see it."""
+    stream = stream_sender(output)._stream
+    return stream is not None and stream.usable()
+
+
 def client_socket(output: SyslogOutput) -> socket.socket:
     """The output's connected socket (the TCP one, under TLS too)."""
     stream = stream_sender(output)._stream
@@ -378,6 +384,37 @@ class TestAtLeastOnce:
                     lambda: len(sink.connections) == 2 and b"second batch" in sink.connections[1]
                 )
         assert b"second batch" not in sink.connections[0]
+
+    @pytest.mark.parametrize("transport", ["tcp", "tls"])
+    async def test_a_receiver_that_closes_after_each_batch_gets_each_batch_once(
+        self, make_output: OutputFactory, event: CanaryEvent, server_ca: trustme.CA, transport: str
+    ) -> None:
+        """The receiver's close (under TLS its close_notify, which ends the connection on this
+        side at once) can come before this side has seen the acknowledgement of the batch.
+        That batch was had, and must not be sent again, and again after that."""
+        sink = Sink(close_after=b"end of batch")
+        context = None
+        options: dict[str, Any] = {}
+        if transport == "tls":
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            server_ca.issue_cert("127.0.0.1").configure_cert(context)
+        with ca_file(server_ca) as trusted:
+            if transport == "tls":
+                options["tls"] = {"ca_file": trusted}
+            async with serving(sink, context) as where:
+                output = make_output(hosts=[where], transport=transport, **options)
+                for number in range(5):
+                    batch = [
+                        Record(event, f"batch {number} " + "x" * 2000),
+                        Record(event, f"batch {number} end of batch"),
+                    ]
+                    assert await output.send(batch) == Delivered(), number
+                    # The next batch comes once this side has seen the close, as it has when
+                    # batches are not back to back.
+                    await until(lambda: not usable(output))
+        assert len(sink.connections) == 5
+        for number in range(5):
+            assert sink.data().count(f"batch {number} end of batch".encode()) == 1
 
     async def test_reconnects_when_the_receiver_comes_back(
         self, make_output: OutputFactory, event: CanaryEvent
