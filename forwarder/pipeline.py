@@ -151,6 +151,10 @@ class Pipeline:
             old, self.dispatchers = self.dispatchers, fresh
             # A failing healthcheck speaks for the configuration it checked only.
             self._unhealthy = {n: v for n, v in self._unhealthy.items() if n in unchanged}
+            for dispatcher in fresh:
+                if dispatcher.name not in unchanged:  # unknown until its next check
+                    with contextlib.suppress(KeyError):
+                        metrics.output_healthy.remove(dispatcher.name)
             # Now, for /readyz while the old ones drain, and again once they have stopped,
             # with what their last sends left.
             _carry_on(old, fresh, unchanged)

@@ -204,6 +204,31 @@ async def test_stop_bounds_an_output_that_never_finishes_closing(
     ]
 
 
+async def test_a_reload_forgets_the_health_of_a_changed_output_only(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def healthy(name: str) -> float | None:
+        return REGISTRY.get_sample_value("canary_forwarder_output_healthy", {"output": name})
+
+    async def failing() -> None:
+        raise HealthcheckError("down")
+
+    outputs = [{**MEM, "name": "changed"}, {**MEM, "name": "kept"}]
+    pipeline = await Pipeline.start(make_settings(outputs=outputs))
+    for name in ("changed", "kept"):
+        monkeypatch.setattr(memory_output(pipeline, name), "healthcheck", failing)
+    await pipeline.check_outputs()
+    assert (healthy("changed"), healthy("kept")) == (0, 0)
+    changed = {**MEM, "name": "changed", "batch": {"timeout_secs": 0, "max_events": 7}}
+    await pipeline.reload(make_settings(outputs=[changed, {**MEM, "name": "kept"}]), 1)
+    assert (healthy("changed"), healthy("kept")) == (None, 0)
+    # Each output is a new instance after a reload; "kept" still cannot reach its SIEM.
+    monkeypatch.setattr(memory_output(pipeline, "kept"), "healthcheck", failing)
+    await pipeline.check_outputs()
+    assert (healthy("changed"), healthy("kept")) == (1, 0)
+    await pipeline.stop(1)
+
+
 async def test_a_failing_healthcheck_is_logged_once_and_counts_as_failing(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
