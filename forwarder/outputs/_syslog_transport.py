@@ -21,9 +21,9 @@ import socket
 import ssl
 import struct
 import termios
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -34,6 +34,8 @@ from forwarder.outputs.base import HealthcheckError, Retry
 __all__ = ["DatagramSender", "Endpoint", "Sender", "StreamSender"]
 
 log = structlog.get_logger("forwarder.outputs.syslog")
+
+_Opened = TypeVar("_Opened")
 
 # After a TLS 1.3 handshake the server judges our certificate (or its absence) one round trip
 # later. Wait that long, a few handshake durations but at least this, before trusting the link.
@@ -122,7 +124,8 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, ConnectionResetError):
-        return "connection reset by the peer"
+        # Without an errno it is this module's own finding, which says more.
+        return "connection reset by the peer" if exc.errno else str(exc) or "connection lost"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
@@ -214,6 +217,38 @@ def _bytes_acknowledged(sock: socket.socket) -> int | None:
         return None
     acknowledged: int = _TCP_INFO_BYTES_ACKED.unpack_from(info, _TCP_INFO_BYTES_ACKED_OFFSET)[0]
     return acknowledged
+
+
+async def _check_any(
+    endpoints: Sequence[Endpoint],
+    open_one: Callable[[Endpoint], Awaitable[_Opened]],
+    close: Callable[[_Opened], Awaitable[None]],
+    failure: str,
+) -> None:
+    """Return once any endpoint opens; else raise HealthcheckError with each one's reason.
+
+    The endpoints are tried side by side, not in turn: the whole check has 10 s, and a host
+    that drops packets takes `connect_timeout_secs` (10 s by default) to give up on, which
+    would fail the check however well the next host answers. Whatever opened is closed.
+    """
+    attempts = [asyncio.ensure_future(open_one(endpoint)) for endpoint in endpoints]
+    try:
+        for attempt in asyncio.as_completed(attempts):
+            with contextlib.suppress(_Unreachable):
+                await attempt
+                return
+    finally:
+        for attempt in attempts:
+            attempt.cancel()
+        finished = await asyncio.gather(*attempts, return_exceptions=True)
+        await asyncio.gather(
+            *(close(opened) for opened in finished if not isinstance(opened, BaseException))
+        )
+    reasons = (
+        f"{endpoint}: {attempt.exception()}"
+        for endpoint, attempt in zip(endpoints, attempts, strict=True)
+    )
+    raise HealthcheckError(f"{failure}: {'; '.join(reasons)}")
 
 
 def _distinct_picks(endpoints: Endpoints[Endpoint]) -> Iterator[Endpoint]:
@@ -498,18 +533,13 @@ class StreamSender:
             stream.release()
 
     async def check(self) -> None:
-        reasons: list[str] = []
-        for endpoint in self._all:
-            try:
-                stream = await self._open(endpoint)
-            except TlsFilesUnusable as exc:
-                raise HealthcheckError(f"{self._label}: {exc}") from exc
-            except _Unreachable as exc:
-                reasons.append(f"{endpoint}: {exc}")
-                continue
+        async def close(stream: _Stream) -> None:
             await self._close_stream(stream, graceful=True)
-            return
-        raise HealthcheckError(f"{self._label}: no endpoint reachable: {'; '.join(reasons)}")
+
+        try:
+            await _check_any(self._all, self._open, close, f"{self._label}: no endpoint reachable")
+        except TlsFilesUnusable as exc:
+            raise HealthcheckError(f"{self._label}: {exc}") from exc
 
     async def reset(self) -> None:
         await self._drop(graceful=True)
@@ -635,16 +665,10 @@ class DatagramSender:
     async def check(self) -> None:
         # Without an acknowledgement, all a check can prove is that an address resolves and a
         # socket opens; a receiver that does not listen is only noticed after a send.
-        reasons: list[str] = []
-        for endpoint in self._all:
-            try:
-                datagrams = await self._open(endpoint)
-            except _Unreachable as exc:
-                reasons.append(f"{endpoint}: {exc}")
-                continue
+        async def close(datagrams: _Datagrams) -> None:
             datagrams.transport.close()
-            return
-        raise HealthcheckError(f"{self._label}: no endpoint usable: {'; '.join(reasons)}")
+
+        await _check_any(self._all, self._open, close, f"{self._label}: no endpoint usable")
 
     async def reset(self) -> None:
         await self.close()  # addresses are resolved again on the next send

@@ -637,6 +637,35 @@ class TestFailures:
         with pytest.raises(HealthcheckError, match=f"{dead}: connection refused"):
             await make_output(hosts=[dead]).healthcheck()
 
+    async def test_healthcheck_is_not_held_up_by_a_silent_host(
+        self, make_output: OutputFactory, server_ca: trustme.CA
+    ) -> None:
+        """A host that never answers takes `connect_timeout_secs` to give up on; the check
+        (10 s in all) must not spend it before trying the next host."""
+        silent = Sink("stall")  # takes the connection, never says a word: no TLS handshake
+        async with serving(silent) as quiet, serving(Sink(), server_context(server_ca)) as live:
+            with ca_file(server_ca) as trusted:
+                output = make_output(
+                    hosts=[quiet, live],
+                    transport="tls",
+                    tls={"ca_file": trusted},
+                    connect_timeout_secs=60,
+                )
+                await asyncio.wait_for(output.healthcheck(), 10)
+                await output.aclose()
+            with ca_file(server_ca) as trusted:
+                dead = f"127.0.0.1:{closed_port()}"
+                both_fail = make_output(
+                    hosts=[quiet, dead],
+                    transport="tls",
+                    tls={"ca_file": trusted},
+                    connect_timeout_secs=0.5,
+                )
+                with pytest.raises(HealthcheckError) as failed:
+                    await both_fail.healthcheck()
+        assert f"{quiet}: connected, but the TLS handshake did not finish" in str(failed.value)
+        assert f"{dead}: connection refused" in str(failed.value)
+
     async def test_refused_record_and_failed_transport_give_a_partial(
         self, make_output: OutputFactory, event: CanaryEvent
     ) -> None:

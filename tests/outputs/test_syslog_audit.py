@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
 import fcntl
 import re
 import select
@@ -29,7 +30,7 @@ import trustme
 from forwarder.events import CanaryEvent
 from forwarder.mappers.base import Record
 from forwarder.outputs._syslog_message import escape_frame_delimiters
-from forwarder.outputs._syslog_transport import StreamSender
+from forwarder.outputs._syslog_transport import StreamSender, describe
 from forwarder.outputs.base import Delivered, Partial, Reject, Retry
 from forwarder.outputs.syslog import SyslogOutput
 from tests.outputs.test_syslog import OutputFactory, Sink, ca_file, closed_port, serving
@@ -42,6 +43,15 @@ WAIT_SECS = 10.0
 # An attacker's user name at a fake SSH prompt: Cyrillic (2 bytes a character), emoji (4 bytes),
 # a combining mark, CJK (3 bytes). Characters and bytes differ at every step.
 HOSTILE_USERNAME = "админ😀ё\u0301漢字"
+
+
+def test_a_lost_connection_is_described_by_what_was_seen() -> None:
+    """The kernel's reset, or this side's own finding (a close before the acknowledgement)."""
+    assert describe(ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")) == (
+        "connection reset by the peer"
+    )
+    closed = ConnectionResetError("the connection closed before the receiver had the batch")
+    assert describe(closed) == "the connection closed before the receiver had the batch"
 
 
 def frames(data: bytes) -> list[bytes]:
