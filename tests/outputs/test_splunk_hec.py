@@ -4,6 +4,7 @@ indexer acknowledgement, failover, faults on the wire and the healthcheck."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -689,6 +690,23 @@ async def test_healthcheck_passes_when_one_node_of_several_is_healthy(
     fake_hec: FakeHec, connect: Connect
 ) -> None:
     await (await connect([closed_port_url(), fake_hec.url])).healthcheck()
+
+
+async def test_healthcheck_is_not_held_up_by_a_node_that_never_answers(
+    fake_hec: FakeHec, connect: Connect
+) -> None:
+    with socket.socket() as silent:  # takes connections (the kernel does), answers nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        output = await connect([url, fake_hec.url], request_timeout_secs=60)
+        await asyncio.wait_for(output.healthcheck(), 5)
+        dead = closed_port_url()
+        both_fail = await connect([url, dead], request_timeout_secs=0.5)
+        with pytest.raises(HealthcheckError) as failed:
+            await both_fail.healthcheck()
+    problems = str(failed.value)  # every node's problem, in the order listed
+    assert 0 <= problems.index(url.split("//")[1]) < problems.index(dead.split("//")[1])
 
 
 async def test_healthcheck_checks_that_the_token_has_acks_when_acks_are_on(
