@@ -1,32 +1,68 @@
-"""The configuration shown in the README is configuration the daemon accepts."""
+"""The configuration shown in the README and the docs is configuration the daemon accepts, and
+configuration the JSON Schema that `canary-forwarder schema` prints (for editors) accepts too."""
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
+from forwarder.cli.schema import config_schema
 from forwarder.settings import parse_settings
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
+ROOT = Path(__file__).parents[1]
+README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```yaml\n(.*?)```", README, re.S)
+# A well-formed Elastic Cloud ID, for `${ELASTIC_CLOUD_ID}`.
+_CLOUD_ID = "demo:" + base64.b64encode(b"es.example.com$0123abcd$4567ef01").decode()
 
 
-def _environ(text: str) -> dict[str, str]:
-    return {name: "x" * 24 for name in re.findall(r"\$\{([A-Z_]+)\}", text)}
-
-
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_yaml_validates(block: str) -> None:
-    # Secret files named in the README do not exist here; a variable stands in for them.
+def _config(block: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """The configuration a block shows, with an environment for its variables; None when the
+    block is not one (a fragment, a compose file): a full configuration, or a recipe (a list
+    of outputs)."""
+    # Secret files named in the docs do not exist here; a variable stands in for them.
     block = re.sub(r"\$\{file:[^}]+\}", "${SECRET_FROM_FILE}", block)
     data = yaml.safe_load(block)
-    if isinstance(data, list):  # a recipe: one entry under outputs
+    if isinstance(data, list) and all(isinstance(item, dict) and "type" in item for item in data):
         data = {"outputs": data}
-    settings = parse_settings(data, environ=_environ(block))
-    assert settings.outputs
+    if not (isinstance(data, dict) and "outputs" in data):
+        return None
+    environ = {
+        name: _CLOUD_ID if name.endswith("CLOUD_ID") else "x" * 24
+        for name in re.findall(r"\$\{([A-Z_]+)\}", block)
+    }
+    return data, environ
+
+
+CONFIG_BLOCKS = [
+    pytest.param(config, id=f"{page.name}-{index}")
+    for page in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+    for index, block in enumerate(re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S))
+    if (config := _config(block)) is not None
+]
+
+
+@pytest.mark.parametrize("config", CONFIG_BLOCKS)
+def test_documented_yaml_validates(config: tuple[dict[str, Any], dict[str, str]]) -> None:
+    data, environ = config
+    assert parse_settings(data, environ=environ).outputs
+
+
+@pytest.mark.parametrize("config", CONFIG_BLOCKS)
+def test_documented_yaml_passes_the_json_schema(
+    config: tuple[dict[str, Any], dict[str, str]],
+) -> None:
+    jsonschema.validate(config[0], config_schema())
+
+
+def test_the_docs_show_configuration() -> None:
+    assert len(CONFIG_BLOCKS) >= 10
 
 
 def test_readme_has_a_recipe_per_siem() -> None:

@@ -43,6 +43,7 @@ from forwarder.outputs.base import (
     Retry,
     SendResult,
     TooLarge,
+    one_or_many,
 )
 
 __all__ = [
@@ -77,6 +78,8 @@ _GZIP_LEVEL = 1
 
 class HttpOutputConfig(OutputConfig):
     """Options of every HTTP output. `url` takes one base URL or a list of them (a cluster)."""
+
+    model_config = one_or_many("url")
 
     url: tuple[str, ...] = ()
     """Base URL(s) of the destination: scheme, host, port and an optional path prefix for a

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,7 +28,28 @@ __all__ = [
     "RetryConfig",
     "SendResult",
     "TooLarge",
+    "one_or_many",
 ]
+
+
+def one_or_many(field: str, *, alias: str | None = None) -> ConfigDict:
+    """The model config of an output whose list `field` also takes one value (a `mode="before"`
+    validator makes it a list), and `alias` as another name for it: the JSON Schema then takes
+    what `validate` takes, so an editor does not flag `url: https://...` or `host: a:514`."""
+
+    def widen(schema: dict[str, Any]) -> None:
+        properties = schema["properties"]
+        listed = properties[field]
+        described = {
+            key: listed.pop(key) for key in ("title", "description", "default") if key in listed
+        }
+        properties[field] = {**described, "anyOf": [listed["items"], listed]}
+        if alias is not None:
+            properties[alias] = properties[field]
+            schema["required"] = [name for name in schema.get("required", []) if name != field]
+            schema["oneOf"] = [{"required": [field]}, {"required": [alias]}]
+
+    return ConfigDict(extra="forbid", frozen=True, json_schema_extra=widen)
 
 
 class BatchConfig(BaseModel):

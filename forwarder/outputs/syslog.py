@@ -67,6 +67,7 @@ from forwarder.outputs.base import (
     Reject,
     Retry,
     SendResult,
+    one_or_many,
 )
 from forwarder.telemetry import metrics
 
@@ -111,6 +112,8 @@ def _ipv6(address: str, text: str) -> str:
 
 
 class SyslogConfig(OutputConfig):
+    model_config = one_or_many("hosts", alias="host")
+
     hosts: list[str] = Field(min_length=1, validation_alias=AliasChoices("hosts", "host"))
     """Receivers as `host`, `host:port` or `[IPv6]:port`; several for a cluster: UDP datagrams
     go round-robin, a TCP or TLS connection stays on its node until it fails; a failing node is

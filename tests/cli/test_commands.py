@@ -9,7 +9,9 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from aiohttp import web
@@ -20,7 +22,7 @@ from forwarder import __version__
 from forwarder.cli import main
 from forwarder.cli.example_config import example_config_text
 from forwarder.cli.schema import config_schema
-from forwarder.settings import EX_CONFIG, parse_settings
+from forwarder.settings import EX_CONFIG, ConfigError, parse_settings
 from forwarder.store.database import Database, NewEvent
 
 
@@ -388,6 +390,36 @@ def _variables(text: str) -> set[str]:
     import re
 
     return set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", text))
+
+
+@pytest.mark.parametrize(
+    ("output", "valid"),
+    [
+        ({"type": "syslog", "hosts": ["a:514", "b:514"]}, True),
+        ({"type": "syslog", "hosts": "a:514"}, True),
+        ({"type": "syslog", "host": "a:514"}, True),
+        ({"type": "syslog", "host": "a:514", "hosts": ["b:514"]}, False),
+        ({"type": "syslog"}, False),
+        ({"type": "splunk_hec", "url": "https://h:8088", "token": "t" * 36}, True),
+        (
+            {"type": "splunk_hec", "url": ["https://a:8088", "https://b:8088"], "token": "t" * 36},
+            True,
+        ),
+        ({"type": "elasticsearch", "url": "https://es:9200"}, True),
+    ],
+)
+def test_schema_takes_what_validate_takes(output: dict[str, Any], valid: bool) -> None:
+    """One value for a list field, and `host:` for `hosts:`: the daemon takes both, so an
+    editor using the schema must not flag them."""
+    data = {"outputs": [{"name": "out", **output}]}
+    schema_valid = jsonschema.Draft202012Validator(config_schema()).is_valid(data)
+    try:
+        parse_settings(data, environ={})
+    except ConfigError:
+        daemon_valid = False
+    else:
+        daemon_valid = True
+    assert (schema_valid, daemon_valid) == (valid, valid)
 
 
 def test_schema_lists_every_output_and_format(capsys: pytest.CaptureFixture[str]) -> None:
