@@ -5,6 +5,7 @@ lines when it is. The standard library's loggers (aiohttp's) go through the same
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -32,12 +33,49 @@ class _StderrLoggerFactory:
         return _StderrLogger(str(args[0]) if args else "")
 
 
+# What a terminal acts on rather than shows: C0 and C1 controls (line breaks, escape sequences),
+# DEL, Unicode line separators and the bidirectional overrides that reorder what is shown.
+_TERMINAL_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# A traceback keeps its own line breaks; every other control in it is escaped.
+_TRACEBACK_CONTROLS = re.compile(
+    r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _escape_controls(
+    _logger: Any, _method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """For readable lines: text that reached a log line from outside (a message of aiohttp's
+    about a malformed request, an exception about a payload) must not start a line of its own
+    or drive the terminal, so nobody forges a line or rewrites the screen through it. The
+    readable renderer writes the message and the traceback as they are; other values go
+    through repr, which escapes these already, and so do JSON lines for C0 controls."""
+    message = event_dict.get("event")
+    if isinstance(message, str):
+        event_dict["event"] = _TERMINAL_CONTROLS.sub(_escaped, message)
+    traceback = event_dict.get("exception")
+    if isinstance(traceback, str):
+        # Indented, so that no line of it (an exception's message may hold line breaks) starts
+        # where a log line starts.
+        escaped = _TRACEBACK_CONTROLS.sub(_escaped, traceback)
+        event_dict["exception"] = "\n".join(f"  {line}" for line in escaped.split("\n"))
+    return event_dict
+
+
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     as_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=_orjson_text)
         if as_json
         else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    rendering: list[structlog.typing.Processor] = (
+        [renderer] if as_json else [_escape_controls, renderer]
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -50,7 +88,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         # Our own lines are rendered and written directly: going through the standard library's
         # logging (a LogRecord, caller lookup, handler lock, formatter) cost about as much per
         # accepted event as parsing it. Foreign loggers still go through the handler below.
-        processors=[*shared, renderer],
+        processors=[*shared, *rendering],
         logger_factory=_StderrLoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
@@ -60,7 +98,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
             foreign_pre_chain=shared,
         )
     )

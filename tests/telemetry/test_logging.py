@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 
+from forwarder.telemetry.logging import configure_logging
 from tests.daemon.harness import JSON_HEADERS, Daemon, DaemonFactory, file_output, incident
 
 pytestmark = pytest.mark.slow
@@ -109,3 +112,32 @@ async def test_logs_are_readable_lines_when_stderr_is_a_terminal(
     assert not [line for line in lines if _json_object(line)], text
     assert any("Event accepted." in line for line in lines), text
     assert SECRET not in text
+
+
+def test_readable_lines_escape_what_a_terminal_would_act_on(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Text from outside cannot forge a line, move the cursor or reorder what is shown: not in
+    a value, not in a message (aiohttp's own, about a malformed request), not in a traceback."""
+    forged = "2026-11-27T00:00:00Z [info     ] Forged."
+    hostile = f"first\n{forged}\x1b[2J\u2028\u202eevil\x9b"
+    configure_logging(json=False)
+    try:
+        structlog.get_logger("test").warning("Receiver said no.", reason=hostile)
+        try:
+            raise ValueError(hostile)
+        except ValueError:
+            structlog.get_logger("test").exception("Failed.")
+        logging.getLogger("aiohttp.server").error("Bad request: %s", hostile)
+    finally:
+        configure_logging(json=True)
+    text = capsys.readouterr().err
+    assert "Receiver said no." in text and "Failed." in text
+    [foreign] = [line for line in text.splitlines() if "Bad request" in line]
+    assert f"first\\x0a{forged}\\x1b[2J\\u2028\\u202eevil\\x9b" in foreign
+    assert "ValueError: first" in text  # a traceback keeps its own lines
+    for control in ("\x1b", "\x9b", "\u2028", "\u202e"):
+        assert control not in text
+    # The line break in the exception's message stays one, indented like the whole traceback.
+    assert not [line for line in text.splitlines() if line.startswith(forged)]
+    assert f"  {forged}\\x1b[2J" in text
