@@ -232,10 +232,15 @@ class DeadLetter:
 class StoreStats:
     events: int
     bytes: int
+    # The oldest event's receipt stamp, on the wall clock.
     oldest_received_at: float | None
     queued: dict[str, int]
     dead_letters: dict[str, int]
     quarantined: int
+    # Only from `Outbox.stats`: the `time.monotonic()` since which the oldest event has waited,
+    # as the running daemon counts it for store.max_age_secs, which a step of the wall clock
+    # does not move. None from `Database.stats` (another process has only the stamps).
+    oldest_since: float | None = None
 
 
 class Database:
@@ -632,6 +637,16 @@ class Database:
         """The highest seq handed out so far, by this connection or another."""
         (high,) = self._db.execute(_HIGHEST_SEQ).fetchone()
         return int(high)
+
+    def oldest_waiting(self, stamped_through: int) -> tuple[float | None, int | None]:
+        """The earliest receipt stamp among the events with a seq up to `stamped_through`, and
+        the lowest seq above it: the oldest events by the two measures `Outbox.expired` uses."""
+        stamped, first = self._db.execute(
+            "SELECT (SELECT MIN(received_at) FROM events WHERE seq <= ?),"
+            " (SELECT MIN(seq) FROM events WHERE seq > ?)",
+            (stamped_through, stamped_through),
+        ).fetchone()
+        return stamped, first
 
     def outputs_with_deliveries(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT DISTINCT output FROM deliveries")]

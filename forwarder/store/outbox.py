@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import time
 from collections import OrderedDict, deque
@@ -633,7 +634,33 @@ class Outbox:
     # Inspection
 
     async def stats(self) -> StoreStats:
-        return await self._with_db(lambda db: db.stats())
+        """The store's figures, with `oldest_since`: when the oldest event started waiting on
+        the monotonic clock, as `expired` counts it (so a wall clock step does not move it).
+
+        An event from before this process opened the store waits from its receipt stamp read
+        against the wall clock at that open (from the open itself if the stamp is later); a
+        later one from the first mark that covers its seq. The marks older than the max age
+        are dropped but the newest, so an event that has waited longer than that may show
+        less (but more than the max age) until the sweep dead-letters it.
+        """
+        stamped_through = self._seq_at_open
+
+        def read(db: Database) -> tuple[StoreStats, tuple[float | None, int | None], int]:
+            return db.stats(), db.oldest_waiting(stamped_through), db.highest_seq()
+
+        stats, (stamped, first), high = await self._with_db(read)
+        if self._opened_at is None:  # never, once a read has succeeded
+            return stats
+        now = time.monotonic()
+        # Also marks the seqs other processes added (a replay), which no commit here did.
+        self._mark_seqs(now, high, self.config.max_age_secs)
+        opened_wall, opened_steady = self._opened_at
+        since: list[float] = []
+        if stamped is not None:
+            since.append(opened_steady - max(0.0, opened_wall - stamped))
+        if first is not None:
+            since.append(next((at for at, seq in self._seq_marks if seq >= first), now))
+        return dataclasses.replace(stats, oldest_since=min(since, default=None))
 
     async def dead_letters(self, output: str | None = None, limit: int = 100) -> list[DeadLetter]:
         return await self._with_db(lambda db: db.dead_letters(output, limit))

@@ -106,7 +106,10 @@ store_bytes = Gauge(
     namespace=_NS, registry=REGISTRY,
 )  # fmt: skip
 store_oldest_age = Gauge(
-    "store_oldest_event_age_seconds", "Age of the oldest undelivered event (0 with none).",
+    "store_oldest_event_age_seconds",
+    "Age of the oldest undelivered event (0 with none), counted as store.max_age_secs counts "
+    "it: on the monotonic clock while the daemon runs, so a step of the wall clock does not "
+    "move it.",
     namespace=_NS, registry=REGISTRY,
 )  # fmt: skip
 store_healthy = Gauge(
@@ -247,7 +250,8 @@ class StoreReader:
     def __init__(self) -> None:
         self._reading: asyncio.Task[None] | None = None
         self._started = -math.inf  # monotonic time the last read started
-        self._oldest: float | None = None
+        # The monotonic time since which the oldest event has waited (`StoreStats.oldest_since`).
+        self._oldest_since: float | None = None
         self._queued: dict[str, int] = {}
 
     def start(self, outbox: Outbox) -> asyncio.Task[None]:
@@ -265,7 +269,7 @@ class StoreReader:
             stats = await outbox.stats()
         except Exception:
             return  # the outbox logs a store that fails; the stale timestamp shows it here
-        self._oldest, self._queued = stats.oldest_received_at, dict(stats.queued)
+        self._oldest_since, self._queued = stats.oldest_since, dict(stats.queued)
         store_stats_time.set(time.time())
 
     async def refresh(self, pipeline: Pipeline, wait_secs: float) -> None:
@@ -286,8 +290,8 @@ class StoreReader:
         if outbox.events == 0:  # delivered since the last read, or none to begin with
             store_oldest_age.set(0)
             queued = {}
-        elif self._oldest is not None:
-            store_oldest_age.set(max(0.0, time.time() - self._oldest))
+        elif self._oldest_since is not None:
+            store_oldest_age.set(max(0.0, time.monotonic() - self._oldest_since))
         track_outputs([d.name for d in pipeline.dispatchers], queued)
 
     async def aclose(self) -> None:

@@ -3,12 +3,16 @@ snapshot, an operator fixing a wrong date. The outbox's clocks are faked; nothin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from forwarder.store import outbox as outbox_module
 from forwarder.store.outbox import Outbox
+from forwarder.telemetry import metrics
 from tests.store.fake_time import FakeTime
 from tests.store.helpers import event, open_outbox
 
@@ -131,6 +135,92 @@ async def test_no_event_expires_early_and_the_marks_stay_few(
     assert min(waited) >= max_age - 1e-9
     assert max(waited) <= max_age + max_age / 1024 + sweep_every + 1e-9
     assert len(outbox._seq_marks) <= 2 * 1024 + 2  # of the 4000 commits within the max age
+    await outbox.aclose()
+
+
+# canary_forwarder_store_oldest_event_age_seconds, which alerts watch
+
+
+@pytest.fixture
+def scrape(clock: FakeTime, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What a scrape reports as the oldest event's age, read as /metrics reads it."""
+    monkeypatch.setattr(metrics, "time", clock)
+    # The per-output series are not looked at here, and would stay in the shared registry.
+    monkeypatch.setattr(metrics, "track_outputs", lambda configured, queued: None)
+
+    async def age(outbox: Outbox) -> float | None:
+        pipeline: Any = SimpleNamespace(outbox=outbox, dispatchers=[])
+        await metrics.StoreReader().refresh(pipeline, 5.0)
+        return metrics.REGISTRY.get_sample_value("canary_forwarder_store_oldest_event_age_seconds")
+
+    return age
+
+
+@pytest.mark.parametrize("jump", JUMPS.values(), ids=JUMPS.keys())
+async def test_the_oldest_age_does_not_jump_with_the_clock(
+    tmp_path: Path, clock: FakeTime, scrape: Any, jump: float
+) -> None:
+    """Computed from the wall clock, a step forward fired the age alerts at once, and one back
+    read 0 (or below) for as long as the step, with a queue an hour old."""
+    outbox = await open_outbox(tmp_path)
+    seqs = await queue(outbox, clock)
+    clock.wait(3600)
+    assert await scrape(outbox) == 3600
+    clock.jump(jump)
+    assert await scrape(outbox) == 3600
+    # It passes the max age as the sweep dead-letters the events, not before.
+    clock.wait(WEEK - 3600 - 60)
+    assert await scrape(outbox) == WEEK - 60
+    assert await outbox.expired(WEEK) == {}
+    clock.wait(120)
+    assert await scrape(outbox) == WEEK + 60
+    assert await outbox.expired(WEEK) == {"a": seqs}
+    await outbox.aclose()
+
+
+async def test_the_oldest_age_of_events_posted_after_a_jump_counts_from_their_commit(
+    tmp_path: Path, clock: FakeTime, scrape: Any
+) -> None:
+    outbox = await open_outbox(tmp_path)
+    clock.jump(-YEAR)
+    await queue(outbox, clock)
+    clock.jump(YEAR)  # the operator puts the date right again
+    clock.wait(60)
+    assert await scrape(outbox) == 60
+    await outbox.aclose()
+
+
+async def restarted(tmp_path: Path, clock: FakeTime, meanwhile: Callable[[], None]) -> Outbox:
+    """An outbox started again after three events were queued and `meanwhile` happened."""
+    before = await open_outbox(tmp_path)
+    await queue(before, clock)
+    await before.aclose()
+    meanwhile()
+    return await open_outbox(tmp_path)
+
+
+@pytest.mark.parametrize("jump", JUMPS.values(), ids=JUMPS.keys())
+async def test_the_oldest_age_from_before_a_restart_counts_on_from_its_stamp(
+    tmp_path: Path, clock: FakeTime, scrape: Any, jump: float
+) -> None:
+    outbox = await restarted(tmp_path, clock, lambda: clock.wait(3 * DAY))  # down three days
+    assert await queue(outbox, clock, 1)  # and a new post since
+    clock.jump(jump)
+    clock.wait(60)
+    # Stamps are floats of the epoch: a microsecond or so off.
+    assert await scrape(outbox) == pytest.approx(3 * DAY + 60, abs=1e-3)
+    await outbox.aclose()
+
+
+async def test_the_oldest_age_of_events_stamped_ahead_of_the_clock_counts_from_the_start(
+    tmp_path: Path, clock: FakeTime, scrape: Any
+) -> None:
+    """The clock was set back while the daemon was down: the stamps are in the future. The age
+    counts from the start, as store.max_age_secs does, and is never below 0."""
+    outbox = await restarted(tmp_path, clock, lambda: clock.jump(-DAY))
+    assert await scrape(outbox) == 0
+    clock.wait(60)
+    assert await scrape(outbox) == 60
     await outbox.aclose()
 
 
