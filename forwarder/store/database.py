@@ -29,6 +29,7 @@ __all__ = [
     "DB_NAME",
     "TRUNCATE_WAIT_MS",
     "Checkpointer",
+    "CutShortSalvage",
     "Database",
     "DeadLetter",
     "NewEvent",
@@ -36,6 +37,7 @@ __all__ = [
     "StoreDisplaced",
     "StoreStats",
     "StoredEvent",
+    "finish_cut_short_salvages",
     "is_damage",
     "replace_with_salvage",
 ]
@@ -1016,18 +1018,102 @@ def _looks_corrupt(exc: sqlite3.OperationalError) -> bool:
 
 def move_aside(path: Path, now: float) -> Path:
     """Rename a broken database (and its WAL files) out of the way; returns the new name."""
+    target = _aside_name(path, now)
+    _move_store_files(path, target)
+    return target
+
+
+_STORE_FILES = ("", "-wal", "-shm")
+
+
+def _aside_name(path: Path, now: float) -> Path:
+    """A name to move the broken database at `path` to that nothing has yet."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     # A second move within the same second must not replace the first: rename would, silently.
     extra = 1
-    while any(Path(f"{target}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+    while _salvaged_name(path, target).exists() or any(
+        Path(f"{target}{suffix}").exists() for suffix in _STORE_FILES
+    ):
         extra += 1
         target = path.with_name(f"{path.name}.corrupt-{stamp}-{extra}")
-    for suffix in ("", "-wal", "-shm"):
-        source = Path(f"{path}{suffix}")
-        if source.exists():
-            source.rename(Path(f"{target}{suffix}"))
     return target
+
+
+def _salvaged_name(path: Path, aside: Path) -> Path:
+    """Where a complete salvage waits to take the place of the database at `path`, named after
+    `aside`, where the broken files go: a kill in between leaves that name to the next open."""
+    return path.with_name(aside.name.replace(".corrupt-", ".salvaged-", 1))
+
+
+def _move_store_files(path: Path, target: Path) -> None:
+    for suffix in _STORE_FILES:
+        source, moved = Path(f"{path}{suffix}"), Path(f"{target}{suffix}")
+        if source.exists():
+            if moved.exists():  # rename would replace it without a word
+                raise FileExistsError(errno.EEXIST, "will not replace a moved file", str(moved))
+            source.rename(moved)
+
+
+def _swap_in(path: Path, salvaged: Path, aside: Path) -> None:
+    """Move the store files at `path` to `aside` and the database in `salvaged` to `path`."""
+    # The journals go too: left at the path, SQLite would read them as the new file's.
+    _move_store_files(path, aside)
+    os.replace(salvaged / DB_NAME, path)
+    _sync_directory(path.parent)
+    shutil.rmtree(salvaged, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True)
+class CutShortSalvage:
+    """What a salvage the daemon was killed during had left, and what the next open did."""
+
+    directory: Path
+    # Where the damaged store files went, when the salvage took their place; None when it was
+    # incomplete and removed (made again from the damaged file, if that is at the path).
+    moved_to: Path | None
+
+
+def finish_cut_short_salvages(path: Path, now: float) -> list[CutShortSalvage]:
+    """Complete or remove the salvages of the store at `path` that a kill cut short.
+
+    A salvage is built in `<name>.salvage-*` and renamed `<name>.salvaged-*` once complete,
+    just before the damaged files are moved aside and it takes their place. A kill in between
+    left the path without a database and the salvage beside it, holding the only deliverable
+    copy of the events: the next open made an empty store at the path, and the next salvage
+    deleted the one left. So a complete one takes its place now, after whatever damaged files
+    are still at the path (some, all or none of them) are moved aside to the name it gives. An
+    incomplete one is removed: the damaged file it was made from is still at the path, and is
+    salvaged again. One with no database left at the path (an older version moved the damaged
+    file aside before renaming anything, or an operator removed it) takes its place too.
+    """
+    found: list[CutShortSalvage] = []
+    complete = sorted(path.parent.glob(f"{path.name}.salvaged-*"))
+    for directory in complete + sorted(path.parent.glob(f"{path.name}.salvage-*")):
+        staged = directory / DB_NAME
+        moved_to: Path | None = None
+        if directory in complete:
+            moved_to = path.with_name(directory.name.replace(".salvaged-", ".corrupt-", 1))
+            if staged.exists():
+                _swap_in(path, directory, moved_to)
+        elif staged.exists() and not path.exists() and _folded(staged):
+            moved_to = _aside_name(path, now)
+            _swap_in(path, directory, moved_to)
+        shutil.rmtree(directory, ignore_errors=True)
+        found.append(CutShortSalvage(directory, moved_to))
+    return found
+
+
+def _folded(database: Path) -> bool:
+    """Whether `database` has no WAL beside it, once what that holds is copied into it as
+    closing does; False if SQLite cannot do that (not a database: nothing to keep)."""
+    if _wal(database).exists():
+        try:
+            with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as folding:
+                folding.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            return False
+    return not _wal(database).exists()
 
 
 def replace_with_salvage(
@@ -1040,11 +1126,11 @@ def replace_with_salvage(
     fails (a full disk, which the broken file's own size makes likely) or is cut short (the
     daemon killed) leaves the broken file at the path for the next open to salvage again. Made
     the other way round, the next open found an empty store there and the events left in the
-    moved file were never delivered.
+    moved file were never delivered. A kill once it is complete leaves it for
+    `finish_cut_short_salvages`, which the caller runs before every open.
     """
     # One left by a salvage cut short is of this same broken file, and incomplete.
-    for stale in path.parent.glob(f"{path.name}.salvage-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    finish_cut_short_salvages(path, now)
     staging = path.with_name(f"{path.name}.salvage-{time.time_ns()}")
     try:
         fresh = Database(staging, sync=sync)
@@ -1055,9 +1141,12 @@ def replace_with_salvage(
         # Only the file moves into place: what its WAL still holds would stay behind.
         if _wal(fresh.path).exists():
             raise OSError(errno.EIO, "could not fold the salvaged store's WAL", str(fresh.path))
-        moved = move_aside(path, now)
-        os.replace(staging / DB_NAME, path)
+        moved = _aside_name(path, now)
+        salvaged = _salvaged_name(path, moved)
+        # Complete: from here on a kill leaves it to the next open to put in place.
+        staging.rename(salvaged)
         _sync_directory(path.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _swap_in(path, salvaged, moved)
     return moved, events, deliveries

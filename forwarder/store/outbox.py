@@ -39,6 +39,7 @@ from forwarder.store.database import (
     StoredEvent,
     StoreDisplaced,
     StoreStats,
+    finish_cut_short_salvages,
     is_damage,
     replace_with_salvage,
 )
@@ -142,6 +143,7 @@ class Outbox:
 
     def _connect(self) -> Database:
         path = self.config.path
+        self._finish_cut_short_salvages()
         try:
             return Database(path, sync=self.config.sync, background_checkpoints=True)
         except StoreCorrupt as exc:
@@ -164,6 +166,33 @@ class Outbox:
                 salvaged_deliveries=deliveries,
             )
             return Database(path, sync=self.config.sync, background_checkpoints=True)
+
+    def _finish_cut_short_salvages(self) -> None:
+        """Complete or remove, and log, the salvages a kill cut short (see
+        `finish_cut_short_salvages`); before every open, so none is ever left behind."""
+        path = self.config.path / DB_NAME
+        try:
+            found = finish_cut_short_salvages(path, time.time())
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot complete a salvage of {path} that was cut short, tried again at the "
+                f"next probe: {exc}"
+            ) from exc
+        for salvage in found:
+            if salvage.moved_to is None:
+                log.warning(
+                    "Removed an incomplete salvage of the store, cut short by a kill; it is "
+                    "made again from the damaged file at the path.",
+                    removed=str(salvage.directory),
+                )
+            else:
+                log.error(
+                    "Store was corrupt and its salvage was cut short by a kill; completed it "
+                    "now: the salvaged store is at the path and the damaged one moved aside. "
+                    "Keep the moved file until the events are accounted for.",
+                    salvage=str(salvage.directory),
+                    moved_to=str(salvage.moved_to),
+                )
 
     async def _run(self, call: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
