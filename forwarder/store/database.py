@@ -37,6 +37,7 @@ __all__ = [
     "StoreDisplaced",
     "StoreStats",
     "StoredEvent",
+    "file_identity",
     "finish_cut_short_salvages",
     "is_damage",
     "replace_with_salvage",
@@ -190,7 +191,8 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 _Identity = tuple[int, int] | None
 
 
-def _identity(path: Path) -> _Identity:
+def file_identity(path: Path) -> _Identity:
+    """The device and inode of the file at `path`, or None when there is none."""
     try:
         found = os.stat(path)
     except FileNotFoundError:
@@ -293,7 +295,7 @@ class Database:
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o600)
         # The files this connection uses, now that it has read them: `check_in_place` compares.
-        self._files = tuple(_identity(p) for p in (self.path, _wal(self.path), _shm(self.path)))
+        self._files = tuple(file_identity(p) for p in (self.path, _wal(self.path), _shm(self.path)))
 
     def _prepare(self, sync: str, background_checkpoints: bool) -> None:
         try:
@@ -354,7 +356,7 @@ class Database:
         Only looks at the file system, so any thread may call it.
         """
         database, *journals = self._files
-        now = _identity(self.path)
+        now = file_identity(self.path)
         if now is None:
             raise StoreDisplaced(
                 f"{self.path} was deleted while the daemon had it open", replaced=False
@@ -364,7 +366,7 @@ class Database:
         # Without its WAL the file at the path lacks every commit since the last checkpoint;
         # without its shared memory the next process to open it writes blind to this one's.
         for journal, opened in zip((_wal(self.path), _shm(self.path)), journals, strict=True):
-            if opened is not None and _identity(journal) != opened:
+            if opened is not None and file_identity(journal) != opened:
                 raise StoreDisplaced(
                     f"{journal} was deleted while the daemon had it open", replaced=False
                 )
@@ -390,7 +392,7 @@ class Database:
         shared-memory files by name, which would then be the copy's.
         """
         # Checked again: the copy took a while, and a file that appeared meanwhile is not ours.
-        if _identity(self.path) not in (None, self._files[0]):
+        if file_identity(self.path) not in (None, self._files[0]):
             raise _replaced(self.path)
         os.replace(copy, self.path)
         _sync_directory(self.path.parent)
@@ -400,7 +402,7 @@ class Database:
         process held the old database open) out of the way of the database now there."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
         for journal in (_wal(self.path), _shm(self.path)):
-            if journal.exists() and _identity(journal) in self._files[1:]:
+            if journal.exists() and file_identity(journal) in self._files[1:]:
                 journal.rename(journal.with_name(f"{journal.name}.displaced-{stamp}"))
 
     def close(self) -> None:

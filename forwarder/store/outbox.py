@@ -39,6 +39,7 @@ from forwarder.store.database import (
     StoredEvent,
     StoreDisplaced,
     StoreStats,
+    file_identity,
     finish_cut_short_salvages,
     is_damage,
     replace_with_salvage,
@@ -125,6 +126,8 @@ class Outbox:
         self._opened_at: tuple[float, float] | None = None
         self._seq_at_open = 0
         self._seq_marks: deque[tuple[float, int]] = deque()
+        # The file (device, inode) the last salvage put at the path, until it has opened once.
+        self._salvaged: tuple[int, int] | None = None
 
     @classmethod
     async def open(cls, config: StoreConfig, outputs: Iterable[str] = ()) -> Outbox:
@@ -145,8 +148,16 @@ class Outbox:
         path = self.config.path
         self._finish_cut_short_salvages()
         try:
-            return Database(path, sync=self.config.sync, background_checkpoints=True)
+            database = Database(path, sync=self.config.sync, background_checkpoints=True)
         except StoreCorrupt as exc:
+            if self._salvaged is not None and file_identity(path / DB_NAME) == self._salvaged:
+                # A file just written that fails its check at once points at the disk, or at
+                # reading it: salvaged again, it would be moved aside and copied at every probe.
+                raise StoreUnavailable(
+                    f"{exc}; this is the file the last salvage made, which has not passed its "
+                    "check once: not salvaged again (the disk may be failing), checked again at "
+                    "each probe"
+                ) from exc
             try:
                 moved, events, deliveries = replace_with_salvage(
                     path / DB_NAME, self._outputs, sync=self.config.sync, now=time.time()
@@ -157,6 +168,7 @@ class Outbox:
                 raise StoreUnavailable(
                     f"{exc}; salvaging it failed, tried again at the next probe: {failed}"
                 ) from failed
+            self._salvaged = file_identity(path / DB_NAME)
             log.error(
                 "Store was corrupt; moved it aside, started a fresh one and copied what was "
                 "readable. Keep the moved file until the events are accounted for.",
@@ -165,7 +177,9 @@ class Outbox:
                 salvaged_events=events,
                 salvaged_deliveries=deliveries,
             )
-            return Database(path, sync=self.config.sync, background_checkpoints=True)
+            database = Database(path, sync=self.config.sync, background_checkpoints=True)
+        self._salvaged = None
+        return database
 
     def _finish_cut_short_salvages(self) -> None:
         """Complete or remove, and log, the salvages a kill cut short (see

@@ -528,6 +528,13 @@ async def test_a_post_the_store_cannot_commit_gets_503_retry_after_and_a_warning
 
 def found_damaged(monkeypatch: pytest.MonkeyPatch) -> None:
     """The next delivery read fails as SQLite fails on a damaged page, once."""
+    damage = sqlite3.DatabaseError("database disk image is malformed")
+    damage.sqlite_errorcode = 11  # SQLITE_CORRUPT, as SQLite sets it
+    read_fails_once(monkeypatch, damage)
+
+
+def read_fails_once(monkeypatch: pytest.MonkeyPatch, error: sqlite3.Error) -> None:
+    """The next delivery read raises `error`, once."""
     original = Database.fetch
     failed = False
 
@@ -535,9 +542,7 @@ def found_damaged(monkeypatch: pytest.MonkeyPatch) -> None:
         nonlocal failed
         if not failed:
             failed = True
-            damage = sqlite3.DatabaseError("database disk image is malformed")
-            damage.sqlite_errorcode = 11  # SQLITE_CORRUPT, as SQLite sets it
-            raise damage
+            raise error
         return original(self, *args)
 
     monkeypatch.setattr(Database, "fetch", fetch)

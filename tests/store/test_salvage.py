@@ -1,9 +1,11 @@
-"""A damaged store and its salvage: a salvage that a kill (SIGKILL, the watchdog, a power cut)
-stopped halfway."""
+"""A damaged store and its salvage: an I/O error the integrity check reports as a result row, and
+a salvage that a kill (SIGKILL, the watchdog, a power cut) stopped halfway."""
 
 from __future__ import annotations
 
+import functools
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +16,53 @@ import structlog
 
 from forwarder.store import database as database_module
 from forwarder.store.database import DB_NAME, Database, NewEvent, move_aside, replace_with_salvage
-from tests.store.helpers import open_outbox
-from tests.store.test_runtime_failures import damage_the_tail
+from forwarder.store.outbox import StoreUnavailable
+from tests.store.helpers import event, open_outbox
+from tests.store.test_runtime_failures import (
+    STORE_ERROR,
+    damage_the_tail,
+    errors,
+    read_fails_once,
+)
 
 CORRUPT = "Store was corrupt; moved it aside, started a fresh one and copied what was readable."
 COMPLETED = "Store was corrupt and its salvage was cut short by a kill; completed it now"
 REMOVED = "Removed an incomplete salvage of the store, cut short by a kill"
+
+# What SQLite 3.40's PRAGMA quick_check returns, as a result row and not an error, when reading
+# a b-tree's interior page fails with EIO (a failing disk): SQLITE_IOERR_CORRUPTFS, 8458. (EIO
+# on a leaf page is raised instead, as "database disk image is malformed".) Seen with a
+# pread() that an LD_PRELOAD shim failed for one page.
+IO_ERROR_ROW = "*** in database main ***\nPage 2: unable to get the page. error code=8458"
+
+
+class FailingReads:
+    """Connections whose PRAGMA quick_check of the file at `path` gives IO_ERROR_ROW, the next
+    `times` checks of it, as on a disk that fails reads of that file."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+        self.times = 0
+        failing = self
+
+        class Connection(sqlite3.Connection):
+            def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+                if sql == "PRAGMA quick_check" and failing.times > 0:
+                    [(_, _, file)] = super().execute("PRAGMA database_list").fetchall()
+                    if file == str(path):
+                        failing.times -= 1
+                        return super().execute("SELECT ?", (IO_ERROR_ROW,))
+                return super().execute(sql, parameters)
+
+        monkeypatch.setattr(
+            sqlite3, "connect", functools.partial(sqlite3.connect, factory=Connection)
+        )
+
+
+def failed_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next delivery read fails with an I/O error, once."""
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorcode = 266  # SQLITE_IOERR_READ, as SQLite sets it
+    read_fails_once(monkeypatch, error)
 
 
 def moved_aside(state: Path) -> list[str]:
@@ -29,6 +72,68 @@ def moved_aside(state: Path) -> list[str]:
         for p in state.iterdir()
         if ".corrupt-" in p.name and not p.name.endswith("-shm") and not p.name.endswith("-wal")
     )
+
+
+# PRAGMA quick_check reporting an I/O error as a row
+
+
+async def test_an_io_error_the_check_reports_as_a_row_takes_the_damage_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "ok": the store is unhealthy, the next probe's check fails on the row, and the file
+    is salvaged as damage, whatever SQLite reported it with."""
+    state = tmp_path / "state"
+    reads = FailingReads(monkeypatch, state / DB_NAME)
+    outbox = await open_outbox(tmp_path)
+    for n in range(5):
+        assert await outbox.append(event(n)) is True
+    failed_read(monkeypatch)
+    with structlog.testing.capture_logs() as logs:
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+            await outbox.fetch("a", 10, 1 << 20)
+        assert not outbox.healthy
+        with pytest.raises(StoreUnavailable):
+            await outbox.append(event(5))
+        reads.times = 1
+        assert await outbox.probe() is True
+    assert reads.times == 0
+    assert len(errors(logs, STORE_ERROR)) == 1
+    [salvaged] = [entry for entry in logs if entry["event"].startswith(CORRUPT)]
+    assert "unable to get the page" in salvaged["error"]
+    assert salvaged["salvaged_events"] == 5
+    assert len(moved_aside(state)) == 1
+    assert len(await outbox.fetch("a", 10, 1 << 20)) == 5
+    await outbox.aclose()
+
+
+async def test_a_salvage_that_fails_its_check_too_is_not_salvaged_again_at_every_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fails every read of the file at the path: the salvage just made failed its
+    check too, and each probe (every 5 s) moved it aside and salvaged it again, a full copy of
+    the store each time on the failing disk, until it was full of moved files."""
+    state = tmp_path / "state"
+    reads = FailingReads(monkeypatch, state / DB_NAME)
+    before = await open_outbox(tmp_path)
+    for n in range(5):
+        assert await before.append(event(n)) is True
+    await before.aclose()
+    reads.times = 1000
+    with structlog.testing.capture_logs() as logs:
+        outbox = await open_outbox(tmp_path)
+        assert not outbox.healthy
+        for _ in range(3):
+            assert await outbox.probe() is False
+    assert len([entry for entry in logs if entry["event"].startswith(CORRUPT)]) == 1
+    assert len(moved_aside(state)) == 1
+    assert "not salvaged again" in (outbox.last_error or "")
+    with pytest.raises(StoreUnavailable):
+        await outbox.append(event(5))
+
+    reads.times = 0  # the disk reads again
+    assert await outbox.probe() is True
+    assert len(await outbox.fetch("a", 10, 1 << 20)) == 5
+    await outbox.aclose()
 
 
 # A salvage cut short by a kill
