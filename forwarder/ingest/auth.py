@@ -22,6 +22,8 @@ from forwarder.settings import AuthConfig, ListenConfig
 __all__ = [
     "FailureLimiter",
     "client_address",
+    "client_key",
+    "from_trusted_proxy",
     "is_allowed",
     "is_authenticated",
     "may_read_status",
@@ -81,11 +83,9 @@ def client_address(request: web.Request, listen: ListenConfig) -> str:
     not one of ours is the client, whatever the client itself put at the left end.
     """
     peer = request.remote or ""
-    if not listen.trusted_proxies:
-        return peer  # the common case, without parsing the address
-    proxies = _networks(listen.trusted_proxies)
-    if not _in_any(peer, proxies):
+    if not from_trusted_proxy(peer, listen):
         return peer
+    proxies = _networks(listen.trusted_proxies)
     # A proxy may add a header line of its own rather than extend the client's (HAProxy does),
     # so the lines in order make one list (RFC 9110 §5.3); the first line alone is the client's.
     forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
@@ -94,6 +94,12 @@ def client_address(request: web.Request, listen: ListenConfig) -> str:
         if not _in_any(hop, proxies):
             return hop
     return peer
+
+
+def from_trusted_proxy(address: str, listen: ListenConfig) -> bool:
+    """True if `address` is in `listen.trusted_proxies`, whose clients all share its address."""
+    # Without proxies (the common case) the address is not even parsed.
+    return bool(listen.trusted_proxies) and _in_any(address, _networks(listen.trusted_proxies))
 
 
 def is_allowed(address: str, listen: ListenConfig) -> bool:
@@ -158,10 +164,11 @@ _IPV6_CLIENT_PREFIX = 64
 _IPV6_HOST_MASK = (1 << (128 - _IPV6_CLIENT_PREFIX)) - 1
 
 
-def _limiter_key(address: str) -> str:
-    """Whose bucket a failure from `address` goes to: an IPv4 address (however written), or an
-    IPv6 /64. Counted per IPv6 address, each guess could come from an address of its own and
-    the limit would never be reached, while the buckets it made pushed others' out."""
+def client_key(address: str) -> str:
+    """Which client `address` is, for what is limited per client (failed attempts, open
+    connections): an IPv4 address (however written), or an IPv6 /64. Counted per IPv6 address,
+    each guess or connection could come from an address of its own and no limit would ever be
+    reached, while the entries it made pushed others' out."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -186,7 +193,7 @@ class FailureLimiter:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
     def _bucket(self, address: str, now: float) -> _Bucket:
-        address = _limiter_key(address)
+        address = client_key(address)
         bucket = self._buckets.get(address)
         if bucket is None:
             bucket = _Bucket(float(self.burst), now)
