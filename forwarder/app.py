@@ -19,7 +19,11 @@ from forwarder.ingest.handlers import (
     readyz,
     webhook,
 )
-from forwarder.ingest.listener import LogBudget
+from forwarder.ingest.listener import (
+    CLIENT_CONNECTIONS,
+    ClientConnections,
+    LogBudget,
+)
 from forwarder.pipeline import Pipeline
 from forwarder.settings import AuthConfig
 from forwarder.telemetry import metrics
@@ -96,6 +100,7 @@ def build_app(pipeline: Pipeline) -> web.Application:
     app[LIMITER] = FailureLimiter()
     app[REFUSAL_LOG] = LogBudget()
     app[IN_FLIGHT] = InFlight()
+    app[CLIENT_CONNECTIONS] = ClientConnections(listen)
     app.router.add_post(listen.path, webhook, expect_handler=expect_body)
     if isinstance(listen.auth, AuthConfig) and listen.auth.secret_path is not None:
         secret_route = f"{listen.path.rstrip('/')}/{{secret}}"

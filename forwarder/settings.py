@@ -141,6 +141,10 @@ class ListenConfig(BaseModel):
     """CIDRs that may read /metrics and the reasons /readyz gives (default: loopback and
     private ranges). Others get 403 from /metrics and only the status from /readyz: the
     webhook listener may face the Internet, and those name outputs, hosts and errors."""
+    max_connections_per_client: int = Field(default=64, ge=0, le=65536)
+    """Connections one client (an IPv4 address, an IPv6 /64) may hold open at once; past it a
+    new one is closed as it is accepted. 0: no cap. Connections from `trusted_proxies` are not
+    capped: every client behind a proxy shares its address."""
     tls: TlsServerConfig | None = None
 
     @field_validator("host")

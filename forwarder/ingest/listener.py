@@ -1,5 +1,6 @@
-"""Below the application: the listening sockets, the bounds on a TLS connection before and after
-its requests, and logging that hostile clients cannot turn into a flood.
+"""Below the application: the listening sockets, the bounds on the connections one client may
+hold and on a TLS connection before and after its requests, and logging that hostile clients
+cannot turn into a flood.
 
 What the Internet sends the listener (scans, malformed requests, idle connections by the
 thousand) costs the daemon a bounded amount of log: each kind of refusal is logged within a
@@ -15,13 +16,27 @@ import socket
 import ssl
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NoReturn
 
 import structlog
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
 
-__all__ = ["HTTP_LOGGER", "ListenSite", "ListenSocket", "LogBudget", "held_back"]
+from forwarder.ingest.auth import client_key, from_trusted_proxy
+from forwarder.settings import ListenConfig
+from forwarder.telemetry import metrics
+
+__all__ = [
+    "CLIENT_CONNECTIONS",
+    "HTTP_LOGGER",
+    "ClientConnections",
+    "ListenSite",
+    "ListenSocket",
+    "LogBudget",
+    "held_back",
+]
 
 log = structlog.get_logger("forwarder.ingest")
 
@@ -67,6 +82,81 @@ def held_back(count: int) -> dict[str, int]:
 
 
 _CONNECTIONS_LOG = LogBudget(burst=1, per_minute=1)
+_CLIENT_CAP_LOG = LogBudget(burst=5, per_minute=1)
+
+
+class ClientConnections:
+    """The connections each client holds open (an IPv4 address, an IPv6 /64, as the failure
+    limiter counts them), capped at `listen.max_connections_per_client`; 0 is no cap.
+
+    Without it one client could hold every connection the open-file limit leaves, and the
+    console's posts would be closed at accept with the rest. Connections from
+    `listen.trusted_proxies` are not capped: every client behind a proxy shares its address.
+    Only clients with a connection open have an entry, so memory is bounded by the connections.
+    """
+
+    def __init__(self, listen: ListenConfig) -> None:
+        self.limit = listen.max_connections_per_client
+        self._listen = listen
+        self.open: dict[str, int] = {}
+
+    def client(self, address: str) -> str | None:
+        """Whom a connection from `address` counts for; None if it is not capped."""
+        if not self.limit or from_trusted_proxy(address, self._listen):
+            return None
+        return client_key(address)
+
+    def opened(self, client: str) -> bool:
+        """Count a connection of `client`'s; False, counting nothing, if it is at the cap."""
+        count = self.open.get(client, 0)
+        if count >= self.limit:
+            return False
+        self.open[client] = count + 1
+        return True
+
+    def closed(self, client: str) -> None:
+        count = self.open.pop(client, 0) - 1
+        if count > 0:
+            self.open[client] = count
+
+
+CLIENT_CONNECTIONS = web.AppKey("client_connections", ClientConnections)
+"""The app's `ClientConnections`, which `ListenSite` gives its socket when it starts."""
+
+
+class _ClientSocket(socket.socket):
+    """An accepted connection that gives its place under the per-client cap back when it is
+    closed: asyncio closes the socket on every way a connection ends (a reset, a failed or
+    timed-out TLS handshake, a timeout, the server's shutdown)."""
+
+    __slots__ = ("_release",)
+
+    def __init__(
+        self,
+        family: int = -1,
+        kind: int = -1,
+        proto: int = -1,
+        fileno: int | None = None,
+        *,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(family, kind, proto, fileno)
+        self._release = release
+
+    def _released(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._released()
+
+    def detach(self) -> int:
+        self._released()
+        return super().detach()
 
 
 def _connection_ceiling() -> int:
@@ -84,23 +174,50 @@ class ListenSocket(socket.socket):
     while the store and the outputs cannot open a file or a connection of their own.
     """
 
+    clients: ClientConnections | None = None
+    """The per-client cap, once a `ListenSite` starts on this socket; None: no cap."""
+
     def accept(self) -> tuple[socket.socket, Any]:
         conn, address = super().accept()
         # The kernel gives the lowest free descriptor: one at the ceiling means every one below
         # is taken, so connections keep out of the reserve however the descriptors are spread.
-        if conn.fileno() < _connection_ceiling():
-            return conn, address
-        conn.close()
-        held = _CONNECTIONS_LOG.take()
-        if held is not None:
-            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            log.warning(
+        if conn.fileno() >= _connection_ceiling():
+            _close_at_accept(
+                conn,
+                "open_files",
+                _CONNECTIONS_LOG,
                 "Too many open connections; new ones are closed at once.",
-                open_files_limit=limit,
-                **held_back(held),
+                open_files_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             )
-        # What asyncio's accept loop takes for a client gone before it was accepted.
-        raise ConnectionAbortedError
+        clients = self.clients
+        client = None if clients is None else clients.client(str(address[0]))
+        if clients is None or client is None:
+            return conn, address
+        if not clients.opened(client):
+            # Before the TLS handshake and before any byte is read: the client costs no more.
+            _close_at_accept(
+                conn,
+                "per_client",
+                _CLIENT_CAP_LOG,
+                "A client holds too many connections; its new ones are closed at once.",
+                client=client,
+                max_connections_per_client=clients.limit,
+            )
+        release = partial(clients.closed, client)
+        fileno = conn.detach()
+        return _ClientSocket(conn.family, conn.type, conn.proto, fileno, release=release), address
+
+
+def _close_at_accept(
+    conn: socket.socket, reason: str, budget: LogBudget, message: str, **fields: Any
+) -> NoReturn:
+    conn.close()
+    metrics.connections_closed_at_accept.labels(reason).inc()
+    held = budget.take()
+    if held is not None:
+        log.warning(message, **fields, **held_back(held))
+    # What asyncio's accept loop takes for a client gone before it was accepted.
+    raise ConnectionAbortedError
 
 
 class ListenSite(web.SockSite):
@@ -127,6 +244,9 @@ class ListenSite(web.SockSite):
         self._handshake_timeout = handshake_timeout
 
     async def start(self) -> None:
+        runner = self._runner
+        if isinstance(self._sock, ListenSocket) and isinstance(runner, web.AppRunner):
+            self._sock.clients = runner.app.get(CLIENT_CONNECTIONS)
         if self._ssl_context is None:
             await super().start()
             return

@@ -40,7 +40,14 @@ if TYPE_CHECKING:
     from forwarder.pipeline import Pipeline
     from forwarder.store.outbox import Outbox
 
-__all__ = ["REGISTRY", "REJECT_REASONS", "STORE_READER", "StoreReader", "track_outputs"]
+__all__ = [
+    "ACCEPT_CLOSE_REASONS",
+    "REGISTRY",
+    "REJECT_REASONS",
+    "STORE_READER",
+    "StoreReader",
+    "track_outputs",
+]
 
 # The `_created` series double the exposition for no use on a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -68,6 +75,9 @@ REJECT_REASONS = (
     "store_unavailable",
 )
 """Every `error` the webhook answers with, which is the `reason` of `rejected`."""
+ACCEPT_CLOSE_REASONS = ("per_client", "open_files")
+"""Why the listener closed a connection as it accepted it: the client holds
+`listen.max_connections_per_client` already, or connections hold their share of open files."""
 FAILED_RESULTS = ("retry", "reject")
 DEAD_LETTER_REASONS = ("rejected", "expired")
 
@@ -94,6 +104,13 @@ http_requests = Counter(
 quarantined = Counter(
     "quarantined", "Authenticated posts kept in quarantine because they could not be read.",
     namespace=_NS, registry=REGISTRY,
+)  # fmt: skip
+
+# Listener
+connections_closed_at_accept = Counter(
+    "connections_closed_at_accept",
+    "Connections closed as they were accepted, before TLS or HTTP, by reason.",
+    ["reason"], namespace=_NS, registry=REGISTRY,
 )  # fmt: skip
 
 # Store
@@ -173,6 +190,8 @@ for _reason in REJECT_REASONS:
     rejected.labels(_reason)
 for _kind in EventKind:
     accepted.labels(_kind.value)
+for _reason in ACCEPT_CLOSE_REASONS:
+    connections_closed_at_accept.labels(_reason)
 
 # Gauges that describe a running output, which go when a reload removes it.
 _RUNNING_OUTPUT_GAUGES = (output_in_flight, output_healthy, output_last_success)

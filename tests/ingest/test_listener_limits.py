@@ -1,0 +1,317 @@
+"""The listener as `run` serves it (a `ListenSocket` under a `ListenSite`, aiohttp logging to
+HTTP_LOGGER): the cap on the connections one client may hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import struct
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import trustme
+from aiohttp import web
+
+from forwarder.app import build_app
+from forwarder.ingest import listener
+from forwarder.ingest.listener import (
+    CLIENT_CONNECTIONS,
+    HTTP_LOGGER,
+    ClientConnections,
+    ListenSite,
+    ListenSocket,
+)
+from forwarder.ingest.tls import server_context
+from forwarder.pipeline import Pipeline
+from forwarder.settings import ConfigError, ListenConfig, Settings, parse_settings
+from forwarder.telemetry import metrics
+from tests.daemon.harness import wait_until
+from tests.ingest.test_listener_audit import READ_SECS, closed_after
+from tests.ingest.test_tls import client_context, issue
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+QUICK_SECS = 0.5  # handshake and idle timeouts of the listeners that a test waits out
+CLOSED = "canary_forwarder_connections_closed_at_accept_total"
+MALFORMED = "canary_forwarder_malformed_requests_total"
+EXPIRY = "canary_forwarder_listener_certificate_expiry_timestamp_seconds"
+
+
+def sample_value(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@dataclass
+class Listening:
+    app: web.Application
+    runner: web.AppRunner
+    port: int
+    tls: ssl.SSLContext | None  # the client's, trusting the listener's certificate
+    stopped: bool = False
+
+    async def stop(self) -> None:
+        """Shut the listener down as `run` does at the end; once."""
+        if not self.stopped:
+            self.stopped = True
+            await self.runner.cleanup()
+
+    @property
+    def clients(self) -> ClientConnections:
+        return self.app[CLIENT_CONNECTIONS]
+
+    def open_from_loopback(self) -> int:
+        return self.clients.open.get("127.0.0.1", 0)
+
+    async def connect(self, *, tls: bool = True) -> tuple[asyncio.StreamReader, Any]:
+        context = self.tls if tls else None
+        return await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=context, server_hostname="127.0.0.1" if context else None
+        )
+
+
+Listen = Callable[..., contextlib.AbstractAsyncContextManager[Listening]]
+
+
+@pytest.fixture
+def listen(make_settings: Callable[..., Settings], tmp_path: Path) -> Listen:
+    """`async with listen(tls=False, **listen settings) as listening:` the daemon's listener on
+    127.0.0.1, set up as `run` sets it up, with short timeouts."""
+
+    @contextlib.asynccontextmanager
+    async def serving(*, tls: bool = False, **options: Any) -> AsyncIterator[Listening]:
+        client_tls = server_tls = None
+        if tls:
+            authority = trustme.CA()
+            cert, key = issue(authority, tmp_path)
+            key.chmod(0o600)
+            options["tls"] = {"cert": str(cert), "key": str(key)}
+            client_tls = client_context(authority)
+        settings = make_settings(listen=options)
+        server_tls = server_context(settings.listen)
+        pipeline = await Pipeline.start(settings)
+        app = build_app(pipeline)
+        # What of `run`'s runner matters here: aiohttp's logger, and a header timeout.
+        runner = web.AppRunner(
+            app, shutdown_timeout=1.0, keepalive_timeout=QUICK_SECS, logger=HTTP_LOGGER
+        )
+        await runner.setup()
+        sock = ListenSocket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", 0))
+            site = ListenSite(runner, sock, ssl_context=server_tls, handshake_timeout=QUICK_SECS)
+            await site.start()
+            listening = Listening(app, runner, sock.getsockname()[1], client_tls)
+            try:
+                yield listening
+            finally:
+                await listening.stop()
+        finally:
+            sock.close()
+            await pipeline.stop(1)
+
+    return serving
+
+
+async def healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """The status line of GET /healthz on an open connection."""
+    writer.write(HEALTHZ)
+    async with asyncio.timeout(READ_SECS):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+    return head.split(b"\r\n")[0]
+
+
+async def closed_unanswered(listening: Listening, *, tls: bool) -> None:
+    """A new connection is closed before its TLS handshake or its request gets an answer."""
+    if tls:
+        # The handshake fails: the listener closed the connection before it read the hello.
+        with pytest.raises((ConnectionError, ssl.SSLError, asyncio.IncompleteReadError)):
+            async with asyncio.timeout(READ_SECS):
+                await listening.connect()
+        return
+    reader, writer = await listening.connect(tls=False)
+    try:
+        with contextlib.suppress(ConnectionResetError):
+            writer.write(HEALTHZ)
+            assert (await closed_after(reader))[0] == b""
+    finally:
+        writer.close()
+
+
+def close_all(writers: list[Any]) -> None:
+    for writer in writers:
+        writer.close()
+
+
+# The setting
+
+
+def listen_problems(**options: Any) -> list[str]:
+    outputs = [{"name": "mem", "type": "memory"}]
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"listen": options, "outputs": outputs}, environ={})
+    return caught.value.problems
+
+
+def test_max_connections_per_client_defaults_to_a_cap_and_0_is_none() -> None:
+    assert ListenConfig().max_connections_per_client == 64
+    assert ListenConfig(max_connections_per_client=0).max_connections_per_client == 0
+    assert listen_problems(max_connections_per_client=-1) == [
+        "listen.max_connections_per_client: Input should be greater than or equal to 0"
+    ]
+    assert listen_problems(max_connections_per_client="many") == [
+        "listen.max_connections_per_client: Input should be a valid integer, unable to parse "
+        "string as an integer"
+    ]
+
+
+def test_a_client_is_an_ipv4_address_however_written_or_an_ipv6_64() -> None:
+    """As the failure limiter counts clients: one host has a whole /64 to connect from."""
+    clients = ClientConnections(ListenConfig(max_connections_per_client=2))
+    for address in ("2001:db8:0:1::1", "2001:db8:0:1:ffff:ffff:ffff:ffff"):
+        client = clients.client(address)
+        assert client == "2001:db8:0:1::/64"
+        assert clients.opened(client)
+    assert not clients.opened("2001:db8:0:1::/64")
+    assert clients.client("2001:db8:0:2::1") == "2001:db8:0:2::/64"  # someone else
+    assert clients.client("::ffff:192.0.2.1") == clients.client("192.0.2.1") == "192.0.2.1"
+    clients.closed("2001:db8:0:1::/64")
+    clients.closed("2001:db8:0:1::/64")
+    assert clients.open == {}
+    # Uncapped: no key at all, so nothing is counted.
+    assert ClientConnections(ListenConfig(max_connections_per_client=0)).client("::1") is None
+    behind_proxy = ListenConfig(trusted_proxies=("192.0.2.0/24", "2001:db8::/32"))
+    for address in ("192.0.2.7", "::ffff:192.0.2.7", "2001:db8:0:1::1"):
+        assert ClientConnections(behind_proxy).client(address) is None
+
+
+# The cap at work
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_a_client_past_its_cap_is_closed_at_accept_counted_and_logged(
+    listen: Listen, tls: bool
+) -> None:
+    """One address could hold every connection the open-file limit leaves, and the console's
+    posts were then closed at accept with everyone else's."""
+    async with listen(tls=tls, max_connections_per_client=3) as listening:
+        held = [await listening.connect(tls=tls) for _ in range(3)]
+        try:
+            await wait_until(lambda: listening.open_from_loopback() == 3, timeout=5, what="3 open")
+            before = sample_value(CLOSED, reason="per_client")
+            with structlog.testing.capture_logs() as logs:
+                await closed_unanswered(listening, tls=tls)
+            assert sample_value(CLOSED, reason="per_client") == before + 1
+            assert listening.open_from_loopback() == 3  # the refused one was never counted
+            [warned] = [line for line in logs if line["event"].startswith("A client holds too")]
+            assert warned["log_level"] == "warning"
+            assert warned["client"] == "127.0.0.1"
+            assert warned["max_connections_per_client"] == 3
+            # The ones within the cap are served as before.
+            assert await healthz(*held[0]) == b"HTTP/1.1 200 OK"
+
+            # One closed, one more may open.
+            held.pop()[1].close()
+            await wait_until(lambda: listening.open_from_loopback() == 2, timeout=5, what="2 open")
+            held.append(await listening.connect(tls=tls))
+            assert await healthz(*held[-1]) == b"HTTP/1.1 200 OK"
+        finally:
+            close_all([writer for _, writer in held])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_connections_per_client": 1, "trusted_proxies": ["127.0.0.0/8"]},
+        {"max_connections_per_client": 0},
+    ],
+    ids=["trusted_proxy", "no_cap"],
+)
+async def test_a_trusted_proxy_or_a_cap_of_0_is_not_capped(
+    listen: Listen, options: dict[str, Any]
+) -> None:
+    """Every client behind a reverse proxy connects from the proxy's address."""
+    async with listen(**options) as listening:
+        held = [await listening.connect(tls=False) for _ in range(4)]
+        try:
+            for reader, writer in held:
+                assert await healthz(reader, writer) == b"HTTP/1.1 200 OK"
+            assert listening.clients.open == {}
+        finally:
+            close_all([writer for _, writer in held])
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close the connection with a TCP reset, as a client that crashed or was cut off does."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def until_closed(reader: asyncio.StreamReader) -> None:
+    """Wait for the listener to close the connection, with or without a TLS alert or a reset."""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        await closed_after(reader)
+
+
+async def test_a_connection_gives_its_place_back_however_it_ends(
+    listen: Listen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A place never given back would, one path at a time, lock the client out for good."""
+    monkeypatch.setattr(listener, "TLS_SHUTDOWN_TIMEOUT_SECS", QUICK_SECS)
+    async with listen(tls=True, max_connections_per_client=8) as listening:
+
+        async def counted_then_released(what: str, end: Callable[[], Any]) -> None:
+            await wait_until(lambda: listening.open_from_loopback() == 1, timeout=5, what=what)
+            result = end()
+            if asyncio.iscoroutine(result):
+                await result
+            await wait_until(
+                lambda: not listening.clients.open, timeout=5, what=f"{what}: given back"
+            )
+
+        # The client closes after its request.
+        reader, writer = await listening.connect()
+        assert await healthz(reader, writer) == b"HTTP/1.1 200 OK"
+        await counted_then_released("a closed connection", writer.close)
+
+        # The client resets the connection, after its handshake and in the middle of it.
+        reader, writer = await listening.connect()
+        await counted_then_released("a reset connection", lambda: reset(writer))
+        _, writer = await listening.connect(tls=False)
+        await counted_then_released("a reset handshake", lambda: reset(writer))
+
+        # The handshake fails: plain HTTP on the TLS port.
+        reader, writer = await listening.connect(tls=False)
+        writer.write(HEALTHZ)
+        await counted_then_released("a failed handshake", lambda: until_closed(reader))
+        writer.close()
+
+        # The handshake times out: nothing sent at all.
+        reader, writer = await listening.connect(tls=False)
+        await counted_then_released("a handshake timed out", lambda: until_closed(reader))
+        writer.close()
+
+        # Idle past the header timeout once the handshake is done.
+        reader, writer = await listening.connect()
+        await counted_then_released("an idle connection", lambda: until_closed(reader))
+        writer.close()
+
+        # The server shuts down with connections open: one idle, one in the middle of a request,
+        # one in the middle of its handshake (asyncio's server lets that one run to its timeout).
+        held = [await listening.connect(), await listening.connect()]
+        held[1][1].write(b"POST /canary HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+        held.append(await listening.connect(tls=False))
+        try:
+            await wait_until(lambda: listening.open_from_loopback() == 3, timeout=5, what="three")
+            await listening.stop()
+            await wait_until(lambda: not listening.clients.open, timeout=5, what="the shutdown")
+        finally:
+            close_all([writer for _, writer in held])
