@@ -219,6 +219,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     except (ConnectionResetError, HttpProcessingError) as exc:
         # A client gone in the middle of its body is the client's doing, not a failure of the
         # daemon's (which it was taken for: an ERROR with a traceback, counted as a 500).
+        metrics.malformed_requests.labels("body").inc()
         detail = f"cut off after {len(received)} bytes ({exc.__class__.__name__})"
         raise _BodyNotRead(400, "invalid_payload", detail, bytes(received)) from None
     return bytes(received)

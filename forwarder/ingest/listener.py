@@ -22,7 +22,13 @@ from typing import Any, NoReturn
 
 import structlog
 from aiohttp import web
-from aiohttp.http import HttpProcessingError
+from aiohttp.http_exceptions import (
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+)
 
 from forwarder.ingest.auth import client_key, from_trusted_proxy
 from forwarder.settings import ListenConfig
@@ -264,9 +270,41 @@ class ListenSite(web.SockSite):
         )
 
 
+def malformed_reason(error: HttpProcessingError) -> str:
+    """The `reason` of `malformed_requests` for a request aiohttp's parser refused."""
+    if isinstance(error, LineTooLong):  # the request line, or a header, past 8190 bytes
+        return "too_long"
+    if isinstance(error, BadStatusLine | InvalidURLError):  # BadHttpMethod is a BadStatusLine
+        return "request_line"
+    if isinstance(error, PayloadEncodingError):  # a body cut short, or its encoding broken
+        return "body"
+    # Most other refusals are llhttp's, all one class, with its description on the first line.
+    problem = error.message.partition("\n")[0].lower()
+    if "chunk" in problem:
+        return "body"
+    if any(word in problem for word in _REQUEST_LINE_WORDS):
+        return "request_line"
+    return "headers"  # a header not valid, Content-Length twice, and so on
+
+
+# Words of llhttp's descriptions of a refused request line ("Expected HTTP/", "Invalid method",
+# "Pause on PRI/Upgrade": HTTP/2's preface).
+_REQUEST_LINE_WORDS = ("method", "url", "version", "http/", "pri/")
+
+
+# The logger whose level HTTP_LOGGER's other lines keep to (see `_MalformedRequests`).
+_LEVEL_OF = logging.getLogger("forwarder")
+
+
 class _MalformedRequests(logging.Filter):
     """aiohttp logs each request it cannot parse as an ERROR with its traceback. That is the
-    client's doing, not the daemon's: one line, a warning, within a budget."""
+    client's doing, not the daemon's: one line, a warning, within a budget; and a count.
+
+    A bad request line as a connection's first request (a TLS ClientHello on a plain port, a
+    scanner's garbage) aiohttp logs at DEBUG instead, which a logger at INFO never lets through
+    to a filter. So HTTP_LOGGER takes every level, to count those too, and this filter passes
+    its other lines only at the level of the loggers above it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -274,8 +312,12 @@ class _MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if record.levelno < logging.ERROR or not isinstance(error, HttpProcessingError):
-            return True
+        if not isinstance(error, HttpProcessingError):
+            return _LEVEL_OF.isEnabledFor(record.levelno)
+        metrics.malformed_requests.labels(malformed_reason(error)).inc()
+        if record.levelno < logging.ERROR:
+            # What aiohttp itself takes for the Internet's noise: counted, logged as it was.
+            return _LEVEL_OF.isEnabledFor(record.levelno)
         held = self.budget.take()
         if held is not None:
             # aiohttp's message is "Error handling request from %s", with the client's address.
@@ -295,3 +337,4 @@ class _MalformedRequests(logging.Filter):
 HTTP_LOGGER = logging.getLogger("forwarder.http")
 """The logger of the listener's aiohttp server (its `logger` argument)."""
 HTTP_LOGGER.addFilter(_MalformedRequests())
+HTTP_LOGGER.setLevel(logging.DEBUG)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCEPT_CLOSE_REASONS",
+    "MALFORMED_REASONS",
     "REGISTRY",
     "REJECT_REASONS",
     "STORE_READER",
@@ -75,6 +76,8 @@ REJECT_REASONS = (
     "store_unavailable",
 )
 """Every `error` the webhook answers with, which is the `reason` of `rejected`."""
+MALFORMED_REASONS = ("request_line", "headers", "body", "too_long")
+"""Where aiohttp's parser found a request malformed: the `reason` of `malformed_requests`."""
 ACCEPT_CLOSE_REASONS = ("per_client", "open_files")
 """Why the listener closed a connection as it accepted it: the client holds
 `listen.max_connections_per_client` already, or connections hold their share of open files."""
@@ -107,6 +110,10 @@ quarantined = Counter(
 )  # fmt: skip
 
 # Listener
+malformed_requests = Counter(
+    "malformed_requests", "Requests refused as malformed by the HTTP parser, by reason.",
+    ["reason"], namespace=_NS, registry=REGISTRY,
+)  # fmt: skip
 connections_closed_at_accept = Counter(
     "connections_closed_at_accept",
     "Connections closed as they were accepted, before TLS or HTTP, by reason.",
@@ -190,6 +197,8 @@ for _reason in REJECT_REASONS:
     rejected.labels(_reason)
 for _kind in EventKind:
     accepted.labels(_kind.value)
+for _reason in MALFORMED_REASONS:
+    malformed_requests.labels(_reason)
 for _reason in ACCEPT_CLOSE_REASONS:
     connections_closed_at_accept.labels(_reason)
 

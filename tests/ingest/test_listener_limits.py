@@ -1,11 +1,13 @@
 """The listener as `run` serves it (a `ListenSocket` under a `ListenSite`, aiohttp logging to
-HTTP_LOGGER): the cap on the connections one client may hold.
+HTTP_LOGGER): the cap on the connections one client may hold, and the count of malformed
+requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import struct
@@ -315,3 +317,79 @@ async def test_a_connection_gives_its_place_back_however_it_ends(
             await wait_until(lambda: not listening.clients.open, timeout=5, what="the shutdown")
         finally:
             close_all([writer for _, writer in held])
+
+
+# Malformed requests
+
+
+REFUSED = [
+    # A connection's first request with a bad method: aiohttp logs it at DEBUG, not as an error.
+    ("request_line", b"G@T / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("request_line", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),  # TLS on plain
+    ("request_line", b"POST /canary\xff HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("request_line", b"GET / HTTP/9.9\r\nHost: x\r\n\r\n"),
+    (
+        "headers",
+        b"POST /canary HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ),
+    ("headers", b"GET / HTTP/1.1\r\nHost x\r\n\r\n"),
+    ("too_long", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n"),
+    ("too_long", b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n"),
+    (
+        "body",
+        b"POST /canary HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ),
+]
+
+
+async def test_malformed_requests_are_counted_by_reason(listen: Listen) -> None:
+    async with listen() as listening:
+        for reason, request in REFUSED:
+            before = {r: sample_value(MALFORMED, reason=r) for r in metrics.MALFORMED_REASONS}
+            reader, writer = await listening.connect(tls=False)
+            try:
+                writer.write(request)
+                answer, _ = await closed_after(reader)
+            finally:
+                writer.close()
+            assert answer.startswith(b"HTTP/1.0 400 Bad Request"), (reason, answer)
+            after = {r: sample_value(MALFORMED, reason=r) for r in metrics.MALFORMED_REASONS}
+            changed = {r: after[r] - before[r] for r in after if after[r] != before[r]}
+            assert changed == {reason: 1}, (request[:40], changed)
+
+        # A body cut short while the webhook reads it: it answers that one itself.
+        cut_short = sample_value(MALFORMED, reason="body")
+        _, writer = await listening.connect(tls=False)
+        writer.write(
+            b"POST /canary HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"Desc'
+        )
+        await writer.drain()
+        writer.close()
+        await wait_until(
+            lambda: sample_value(MALFORMED, reason="body") == cut_short + 1,
+            timeout=5,
+            what="the body cut short counted",
+        )
+
+
+def test_every_malformed_reason_starts_at_zero_and_is_a_fixed_set() -> None:
+    for reason in metrics.MALFORMED_REASONS:
+        assert metrics.REGISTRY.get_sample_value(MALFORMED, {"reason": reason}) is not None
+    assert len(metrics.MALFORMED_REASONS) <= 5
+
+
+def test_the_http_logger_lets_its_other_lines_through_at_the_configured_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """HTTP_LOGGER takes every level, so that the refusals aiohttp logs at DEBUG are counted;
+    its other lines must still keep to the daemon's level."""
+    with caplog.at_level(logging.INFO):
+        HTTP_LOGGER.debug("Ignored premature client disconnection")
+        HTTP_LOGGER.info("an info line")
+        HTTP_LOGGER.error("Unhandled exception")
+    assert [record.getMessage() for record in caplog.records] == [
+        "an info line",
+        "Unhandled exception",
+    ]
