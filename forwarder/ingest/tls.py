@@ -4,11 +4,14 @@ Reloading loads the certificate files again into the same context: new connectio
 renewed certificate, open ones keep theirs, and a bad file leaves the old certificate in use.
 A certificate that has expired or is not valid yet, and a world-readable private key file, are
 loaded but logged as warnings: a client refusing the certificate fails its handshake, which
-the daemon does not log (the Internet fails handshakes all day).
+the daemon does not log (the Internet fails handshakes all day). The expiry of each certificate
+loaded is exported as `canary_forwarder_listener_certificate_expiry_timestamp_seconds`, to alert
+on well before that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import stat
 from datetime import UTC, datetime
@@ -17,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from forwarder.settings import ListenConfig
+from forwarder.telemetry import metrics
 
 __all__ = ["reload_certificates", "server_context"]
 
@@ -47,7 +51,19 @@ def reload_certificates(context: ssl.SSLContext, listen: ListenConfig) -> None:
     # every handshake failing.
     _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key)
     _load(context, cert, key)
-    _warn_about(cert, key)
+    validity = _validity(cert)
+    _publish_expiry(cert, validity)
+    _warn_about(cert, key, validity)
+
+
+def _publish_expiry(cert: Path, validity: tuple[datetime, datetime] | None) -> None:
+    gauge = metrics.listener_certificate_expiry
+    if validity is not None:
+        gauge.labels(str(cert)).set(validity[1].timestamp())
+        return
+    # Loaded, but its dates could not be read here: no figure rather than the last one's.
+    with contextlib.suppress(KeyError):
+        gauge.remove(str(cert))
 
 
 def _load(context: ssl.SSLContext, cert: Path, key: Path) -> None:
@@ -59,7 +75,7 @@ def _load(context: ssl.SSLContext, cert: Path, key: Path) -> None:
     context.load_cert_chain(cert, key, password=no_passphrase)
 
 
-def _warn_about(cert: Path, key: Path) -> None:
+def _warn_about(cert: Path, key: Path, validity: tuple[datetime, datetime] | None) -> None:
     try:
         mode = key.stat().st_mode
     except OSError:
@@ -70,7 +86,6 @@ def _warn_about(cert: Path, key: Path) -> None:
             key=str(key),
             mode=f"{stat.S_IMODE(mode):04o}",
         )
-    validity = _validity(cert)
     if validity is None:
         return
     not_before, not_after = validity

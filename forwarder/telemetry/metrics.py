@@ -6,7 +6,8 @@ nothing here formats text by hand.
 
 Every label value comes from a fixed set or from the configuration, never from a client: the
 `handler` of a request is its route (unknown paths and methods are all `unmatched`), `reason`
-and `kind` are the constants below, `output` an output's configured name.
+and `kind` are the constants below, `output` an output's configured name, `cert` the configured
+path of the listener's certificate.
 
 What /metrics reports beside the counters is gathered at each scrape by `StoreReader.publish`:
 the store's figures (read on the store thread, which a scrape waits for only so long), and
@@ -118,6 +119,11 @@ connections_closed_at_accept = Counter(
     "connections_closed_at_accept",
     "Connections closed as they were accepted, before TLS or HTTP, by reason.",
     ["reason"], namespace=_NS, registry=REGISTRY,
+)  # fmt: skip
+listener_certificate_expiry = Gauge(
+    "listener_certificate_expiry_timestamp_seconds",
+    "Unix time the listener's TLS certificate expires (notAfter), as last loaded.",
+    ["cert"], namespace=_NS, registry=REGISTRY,
 )  # fmt: skip
 
 # Store

@@ -1,6 +1,6 @@
 """The listener as `run` serves it (a `ListenSocket` under a `ListenSite`, aiohttp logging to
-HTTP_LOGGER): the cap on the connections one client may hold, and the count of malformed
-requests.
+HTTP_LOGGER): the cap on the connections one client may hold, the count of malformed requests,
+and the expiry of the TLS certificate.
 """
 
 from __future__ import annotations
@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
 import trustme
@@ -30,12 +33,12 @@ from forwarder.ingest.listener import (
     ListenSite,
     ListenSocket,
 )
-from forwarder.ingest.tls import server_context
+from forwarder.ingest.tls import reload_certificates, server_context
 from forwarder.pipeline import Pipeline
 from forwarder.settings import ConfigError, ListenConfig, Settings, parse_settings
 from forwarder.telemetry import metrics
-from tests.daemon.harness import wait_until
-from tests.ingest.test_listener_audit import READ_SECS, closed_after
+from tests.daemon.harness import wait_until, wait_until_async
+from tests.ingest.test_listener_audit import READ_SECS, TlsDaemon, closed_after
 from tests.ingest.test_tls import client_context, issue
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -393,3 +396,83 @@ def test_the_http_logger_lets_its_other_lines_through_at_the_configured_level(
         "an info line",
         "Unhandled exception",
     ]
+
+
+# The certificate's expiry
+
+
+def certificate(authority: trustme.CA, directory: Path, not_after: datetime) -> tuple[Path, Path]:
+    issued = authority.issue_cert("127.0.0.1", not_after=not_after)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(cert)
+    issued.private_key_pem.write_to_path(key)
+    key.chmod(0o600)
+    return cert, key
+
+
+def test_the_certificate_expiry_is_exported_at_start_and_at_each_reload(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    authority = trustme.CA()
+    first = datetime(2031, 5, 1, 12, tzinfo=UTC)
+    cert, key = certificate(authority, tmp_path, first)
+    listen = make_settings(listen={"tls": {"cert": str(cert), "key": str(key)}}).listen
+    context = server_context(listen)
+    assert context is not None
+    assert sample_value(EXPIRY, cert=str(cert)) == first.timestamp()
+
+    renewed = datetime(2031, 8, 1, 12, tzinfo=UTC)
+    certificate(authority, tmp_path, renewed)
+    reload_certificates(context, listen)
+    assert sample_value(EXPIRY, cert=str(cert)) == renewed.timestamp()
+
+    # A reload that loads nothing leaves the certificate in use, and its expiry.
+    cert.write_text("not a certificate")
+    with pytest.raises(ssl.SSLError):
+        reload_certificates(context, listen)
+    assert sample_value(EXPIRY, cert=str(cert)) == renewed.timestamp()
+
+
+def test_without_tls_no_expiry_is_exported(make_settings: Callable[..., Settings]) -> None:
+    def expiries() -> int:
+        return sum(len(family.samples) for family in metrics.listener_certificate_expiry.collect())
+
+    before = expiries()
+    assert server_context(make_settings().listen) is None
+    assert expiries() == before
+
+
+@pytest.mark.slow
+async def test_a_reload_exports_the_renewed_certificates_expiry(tmp_path: Path) -> None:
+    """SIGHUP to a running daemon, the renewed certificate's expiry in its /metrics."""
+    authority = trustme.CA()
+    daemon = TlsDaemon(tmp_path / "daemon", authority, graceful_secs=2)
+    await daemon.start()
+    try:
+        cert = daemon.workdir / "cert.pem"
+        renewed = datetime(2032, 2, 3, 4, 5, 6, tzinfo=UTC)
+        first = await scraped_expiry(daemon, cert)
+        assert first is not None
+        assert first != renewed.timestamp()
+        certificate(authority, daemon.workdir, renewed)
+        daemon.send_signal(signal.SIGHUP)
+
+        async def renewed_expiry() -> bool:
+            return await scraped_expiry(daemon, cert) == renewed.timestamp()
+
+        await wait_until_async(renewed_expiry, timeout=10, what="the renewed expiry")
+    finally:
+        daemon.close()
+
+
+async def scraped_expiry(daemon: TlsDaemon, cert: Path) -> float | None:
+    wanted = f'{EXPIRY}{{cert="{cert}"}} '
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{daemon.base_url}/metrics", ssl=daemon.client_tls) as answer,
+    ):
+        text = await answer.text()
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            return float(line.split()[-1])
+    return None
