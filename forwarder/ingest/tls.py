@@ -19,6 +19,7 @@ from pathlib import Path
 
 import structlog
 
+from forwarder.certificates import load_key_pair
 from forwarder.settings import ListenConfig
 from forwarder.telemetry import metrics
 
@@ -49,8 +50,8 @@ def reload_certificates(context: ssl.SSLContext, listen: ListenConfig) -> None:
     # before the key is checked against it, so a key that does not match (a certificate renewed
     # with a new key, the old key still in place) left the listener with no key at all, and
     # every handshake failing.
-    _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key)
-    _load(context, cert, key)
+    load_key_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key)
+    load_key_pair(context, cert, key)
     validity = _validity(cert)
     _publish_expiry(cert, validity)
     _warn_about(cert, key, validity)
@@ -64,15 +65,6 @@ def _publish_expiry(cert: Path, validity: tuple[datetime, datetime] | None) -> N
     # Loaded, but its dates could not be read here: no figure rather than the last one's.
     with contextlib.suppress(KeyError):
         gauge.remove(str(cert))
-
-
-def _load(context: ssl.SSLContext, cert: Path, key: Path) -> None:
-    def no_passphrase() -> str:
-        # Without this OpenSSL asks for the passphrase on the terminal, if there is one: the
-        # daemon would wait there, its event loop stopped, for an answer nobody gives.
-        raise OSError(f"the private key is encrypted, and no passphrase can be given: {key}")
-
-    context.load_cert_chain(cert, key, password=no_passphrase)
 
 
 def _warn_about(cert: Path, key: Path, validity: tuple[datetime, datetime] | None) -> None:

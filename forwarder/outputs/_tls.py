@@ -10,6 +10,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from forwarder.certificates import load_key_pair
+
 __all__ = ["TlsClientConfig", "TlsFilesUnusable"]
 
 _OPENSSL_SOURCE_LINE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
@@ -60,9 +62,8 @@ class TlsClientConfig(BaseModel):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         if self.cert_file is not None:
-            key = str(self.key_file) if self.key_file is not None else None
             try:
-                context.load_cert_chain(str(self.cert_file), key)
+                load_key_pair(context, self.cert_file, self.key_file)
             except (OSError, ValueError) as exc:
                 source = f"tls.cert_file {self.cert_file}"
                 if self.key_file is not None:

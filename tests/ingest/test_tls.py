@@ -136,31 +136,53 @@ def encrypted(issued: trustme.LeafCert, path: Path) -> None:
     )
 
 
-LOAD_ON_A_TERMINAL = """
+_ON_A_TERMINAL = """
 import os, sys
 os.open(sys.argv[1], os.O_RDWR)  # a session leader's first terminal becomes its own
-from forwarder.ingest.tls import server_context
-from forwarder.settings import parse_settings
-tls = {"cert": sys.argv[2], "key": sys.argv[3]}
-outputs = [{"name": "mem", "type": "memory"}]
+cert, key = sys.argv[2], sys.argv[3]
 try:
-    server_context(parse_settings({"listen": {"tls": tls}, "outputs": outputs}).listen)
+"""
+# The listener's certificate, and an output's client certificate.
+LOADS = {
+    "listener": """
+    from forwarder.ingest.tls import server_context
+    from forwarder.settings import parse_settings
+    config = {
+        "listen": {"tls": {"cert": cert, "key": key}},
+        "outputs": [{"name": "m", "type": "memory"}],
+    }
+    server_context(parse_settings(config).listen)
+""",
+    "output": """
+    from forwarder.outputs._tls import TlsClientConfig, TlsFilesUnusable
+    try:
+        TlsClientConfig(cert_file=cert, key_file=key).context()
+    except TlsFilesUnusable as exc:
+        raise OSError(str(exc)) from None
+""",
+}
+_REFUSED = """
 except OSError as exc:
     print("refused:", exc)
 """
 
 
-def test_an_encrypted_key_is_refused_at_once_even_from_a_terminal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("side", sorted(LOADS))
+def test_an_encrypted_key_is_refused_at_once_even_from_a_terminal(
+    tmp_path: Path, side: str
+) -> None:
     """OpenSSL asks for a key's passphrase on the terminal if there is one: a daemon started
     from a shell (or `docker run -it`), or reloading there, stopped for an answer. Now the key
-    is refused, with a message that says why, terminal or not."""
+    is refused, with a message that says why, terminal or not: the listener's key, and the key
+    of an output's client certificate."""
     issued = trustme.CA().issue_cert("127.0.0.1")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     issued.cert_chain_pems[0].write_to_path(cert)
     encrypted(issued, key)
+    script = _ON_A_TERMINAL + LOADS[side] + _REFUSED
     terminal, child_end = os.openpty()
     child = subprocess.Popen(
-        [sys.executable, "-c", LOAD_ON_A_TERMINAL, os.ttyname(child_end), str(cert), str(key)],
+        [sys.executable, "-c", script, os.ttyname(child_end), str(cert), str(key)],
         cwd=Path(__file__).resolve().parents[2],
         start_new_session=True,
         stdin=subprocess.DEVNULL,
@@ -182,7 +204,7 @@ def test_an_encrypted_key_is_refused_at_once_even_from_a_terminal(tmp_path: Path
         output = child.communicate()[0].decode()
         os.close(terminal)
     assert b"pass phrase" not in shown, shown
-    assert "refused: the private key is encrypted" in output, output
+    assert "refused:" in output and "the private key is encrypted" in output, output
 
 
 def test_an_expired_certificate_or_a_key_all_may_read_is_loaded_with_a_warning(
