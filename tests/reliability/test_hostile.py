@@ -387,8 +387,13 @@ async def test_thousands_of_idle_connections_do_not_lock_out_a_legit_client(
             pytest.fail("the hard limit on open files does not let this test open 2000 sockets")
         writers: list[asyncio.StreamWriter] = []
         try:
-            for _ in range(CONNECTIONS):
-                _, writer = await asyncio.open_connection("127.0.0.1", forwarder.port)
+            for index in range(CONNECTIONS):
+                # From as many addresses, each within listen.max_connections_per_client: from one,
+                # all but the first 64 would be closed at accept (and the post below with them).
+                source = f"127.3.{index // 250}.{index % 250 + 1}"
+                _, writer = await asyncio.open_connection(
+                    "127.0.0.1", forwarder.port, local_addr=(source, 0)
+                )
                 writer.write(b"POST /canary HTTP/1.1\r\nHost: x\r\n")
                 writers.append(writer)
             for writer in writers[-10:]:
