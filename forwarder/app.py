@@ -23,6 +23,7 @@ from forwarder.ingest.listener import (
     CLIENT_CONNECTIONS,
     ClientConnections,
     LogBudget,
+    flushing_log_budgets,
 )
 from forwarder.pipeline import Pipeline
 from forwarder.settings import AuthConfig
@@ -98,7 +99,7 @@ def build_app(pipeline: Pipeline) -> web.Application:
     app = web.Application(client_max_size=listen.max_body_bytes, middlewares=[account])
     app[PIPELINE] = pipeline
     app[LIMITER] = FailureLimiter()
-    app[REFUSAL_LOG] = LogBudget()
+    app[REFUSAL_LOG] = LogBudget(what="posts refused for their address or credentials")
     app[IN_FLIGHT] = InFlight()
     app[CLIENT_CONNECTIONS] = ClientConnections(listen)
     app.router.add_post(listen.path, webhook, expect_handler=expect_body)
@@ -111,6 +112,7 @@ def build_app(pipeline: Pipeline) -> web.Application:
     app[metrics.STORE_READER] = metrics.StoreReader()
     app.on_startup.append(_read_store)
     app.on_cleanup.append(_stop_reading_store)
+    app.cleanup_ctx.append(flushing_log_budgets)
     return app
 
 

@@ -4,19 +4,22 @@ cannot turn into a flood.
 
 What the Internet sends the listener (scans, malformed requests, idle connections by the
 thousand) costs the daemon a bounded amount of log: each kind of refusal is logged within a
-`LogBudget`, and the lines left out are counted in the next one that is written.
+`LogBudget`, and the lines left out are counted in the next one that is written, or, when none
+comes, in a line of their own within about a minute (`flushing_log_budgets`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any, NoReturn
 
@@ -41,6 +44,8 @@ __all__ = [
     "ListenSite",
     "ListenSocket",
     "LogBudget",
+    "flush_log_budgets",
+    "flushing_log_budgets",
     "held_back",
 ]
 
@@ -53,6 +58,8 @@ TLS_SHUTDOWN_TIMEOUT_SECS = 5.0
 # connections and the files they write must still open when clients hold all the rest.
 FD_RESERVE_SHARE = 8
 FD_RESERVE_MIN = 64
+# How often the listener looks for lines left out that no later line has reported.
+FLUSH_EVERY_SECS = 10.0
 
 
 class LogBudget:
@@ -60,26 +67,49 @@ class LogBudget:
 
     A refusal is logged per request, and a client may send as many requests, from as many
     addresses, as it likes: without a budget it would decide how much the journal gets.
+    `what` names the lines, for the line that reports those left out when no other line does
+    (`flush`).
     """
 
-    def __init__(self, burst: int = 20, per_minute: float = 60) -> None:
+    def __init__(self, burst: int = 20, per_minute: float = 60, *, what: str = "refusals") -> None:
         self.burst = burst
         self.rate = per_minute / 60
+        self.what = what
         self._tokens = float(burst)
         self._updated = time.monotonic()
         self._held = 0
+        _BUDGETS.add(self)
 
-    def take(self) -> int | None:
-        """None if this line is to be left out; else how many were left out since the last."""
+    def _spend(self) -> bool:
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
         if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def take(self) -> int | None:
+        """None if this line is to be left out; else how many were left out since the last."""
+        if not self._spend():
             self._held += 1
             return None
-        self._tokens -= 1
         held, self._held = self._held, 0
         return held
+
+    def flush(self, *, force: bool = False) -> int:
+        """How many lines were left out and not reported yet, to be reported now by a line of
+        their own; 0 if none were, or if the budget has no room for that line (unless `force`),
+        and then the count waits for the next line or flush."""
+        if not self._held or not (self._spend() or force):
+            return 0
+        held, self._held = self._held, 0
+        return held
+
+
+# Every budget, for the flush that reports their held-back lines; weak, so that an app's
+# budget goes with the app.
+_BUDGETS: weakref.WeakSet[LogBudget] = weakref.WeakSet()
 
 
 def held_back(count: int) -> dict[str, int]:
@@ -87,8 +117,42 @@ def held_back(count: int) -> dict[str, int]:
     return {"suppressed": count} if count else {}
 
 
-_CONNECTIONS_LOG = LogBudget(burst=1, per_minute=1)
-_CLIENT_CAP_LOG = LogBudget(burst=5, per_minute=1)
+def flush_log_budgets(*, force: bool = False) -> None:
+    """Log, for each budget, the lines left out that no line written since has counted.
+
+    The count otherwise comes only with the next line of the same kind: after a burst that
+    stops, never. Each such line is taken from the budget it reports on (so it keeps to it),
+    unless `force`.
+    """
+    for budget in list(_BUDGETS):
+        held = budget.flush(force=force)
+        if held:
+            log.warning("Log lines left out.", lines=budget.what, suppressed=held)
+
+
+async def _flush_every(secs: float) -> None:
+    while True:
+        await asyncio.sleep(secs)
+        flush_log_budgets()
+
+
+async def flushing_log_budgets(app: web.Application) -> AsyncIterator[None]:
+    """An app's cleanup context: flush the log budgets every FLUSH_EVERY_SECS while the
+    listener runs, and once more, whatever the budgets allow, when it stops."""
+    flusher = asyncio.create_task(_flush_every(FLUSH_EVERY_SECS), name="log-budget-flush")
+    try:
+        yield
+    finally:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        flush_log_budgets(force=True)
+
+
+_CONNECTIONS_LOG = LogBudget(burst=1, per_minute=1, what="connections past the open-file limit")
+_CLIENT_CAP_LOG = LogBudget(
+    burst=5, per_minute=1, what="connections past listen.max_connections_per_client"
+)
 
 
 class ClientConnections:
@@ -308,7 +372,7 @@ class _MalformedRequests(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.budget = LogBudget()
+        self.budget = LogBudget(what="malformed requests")
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None

@@ -1,6 +1,6 @@
 """The listener as `run` serves it (a `ListenSocket` under a `ListenSite`, aiohttp logging to
 HTTP_LOGGER): the cap on the connections one client may hold, the count of malformed requests,
-and the expiry of the TLS certificate.
+the expiry of the TLS certificate, and the lines a `LogBudget` left out reaching the log.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import signal
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from forwarder.ingest.listener import (
     ClientConnections,
     ListenSite,
     ListenSocket,
+    LogBudget,
 )
 from forwarder.ingest.tls import reload_certificates, server_context
 from forwarder.pipeline import Pipeline
@@ -476,3 +477,68 @@ async def scraped_expiry(daemon: TlsDaemon, cert: Path) -> float | None:
         if line.startswith(wanted):
             return float(line.split()[-1])
     return None
+
+
+# Lines left out of the log
+
+
+def test_a_flush_reports_the_lines_left_out_within_the_budget() -> None:
+    budget = LogBudget(burst=1, per_minute=0.001, what="test lines")
+    assert budget.flush() == 0  # nothing held
+    assert budget.take() == 0
+    assert budget.take() is None
+    assert budget.take() is None
+    # No room in the budget for the line that would say so: the count waits.
+    assert budget.flush() == 0
+    assert budget.flush(force=True) == 2
+    assert budget.flush(force=True) == 0  # reported once
+
+
+@pytest.fixture
+def quick_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listener, "FLUSH_EVERY_SECS", 0.02)
+
+
+def flusher_tasks() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task.get_name() == "log-budget-flush"]
+
+
+@pytest.mark.usefixtures("quick_flush")
+async def test_lines_left_out_reach_the_log_when_no_line_follows(listen: Listen) -> None:
+    """Before, the count came only with the next line of the same kind: after a burst that
+    stopped, nobody learnt how many lines had been left out."""
+    budget = LogBudget(burst=2, per_minute=6000, what="test lines")
+    with structlog.testing.capture_logs() as logs:
+        async with listen():
+            assert len(flusher_tasks()) == 1
+            taken = [budget.take() for _ in range(10)]
+            held = taken.count(None)
+            assert held > 0  # past the burst (give or take a token refilled meanwhile)
+
+            def reported() -> list[MutableMapping[str, Any]]:
+                return [line for line in logs if line.get("lines") == "test lines"]
+
+            [line] = await wait_until(reported, timeout=5, what="the lines left out reported")
+            assert line["event"] == "Log lines left out."
+            assert line["log_level"] == "warning"
+            assert line["suppressed"] == held
+            assert budget.flush(force=True) == 0  # reported once
+        assert flusher_tasks() == []
+
+
+async def test_the_listener_reports_what_it_left_out_when_it_stops(listen: Listen) -> None:
+    budget = LogBudget(burst=1, per_minute=0.001, what="test lines")
+    with structlog.testing.capture_logs() as logs:
+        async with listen():
+            budget.take()
+            budget.take()
+        assert flusher_tasks() == []
+    [line] = [line for line in logs if line.get("lines") == "test lines"]
+    assert line["suppressed"] == 1
+
+
+@pytest.fixture(autouse=True)
+def _no_flush_left_over() -> Iterator[None]:
+    yield
+    # The budgets of this module's tests must not report into the next test's log.
+    listener.flush_log_budgets(force=True)
