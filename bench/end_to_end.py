@@ -153,7 +153,12 @@ def main() -> int:
         port = free_port()
         base = f"http://{HOST}:{port}"
         config = {
-            "listen": {"host": HOST, "port": port},
+            "listen": {
+                "host": HOST,
+                "port": port,
+                # All the load comes from one address, with as many connections as asked for.
+                "max_connections_per_client": 0,
+            },
             "store": {"path": str(workdir / "state")},
             "outputs": [
                 {
