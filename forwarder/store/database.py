@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import sqlite3
@@ -25,10 +26,12 @@ import orjson
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
+    "COMMAND_LOCK_WAIT_SECS",
     "CONTENDED_BUSY_TIMEOUT_MS",
     "DB_NAME",
     "TRUNCATE_WAIT_MS",
     "Checkpointer",
+    "CommandLock",
     "CutShortSalvage",
     "Database",
     "DeadLetter",
@@ -57,6 +60,10 @@ CONTENDED_BUSY_TIMEOUT_MS = 100
 # and then waits for readers; a reader that holds an old snapshot (a sqlite3 shell, a backup)
 # would otherwise hold every commit back for the whole busy timeout, every second.
 TRUNCATE_WAIT_MS = 100
+# How long a store command (`store stats`, `dead-letters ...`) waits for the daemon to finish
+# putting a copy of a deleted store in place (see `CommandLock`); a large store takes a while.
+COMMAND_LOCK_WAIT_SECS = 60.0
+_COMMAND_LOCK_POLL_SECS = 0.05
 
 # SQLite's primary result codes (the low byte of an extended code).
 _SQLITE_BUSY = 5
@@ -263,7 +270,10 @@ class Database:
         With `background_checkpoints`, this connection never copies the WAL back into the
         database itself; a `Checkpointer` on another thread does, so commits never wait for it.
         Without `create`, an outbox that does not exist raises FileNotFoundError and nothing is
-        created: a tool pointed at a mistyped path must not report an empty store.
+        created: a tool pointed at a mistyped path must not report an empty store. Such a tool
+        (a store command) also holds the store's `CommandLock` shared until `close`, waiting up
+        to COMMAND_LOCK_WAIT_SECS for a daemon that is putting a copy of a deleted store in place
+        (TimeoutError).
         """
         self.path = directory / DB_NAME
         # Events other connections inserted (a `dead-letters replay` beside the daemon), for
@@ -274,22 +284,33 @@ class Database:
         location: str | Path = self.path
         if create:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # The directory this connection opened the store in, for `lock_out_commands`.
+            self._directory = _open_directory(directory)
             # Made 0600 before SQLite sees it: the -wal and -shm files SQLite creates take the
             # database's mode, and the WAL holds payloads (an intruder's passwords included).
             with contextlib.suppress(OSError):
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        elif self.path.is_file():
+        else:
+            if not directory.is_dir():
+                raise FileNotFoundError(errno.ENOENT, "no outbox", str(self.path))
+            self._directory = _lock_shared(directory)
+            if not self.path.is_file():
+                os.close(self._directory)
+                raise FileNotFoundError(errno.ENOENT, "no outbox", str(self.path))
             # mode=rw: should the file vanish meanwhile, SQLite fails instead of creating it.
             location = self.path.absolute().as_uri() + "?mode=rw"
-        else:
-            raise FileNotFoundError(errno.ENOENT, "no outbox", str(self.path))
-        self._db = sqlite3.connect(
-            location, uri=not create, isolation_level=None, check_same_thread=False
-        )
+        try:
+            self._db = sqlite3.connect(
+                location, uri=not create, isolation_level=None, check_same_thread=False
+            )
+        except BaseException:
+            os.close(self._directory)
+            raise
         try:
             self._prepare(sync, background_checkpoints)
         except BaseException:
             self._db.close()
+            os.close(self._directory)
             raise
         for path in (self.path, *_journal_files(self.path)):
             with contextlib.suppress(OSError):
@@ -405,6 +426,40 @@ class Database:
             if journal.exists() and file_identity(journal) in self._files[1:]:
                 journal.rename(journal.with_name(f"{journal.name}.displaced-{stamp}"))
 
+    def lock_out_commands(self) -> CommandLock:
+        """Take the store's `CommandLock` exclusively, without waiting, for putting a copy of
+        this store (its files deleted) in place: keep it until this connection is closed and its
+        journals set aside, then `release` it.
+
+        Locks the directory this connection opened the store in, where a command that opened
+        the store before its files were deleted holds it, and the one at the path now (made
+        again if it was deleted), where one that opens it now would. Raises BlockingIOError
+        while a store command has the store open.
+        """
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handles = [os.dup(self._directory)]
+        try:
+            now = _open_directory(directory)
+            if _same_file(handles[0], now):
+                os.close(now)
+            else:
+                handles.append(now)
+            for handle in handles:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise BlockingIOError(
+                        errno.EWOULDBLOCK,
+                        "a store command (store stats, dead-letters) has the store open; its "
+                        "files are copied back into place once it is done",
+                    ) from None
+        except BaseException:
+            for handle in handles:
+                os.close(handle)
+            raise
+        return CommandLock(handles)
+
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             # A reader that holds an old snapshot must not hold every other process's writers
@@ -413,6 +468,9 @@ class Database:
             # Folds the WAL back so a backup of the single file is complete.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
+        if self._directory >= 0:  # once: the number may name another file after this
+            os.close(self._directory)
+            self._directory = -1
 
     def salvage(self, broken: Path, outputs: Sequence[str]) -> tuple[int, int]:
         """Copy the readable events and deliveries of a corrupt outbox into this one.
@@ -800,6 +858,70 @@ class Database:
                 (limit,),
             )
         ]
+
+
+class CommandLock:
+    """An advisory lock (flock) on the store's directory that keeps store commands from the
+    store while the daemon puts a copy of a deleted store in place.
+
+    Until the daemon has closed its connection to the deleted files, SQLite deletes the WAL and
+    shared-memory files at the path by name when that connection closes, and the daemon sets
+    aside those still there: a command that opened the copy meanwhile had its journals taken
+    from under it, and the daemon's new connection then wrote blind to the command's, which
+    lost what the command wrote (a replay undone, its events gone) or failed both with "disk
+    I/O error". So a store command holds the lock shared while it has the store open (see
+    `Database`), and the daemon holds it exclusively from before the copy until that close.
+    """
+
+    def __init__(self, handles: list[int]) -> None:
+        self._handles = handles
+
+    def release(self) -> None:
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            os.close(handle)
+
+
+def _open_directory(directory: Path) -> int:
+    return os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _same_file(one: int, other: int) -> bool:
+    first, second = os.fstat(one), os.fstat(other)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+
+
+def _lock_shared(directory: Path) -> int:
+    """A handle on `directory` that holds the store's `CommandLock` shared.
+
+    Waits, up to COMMAND_LOCK_WAIT_SECS, while the daemon holds it; raises TimeoutError then.
+    """
+    deadline = time.monotonic() + COMMAND_LOCK_WAIT_SECS
+    while True:
+        handle = _open_directory(directory)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            # Still the directory at the path? If it was deleted meanwhile, a daemon copying its
+            # store back locks the one there now: lock that one instead.
+            now = _open_directory(directory)
+            try:
+                if _same_file(handle, now):
+                    return handle
+            finally:
+                os.close(now)
+        except BlockingIOError:
+            pass
+        except BaseException:
+            os.close(handle)
+            raise
+        os.close(handle)
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"the daemon has been putting a copy of the store in {directory} back in place "
+                f"(its files were deleted while it ran) for over {COMMAND_LOCK_WAIT_SECS:g} s; "
+                "try again once it has logged 'Store files were deleted while the daemon ran'"
+            )
+        time.sleep(_COMMAND_LOCK_POLL_SECS)
 
 
 class Checkpointer:

@@ -32,6 +32,7 @@ from forwarder.settings import StoreConfig
 from forwarder.store.database import (
     DB_NAME,
     Checkpointer,
+    CommandLock,
     Database,
     DeadLetter,
     NewEvent,
@@ -507,7 +508,7 @@ class Outbox:
             # Not on the store thread, for the watchdog (see `_open`); but only once the calls
             # already queued there, which still use this connection, are done.
             await self._run(_no_op)
-            await asyncio.to_thread(_replace_path_with_copy, database, copy)
+            commands_out = await asyncio.to_thread(_replace_path_with_copy, database, copy)
         except BaseException:
             self._db = database
             self._checkpoints = asyncio.create_task(
@@ -515,9 +516,13 @@ class Outbox:
             )
             raise
         self._displaced = None
-        with contextlib.suppress(sqlite3.Error):
-            await self._run(database.close)
-        await self._run(lambda: database.set_aside_own_journals(time.time()))
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                await self._run(database.close)
+            await self._run(lambda: database.set_aside_own_journals(time.time()))
+        finally:
+            # Only now may a store command open the copy (see `CommandLock`).
+            commands_out.release()
         log.error(
             "Store files were deleted while the daemon ran; copied what it still held (queued "
             "events, dead letters, quarantine) into a new file at the path.",
@@ -750,11 +755,19 @@ class Outbox:
         self._executor.shutdown(wait=True)
 
 
-def _replace_path_with_copy(database: Database, copy: Path) -> None:
-    """Copy what `database` sees to `copy`, then put the copy at its path; on the store thread."""
+def _replace_path_with_copy(database: Database, copy: Path) -> CommandLock:
+    """Copy what `database` sees to `copy`, then put the copy at its path.
+
+    Returns the `CommandLock` it takes first, to release once `database` is closed and its
+    journals set aside; raises BlockingIOError, having done nothing, while a store command has
+    the store open.
+    """
+    commands_out = database.lock_out_commands()
     try:
         database.copy_to(copy)
         database.take_place_of_path(copy)
     except BaseException:
         copy.unlink(missing_ok=True)
+        commands_out.release()
         raise
+    return commands_out

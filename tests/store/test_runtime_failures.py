@@ -726,19 +726,25 @@ async def test_the_store_thread_answers_the_watchdog_while_a_damaged_store_is_sa
     await outbox.aclose()
 
 
+def held_copies(monkeypatch: pytest.MonkeyPatch) -> Gate:
+    """Copies of a deleted store start only once the returned gate opens."""
+    gate = Gate()
+    copy_to = Database.copy_to
+
+    def held_copy(self: Database, target: Path) -> None:
+        gate.hold()
+        copy_to(self, target)
+
+    monkeypatch.setattr(Database, "copy_to", held_copy)
+    return gate
+
+
 async def test_the_store_thread_answers_the_watchdog_while_a_deleted_store_is_copied(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A copy of a large store outlasting WatchdogSec got the daemon killed halfway through it,
     and with it everything the deleted files held."""
-    gate = Gate()
-    copy_to = Database.copy_to
-
-    def slow_copy(self: Database, target: Path) -> None:
-        gate.hold()
-        copy_to(self, target)
-
-    monkeypatch.setattr(Database, "copy_to", slow_copy)
+    gate = held_copies(monkeypatch)
     outbox = await open_outbox(tmp_path)
     assert await outbox.append(event(1)) is True
     shutil.rmtree(tmp_path / "state")

@@ -1,0 +1,173 @@
+"""Store commands (`store stats`, `dead-letters ...`) beside a daemon that is putting a copy of
+its deleted store back in place: neither may pull the store's journals from under the other."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forwarder.cli import main
+from forwarder.store import database as database_module
+from forwarder.store.database import DB_NAME, Database
+from tests.store.helpers import event, open_outbox
+from tests.store.test_runtime_failures import Gate, held_copies, until, what_a_restart_finds
+
+DELETIONS = {
+    "the WAL": lambda state: Path(f"{state / DB_NAME}-wal").unlink(),
+    "the shared memory": lambda state: Path(f"{state / DB_NAME}-shm").unlink(),
+    "the database": lambda state: (state / DB_NAME).unlink(),
+    "the directory": shutil.rmtree,
+}
+
+
+def config(tmp_path: Path) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"store:\n  path: {tmp_path / 'state'}\noutputs:\n  - name: a\n    type: memory\n"
+    )
+    return str(path)
+
+
+async def two_queued_one_dead(tmp_path: Path) -> Any:
+    outbox = await open_outbox(tmp_path)
+    for n in range(3):
+        assert await outbox.append(event(n)) is True
+    first, *_ = await outbox.fetch("a", 10, 1 << 20)
+    await outbox.dead_letter("a", {first.seq: "refused"})
+    return outbox
+
+
+def refusals(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once a store command finds the lock taken and waits."""
+    refused = threading.Event()
+    flock = database_module.fcntl.flock
+
+    def watched(handle: int, operation: int) -> None:
+        try:
+            flock(handle, operation)
+        except BlockingIOError:
+            if operation & database_module.fcntl.LOCK_SH:
+                refused.set()
+            raise
+
+    monkeypatch.setattr(database_module.fcntl, "flock", watched)
+    return refused
+
+
+def open_and_replay(state: Path) -> tuple[Database, int]:
+    """What `dead-letters replay` does, but leaving the store open a while longer."""
+    command = Database(state, create=False)
+    return command, command.replay(None, None)
+
+
+@pytest.mark.parametrize("delete", DELETIONS.values(), ids=DELETIONS.keys())
+async def test_a_command_that_opens_the_store_while_the_daemon_copies_it_back_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delete: Any
+) -> None:
+    """A replay that opened the copy just put in place, before the daemon had closed the
+    deleted files: closing, SQLite deleted the WAL and shared memory at the path by name, which
+    were the replay's by then (or the daemon set them aside as its own), and the daemon's new
+    connection did not see what the replay wrote next. It said "replayed 1", and the event was
+    lost with its dead letter; or the two failed each other with "disk I/O error"."""
+    state = tmp_path / "state"
+    outbox = await two_queued_one_dead(tmp_path)
+    gate = Gate()
+    take_place_of_path = Database.take_place_of_path
+
+    def then_hold(self: Database, copy: Path) -> None:
+        take_place_of_path(self, copy)
+        gate.hold()  # the copy is in place; the deleted files are still open
+
+    monkeypatch.setattr(Database, "take_place_of_path", then_hold)
+    refused = refusals(monkeypatch)
+    delete(state)
+    probing = asyncio.ensure_future(outbox.probe())
+    try:
+        await gate.reached()
+        replaying = asyncio.ensure_future(asyncio.to_thread(open_and_replay, state))
+        await until(lambda: refused.is_set() or replaying.done(), "the replay to wait or run")
+    finally:
+        gate.opened.set()
+    assert await probing is True
+    command, replayed = await replaying
+    try:
+        assert replayed == 1
+        assert len(await outbox.fetch("a", 10, 1 << 20)) == 3
+        assert await outbox.append(event(3)) is True
+        assert command.stats().events == 4
+    finally:
+        command.close()
+    await outbox.aclose()
+    stats = what_a_restart_finds(state, tmp_path / "restart")
+    assert (stats.events, stats.dead_letters) == (4, {})
+
+
+async def test_a_store_command_waits_for_the_copy_and_then_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    outbox = await two_queued_one_dead(tmp_path)
+    gate = held_copies(monkeypatch)
+    refused = refusals(monkeypatch)
+    shutil.rmtree(state)
+    probing = asyncio.ensure_future(outbox.probe())
+    try:
+        await gate.reached()
+        replay = asyncio.ensure_future(
+            asyncio.to_thread(main, ["dead-letters", "replay", "--all", "-c", config(tmp_path)])
+        )
+        await until(refused.is_set, "the replay to wait for the copy")
+        assert not replay.done()
+    finally:
+        gate.opened.set()
+    assert await probing is True
+    assert await replay == 0
+    assert "replayed 1" in capsys.readouterr().out.splitlines()  # after the daemon's log lines
+    assert len(await outbox.fetch("a", 10, 1 << 20)) == 3
+    await outbox.aclose()
+
+
+@pytest.mark.parametrize("delete", DELETIONS.values(), ids=DELETIONS.keys())
+async def test_the_daemon_copies_its_deleted_store_back_once_a_command_is_done(
+    tmp_path: Path, delete: Any
+) -> None:
+    """A purge that had the store open before its files were deleted writes into those files;
+    a copy taken meanwhile lacked what it wrote afterwards, and the purge was undone."""
+    state = tmp_path / "state"
+    outbox = await two_queued_one_dead(tmp_path)
+    command = Database(state, create=False)
+    delete(state)
+    assert await outbox.probe() is False
+    assert "a store command (store stats, dead-letters) has the store open" in (
+        outbox.last_error or ""
+    )
+    assert command.purge(None, None) == 1
+    command.close()
+    assert await outbox.probe() is True
+    assert (await outbox.stats()).dead_letters == {}
+    await outbox.aclose()
+    stats = what_a_restart_finds(state, tmp_path / "restart")
+    assert (stats.events, stats.dead_letters) == (2, {})
+
+
+def test_a_command_gives_up_on_a_copy_that_does_not_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    daemon = Database(state)
+    monkeypatch.setattr(database_module, "COMMAND_LOCK_WAIT_SECS", 0.0)
+    held = daemon.lock_out_commands()
+    try:
+        with pytest.raises(TimeoutError, match="Store files were deleted while the daemon ran"):
+            Database(state, create=False)
+    finally:
+        held.release()
+        daemon.close()
+    Database(state, create=False).close()
+    assert sorted(os.listdir(state)) == [DB_NAME]
