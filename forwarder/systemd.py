@@ -240,7 +240,11 @@ async def watchdog_loop(
         responding = True
         if alive is not None:
             try:
-                responding = await asyncio.wait_for(alive(period), period)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the answer
+                # instead of the cancellation when both come in one turn of the loop, and this
+                # loop would then never end.
+                async with asyncio.timeout(period):
+                    responding = await alive(period)
             except TimeoutError:
                 responding = False
             except Exception:

@@ -320,6 +320,34 @@ async def test_watchdog_loop_withholds_pings_while_the_store_thread_is_stuck(
     assert set(alive.calls) == {0.005}  # the check may take at most the ping interval
 
 
+async def test_watchdog_loop_stops_when_cancelled_just_as_its_check_answers(
+    receiver: socket.socket,
+) -> None:
+    """Python 3.11's `asyncio.wait_for` returns the answer instead of raising CancelledError
+    when the awaited check finishes in the same turn of the loop as the cancel: the loop went
+    on pinging, and the shutdown waiting for it never ended (seen as a daemon that logged
+    "Stopping." and hung)."""
+    asked = asyncio.Event()
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def check(wait_secs: float) -> bool:
+        asked.set()
+        return await answer
+
+    task = asyncio.create_task(
+        systemd.watchdog_loop(lambda: "queued 0", interval=60, alive=check)
+    )
+    await asked.wait()
+    answer.set_result(True)
+    task.cancel()
+    try:
+        # asyncio.wait: waiting must not cancel the task again, which would hide the bug.
+        await asyncio.wait({task}, timeout=RECEIVE_TIMEOUT_SECS)
+        assert task.cancelled(), "the watchdog loop went on after it was cancelled"
+    finally:
+        await stop(task)
+
+
 async def test_a_check_that_never_answers_is_cut_at_the_ping_interval(
     receiver: socket.socket,
 ) -> None:

@@ -311,7 +311,8 @@ async def _serve(
         for running_site in list(runner.sites):
             await running_site.stop()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(app[IN_FLIGHT].wait_idle(), deadline - loop.time())
+            async with asyncio.timeout_at(deadline):
+                await app[IN_FLIGHT].wait_idle()
         await runner.cleanup()
         # A reload under way ends by the deadline (it may be swapping outputs); none starts
         # after it.

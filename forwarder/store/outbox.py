@@ -254,7 +254,8 @@ class Outbox:
             self._responsive_probe = probe
         try:
             # Shielded: a timeout must leave the no-op queued for the next call to wait on.
-            await asyncio.wait_for(asyncio.shield(probe), wait_secs)
+            async with asyncio.timeout(wait_secs):
+                await asyncio.shield(probe)
         except TimeoutError:
             return False
         return True

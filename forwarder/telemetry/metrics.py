@@ -312,7 +312,8 @@ class StoreReader:
         if not reading.done():
             # Shielded: a scrape that gives up leaves the read to finish for the next one.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reading), wait_secs)
+                async with asyncio.timeout(wait_secs):
+                    await asyncio.shield(reading)
         self.publish(pipeline)
 
     def publish(self, pipeline: Pipeline) -> None:
