@@ -334,9 +334,7 @@ async def test_watchdog_loop_stops_when_cancelled_just_as_its_check_answers(
         asked.set()
         return await answer
 
-    task = asyncio.create_task(
-        systemd.watchdog_loop(lambda: "queued 0", interval=60, alive=check)
-    )
+    task = asyncio.create_task(systemd.watchdog_loop(lambda: "queued 0", interval=60, alive=check))
     await asked.wait()
     answer.set_result(True)
     task.cancel()
