@@ -316,12 +316,13 @@ async def test_sighups_coalesce_and_ready_never_follows_stopping(
     assert 1 <= reloads <= 2, reloads
     assert messages[0] == "STATUS=starting: opening the store and the outputs"
     ignored = ("WATCHDOG", "STATUS", "EXTEND_TIMEOUT_USEC")
-    states = [m.split("\n")[0] for m in messages if not m.startswith(ignored)]
-    assert states[0].startswith("READY=1")
-    assert states[-1].startswith("STOPPING=1")
+    states = [m.split("=")[0] for m in messages if not m.startswith(ignored)]
     assert "STATUS=stopping: " in messages[-1]  # `systemctl status` shows the stop, not the queue
-    assert sum(s.startswith("RELOADING=1") for s in states) == reloads
-    assert sum(s.startswith("READY=1") for s in states) == reloads + 1
+    # Each reload is announced and ends with READY=1; one that the stop cuts short ends with
+    # STOPPING=1 instead, since READY=1 after it would tell systemd the daemon runs on.
+    reloaded = ["RELOADING", "READY"] * reloads
+    cut_short = ["RELOADING", "READY"] * (reloads - 1) + ["RELOADING"]
+    assert states in (["READY", *reloaded, "STOPPING"], ["READY", *cut_short, "STOPPING"])
 
 
 # SIGHUP
