@@ -1,8 +1,9 @@
 """End-to-end benchmark (issue 4): webhook in, fake Splunk HEC out, all on this machine.
 
     python bench/end_to_end.py [--duration 30] [--latency-rate 1000] [--backlog 100000]
+                               [--phases sustained,latency,drain]
 
-Three phases against one daemon (`python -m forwarder run`, durable store with `sync: full`, one
+Three phases (`--phases` picks some) against one daemon (`python -m forwarder run`, durable store with `sync: full`, one
 `splunk_hec` output in the `json` format with its defaults: batches of up to 500, gzip) and the
 protocol-faithful fake HEC of tests/peers in its own process:
 
@@ -136,6 +137,99 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+Rows = list[tuple[str, str]]
+PHASES = ("sustained", "latency", "drain")
+
+
+def duplicates_in(events: list[dict[str, Any]]) -> int:
+    return len(events) - len({e["fields"]["canary_event_id"] for e in events})
+
+
+def sustained(base: str, hec: str, workdir: Path, args: argparse.Namespace) -> Rows:
+    """Phase 1: wrk at full speed; what the receiver got during the window."""
+    sampler = DepthSampler(base)
+    sampler.start()
+    window_start = time.time()
+    result = run_wrk(f"{base}/canary", workdir, args, args.duration)
+    window_end = time.time()
+    sampler.halt.set()
+    sampler.join()
+    accepted = int(metric(base, 'canary_forwarder_accepted_total{kind="incident"}'))
+    done_at = wait_for_count(hec, accepted, 300)
+    # Requests wrk left in flight may commit after the first reading: read it again.
+    accepted = int(metric(base, 'canary_forwarder_accepted_total{kind="incident"}'))
+    done_at = max(done_at, wait_for_count(hec, accepted, 60))
+    listed = arrivals(hec)
+    in_window = sum(1 for e in listed if window_start <= e["arrived"] <= window_end)
+    return [
+        (
+            "sustained: posts answered 200 per second (wrk)",
+            f"{result.ok / (result.duration_us / 1e6):,.0f}",
+        ),
+        (
+            "sustained: events delivered per second during the window",
+            f"{in_window / (window_end - window_start):,.0f}",
+        ),
+        ("sustained: store depth every 2 s", ", ".join(map(str, sampler.samples))),
+        (
+            "sustained: all accepted events delivered",
+            f"{len(listed):,} of {accepted:,}, {done_at - window_end:.1f} s after the load stopped",
+        ),
+        ("sustained: duplicates at the receiver", str(duplicates_in(listed))),
+    ]
+
+
+def latency(base: str, hec: str, workdir: Path, args: argparse.Namespace) -> Rows:
+    """Phase 2: a fixed offered rate; from each 200 to that event's arrival."""
+    total = int(args.latency_rate * args.duration)
+    answered = asyncio.run(paced_posts(f"{base}/canary", args.latency_rate, total, "lat"))
+    wait_for_count(hec, len(answered), 120)
+    listed = arrivals(hec)
+    late = [
+        e["arrived"] - answered[e["fields"]["canary_event_id"]]
+        for e in listed
+        if e["fields"].get("canary_event_id") in answered
+    ]
+    return [
+        (
+            f"latency at {args.latency_rate:g}/s offered: events",
+            f"{len(late):,} of {len(answered):,} answered 200",
+        ),
+        ("latency: 200 to arrival p50 ms", f"{1000 * statistics.median(late):.1f}"),
+        ("latency: 200 to arrival p99 ms", f"{1000 * percentile(late, 0.99):.1f}"),
+        ("latency: 200 to arrival max ms", f"{1000 * max(late):.1f}"),
+        ("latency: duplicates at the receiver", str(duplicates_in(listed))),
+    ]
+
+
+def drain(base: str, hec: str, workdir: Path, args: argparse.Namespace, daemon_pid: int) -> Rows:
+    """Phase 3: the receiver down while a backlog is posted, then back; the drain rate."""
+    rss_before = rss_kib(daemon_pid)
+    post_json(f"{hec}/_fake/down", {"down": True})
+    answered = asyncio.run(paced_posts(f"{base}/canary", 1e9, args.backlog, "bl"))
+    rss_backlog = rss_kib(daemon_pid)
+    depth = int(metric(base, "canary_forwarder_store_events"))
+    up_at = time.time()
+    post_json(f"{hec}/_fake/down", {"down": False})
+    wait_for_count(hec, len(answered), 600)
+    listed = arrivals(hec)
+    first, last = min(e["arrived"] for e in listed), max(e["arrived"] for e in listed)
+    return [
+        ("drain: backlog queued while the receiver was down", f"{depth:,} events"),
+        (
+            "drain: events per second from first to last arrival",
+            f"{len(listed) / max(last - first, 1e-9):,.0f}",
+        ),
+        ("drain: seconds from receiver back to backlog delivered", f"{last - up_at:.1f}"),
+        (
+            "RSS MiB before backlog / with backlog queued / peak (VmHWM)",
+            f"{rss_before / 1024:.1f} / {rss_backlog / 1024:.1f} / "
+            f"{peak_rss_kib(daemon_pid) / 1024:.1f}",
+        ),
+        ("drain: duplicates at the receiver", str(duplicates_in(listed))),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=30.0)
@@ -143,7 +237,16 @@ def main() -> int:
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"which phases to run, in order, comma-separated (default {','.join(PHASES)})",
+    )
     args = parser.parse_args()
+    phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        parser.error(f"unknown phases {unknown}; choose from {list(PHASES)}")
 
     with (
         tempfile.TemporaryDirectory(prefix="canary-e2e-") as tmp,
@@ -174,98 +277,19 @@ def main() -> int:
         }
         (workdir / "e2e.yaml").write_text(yaml.safe_dump(config))
         command = [sys.executable, "-m", "forwarder", "run", "-c", "e2e.yaml"]
+        rows: Rows = []
         with server(command, workdir, workdir / "daemon.log") as daemon:
             wait_http(f"{base}/healthz", daemon)
-            rows: list[tuple[str, str]] = []
-
-            # 1. sustained
-            sampler = DepthSampler(base)
-            sampler.start()
-            window_start = time.time()
-            result = run_wrk(f"{base}/canary", workdir, args, args.duration)
-            window_end = time.time()
-            sampler.halt.set()
-            sampler.join()
-            accepted = int(metric(base, 'canary_forwarder_accepted_total{kind="incident"}'))
-            done_at = wait_for_count(hec, accepted, 300)
-            # Requests wrk left in flight may commit after the first reading: read it again.
-            accepted = int(metric(base, 'canary_forwarder_accepted_total{kind="incident"}'))
-            done_at = max(done_at, wait_for_count(hec, accepted, 60))
-            listed = arrivals(hec)
-            in_window = sum(1 for e in listed if window_start <= e["arrived"] <= window_end)
-            rows += [
-                (
-                    "sustained: posts answered 200 per second (wrk)",
-                    f"{result.ok / (result.duration_us / 1e6):,.0f}",
-                ),
-                (
-                    "sustained: events delivered per second during the window",
-                    f"{in_window / (window_end - window_start):,.0f}",
-                ),
-                ("sustained: store depth every 2 s", ", ".join(map(str, sampler.samples))),
-                (
-                    "sustained: all accepted events delivered",
-                    f"{len(listed):,} of {accepted:,}, {done_at - window_end:.1f} s after the load stopped",
-                ),
-            ]
-
-            # 2. latency at a fixed offered rate. The fake receiver is emptied first: it keeps
-            # every event in memory, and its own garbage collection over the previous phase's
-            # tens of thousands of events would otherwise show up as delivery latency.
-            duplicates = len(listed) - len({e["fields"]["canary_event_id"] for e in listed})
-            post_json(f"{hec}/_fake/reset", {})
-            offset = 0
-            total = int(args.latency_rate * args.duration)
-            answered = asyncio.run(paced_posts(f"{base}/canary", args.latency_rate, total, "lat"))
-            wait_for_count(hec, offset + len(answered), 120)
-            late = [
-                e["arrived"] - answered[e["fields"]["canary_event_id"]]
-                for e in arrivals(hec, offset)
-                if e["fields"].get("canary_event_id") in answered
-            ]
-            rows += [
-                (
-                    f"latency at {args.latency_rate:g}/s offered: events",
-                    f"{len(late):,} of {len(answered):,} answered 200",
-                ),
-                ("latency: 200 to arrival p50 ms", f"{1000 * statistics.median(late):.1f}"),
-                ("latency: 200 to arrival p99 ms", f"{1000 * percentile(late, 0.99):.1f}"),
-                ("latency: 200 to arrival max ms", f"{1000 * max(late):.1f}"),
-            ]
-
-            # 3. backlog drain after an outage (the receiver emptied again, as before phase 2)
-            latency_events = arrivals(hec)
-            duplicates += len(latency_events) - len(
-                {e["fields"]["canary_event_id"] for e in latency_events}
-            )
-            post_json(f"{hec}/_fake/reset", {})
-            before = 0
-            rss_before = rss_kib(daemon.pid)
-            post_json(f"{hec}/_fake/down", {"down": True})
-            answered = asyncio.run(paced_posts(f"{base}/canary", 1e9, args.backlog, "bl"))
-            rss_backlog = rss_kib(daemon.pid)
-            depth = int(metric(base, "canary_forwarder_store_events"))
-            up_at = time.time()
-            post_json(f"{hec}/_fake/down", {"down": False})
-            wait_for_count(hec, before + len(answered), 600)
-            backlog_arrivals = [e["arrived"] for e in arrivals(hec, before)]
-            first, last = min(backlog_arrivals), max(backlog_arrivals)
-            rows += [
-                ("drain: backlog queued while the receiver was down", f"{depth:,} events"),
-                (
-                    "drain: events per second from first to last arrival",
-                    f"{len(backlog_arrivals) / max(last - first, 1e-9):,.0f}",
-                ),
-                ("drain: seconds from receiver back to backlog delivered", f"{last - up_at:.1f}"),
-                (
-                    "RSS MiB before backlog / with backlog queued / peak (VmHWM)",
-                    f"{rss_before / 1024:.1f} / {rss_backlog / 1024:.1f} / {peak_rss_kib(daemon.pid) / 1024:.1f}",
-                ),
-            ]
-            duplicates += received_count(hec) - len(
-                {e["fields"]["canary_event_id"] for e in arrivals(hec)}
-            )
-            rows.append(("duplicates at the receiver over the whole run", str(duplicates)))
+            for phase in phases:
+                # Each phase starts with an empty receiver: it keeps every event in memory, and
+                # what the previous phase left would only slow it down.
+                post_json(f"{hec}/_fake/reset", {})
+                if phase == "drain":
+                    rows += drain(base, hec, workdir, args, daemon.pid)
+                else:
+                    rows += {"sustained": sustained, "latency": latency}[phase](
+                        base, hec, workdir, args
+                    )
         failures = [
             json.loads(line).get("reason", "")
             for line in (workdir / "daemon.log").read_text().splitlines()
