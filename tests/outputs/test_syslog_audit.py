@@ -84,6 +84,24 @@ def stream_sender(output: SyslogOutput) -> StreamSender:
     return sender
 
 
+@contextlib.asynccontextmanager
+async def output_to(
+    sink: Sink, transport: str, server_ca: trustme.CA, make_output: OutputFactory
+) -> AsyncIterator[SyslogOutput]:
+    """An output over `transport` (tcp, or tls with a certificate from `server_ca`) to `sink`,
+    which serves for the block."""
+    context = None
+    options: dict[str, Any] = {}
+    if transport == "tls":
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ca.issue_cert("127.0.0.1").configure_cert(context)
+    with ca_file(server_ca) as trusted:
+        if transport == "tls":
+            options["tls"] = {"ca_file": trusted}
+        async with serving(sink, context) as where:
+            yield make_output(hosts=[where], transport=transport, **options)
+
+
 def usable(output: SyslogOutput) -> bool:
     """Whether the output's connection is still usable, as its next send will see it."""
     stream = stream_sender(output)._stream
@@ -367,32 +385,21 @@ class TestAtLeastOnce:
         how: str,
     ) -> None:
         sink = Sink()
-        context = None
-        options: dict[str, Any] = {}
-        if transport == "tls":
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            server_ca.issue_cert("127.0.0.1").configure_cert(context)
-        with ca_file(server_ca) as trusted:
-            if transport == "tls":
-                options["tls"] = {"ca_file": trusted}
-            async with serving(sink, context) as where:
-                output = make_output(hosts=[where], transport=transport, **options)
-                assert await output.send([Record(event, "first batch")]) == Delivered()
-                await sink.wait_until(lambda: b"first batch" in sink.data())
-                writer = sink.writers[0]
-                if how == "reset":
-                    sock = writer.get_extra_info("socket")
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    writer.transport.abort()
-                else:
-                    writer.close()  # TLS: close_notify, then FIN
-                stream = stream_sender(output)._stream
-                assert stream is not None
-                await until(lambda: not stream.usable())
-                assert await output.send([Record(event, "second batch")]) == Delivered()
-                await sink.wait_until(
-                    lambda: len(sink.connections) == 2 and b"second batch" in sink.connections[1]
-                )
+        async with output_to(sink, transport, server_ca, make_output) as output:
+            assert await output.send([Record(event, "first batch")]) == Delivered()
+            await sink.wait_until(lambda: b"first batch" in sink.data())
+            writer = sink.writers[0]
+            if how == "reset":
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+            else:
+                writer.close()  # TLS: close_notify, then FIN
+            await until(lambda: not usable(output))
+            assert await output.send([Record(event, "second batch")]) == Delivered()
+            await sink.wait_until(
+                lambda: len(sink.connections) == 2 and b"second batch" in sink.connections[1]
+            )
         assert b"second batch" not in sink.connections[0]
 
     @pytest.mark.parametrize("transport", ["tcp", "tls"])
@@ -403,25 +410,16 @@ class TestAtLeastOnce:
         side at once) can come before this side has seen the acknowledgement of the batch.
         That batch was had, and must not be sent again, and again after that."""
         sink = Sink(close_after=b"end of batch")
-        context = None
-        options: dict[str, Any] = {}
-        if transport == "tls":
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            server_ca.issue_cert("127.0.0.1").configure_cert(context)
-        with ca_file(server_ca) as trusted:
-            if transport == "tls":
-                options["tls"] = {"ca_file": trusted}
-            async with serving(sink, context) as where:
-                output = make_output(hosts=[where], transport=transport, **options)
-                for number in range(5):
-                    batch = [
-                        Record(event, f"batch {number} " + "x" * 2000),
-                        Record(event, f"batch {number} end of batch"),
-                    ]
-                    assert await output.send(batch) == Delivered(), number
-                    # The next batch comes once this side has seen the close, as it has when
-                    # batches are not back to back.
-                    await until(lambda: not usable(output))
+        async with output_to(sink, transport, server_ca, make_output) as output:
+            for number in range(5):
+                batch = [
+                    Record(event, f"batch {number} " + "x" * 2000),
+                    Record(event, f"batch {number} end of batch"),
+                ]
+                assert await output.send(batch) == Delivered(), number
+                # The next batch comes once this side has seen the close, as it has when
+                # batches are not back to back.
+                await until(lambda: not usable(output))
         assert len(sink.connections) == 5
         for number in range(5):
             assert sink.data().count(f"batch {number} end of batch".encode()) == 1
