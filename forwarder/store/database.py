@@ -455,8 +455,7 @@ class Database:
                         "files are copied back into place once it is done",
                     ) from None
         except BaseException:
-            for handle in handles:
-                os.close(handle)
+            CommandLock(handles).release()
             raise
         return CommandLock(handles)
 
@@ -879,6 +878,10 @@ class CommandLock:
     def release(self) -> None:
         handles, self._handles = self._handles, []
         for handle in handles:
+            # Unlocked, not only closed: a flock goes with the last handle on the directory, and
+            # the daemon locks through a duplicate of the one its connection keeps open, which
+            # a copy that failed (a full disk, a store restored meanwhile) leaves in use.
+            fcntl.flock(handle, fcntl.LOCK_UN)
             os.close(handle)
 
 

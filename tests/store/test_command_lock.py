@@ -4,6 +4,7 @@ its deleted store back in place: neither may pull the store's journals from unde
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import threading
@@ -171,3 +172,48 @@ def test_a_command_gives_up_on_a_copy_that_does_not_end(
         daemon.close()
     Database(state, create=False).close()
     assert sorted(os.listdir(state)) == [DB_NAME]
+
+
+def restore_during_the_copy(state: Path) -> None:
+    """An operator restores a backup at the path while the daemon copies its deleted store."""
+    restored = Database(state.parent / "backup")
+    restored.close()
+    os.replace(state.parent / "backup" / DB_NAME, state / DB_NAME)
+
+
+def disk_full(state: Path) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+COPIES_THAT_FAIL = {
+    "on a full disk": disk_full,
+    "with a store restored at the path meanwhile": restore_during_the_copy,
+}
+
+
+@pytest.mark.parametrize("fail", COPIES_THAT_FAIL.values(), ids=COPIES_THAT_FAIL.keys())
+async def test_a_copy_back_that_fails_lets_store_commands_in_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: Any
+) -> None:
+    """The daemon locked the directory through a duplicate of the handle its old connection
+    keeps, and let go by closing the duplicate: a lock goes only with the last handle on it, so
+    while a copy that failed left that connection open (a full disk, retried at each probe; a
+    store restored meanwhile, kept until a restart) every store command waited 60 s and failed
+    with 'the daemon has been putting a copy of the store ... back in place'."""
+    state = tmp_path / "state"
+    outbox = await open_outbox(tmp_path)
+    assert await outbox.append(event(1)) is True
+    copy_to = Database.copy_to
+
+    def failing_copy(self: Database, target: Path) -> None:
+        fail(state)
+        copy_to(self, target)
+
+    monkeypatch.setattr(Database, "copy_to", failing_copy)
+    (state / DB_NAME).unlink()
+    assert await outbox.probe() is False
+    if not (state / DB_NAME).exists():
+        restore_during_the_copy(state)  # a store for the command to open
+    monkeypatch.setattr(database_module, "COMMAND_LOCK_WAIT_SECS", 0.0)
+    Database(state, create=False).close()
+    await outbox.aclose()
