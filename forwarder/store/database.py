@@ -501,6 +501,36 @@ class Database:
             )
         return len(events), len(rows)
 
+    def take_in(self, other: Path) -> int:
+        """Queue the events of the outbox file `other` that this store does not hold, under
+        seqs of its own, for the outputs `other` has them queued for; returns how many.
+
+        An event is held when one with its fingerprint and receipt stamp is here, so taking the
+        same file in again (a kill before it was removed) adds nothing twice.
+        """
+        events = _readable_rows(other, "events", _EVENT_COLUMNS)
+        deliveries = _readable_rows(other, "deliveries", "output, seq, attempts")
+        waiting = {row[1] for row in deliveries}
+        with self._transaction() as db:
+            held = set(db.execute("SELECT fingerprint, received_at FROM events"))
+            (high,) = db.execute(_HIGHEST_SEQ).fetchone()
+            seqs: dict[object, int] = {}
+            rows: list[tuple[object, ...]] = []
+            for seq, *event in events:  # event_id, fingerprint, kind, received_at, size, body
+                if seq in waiting and (event[1], event[3]) not in held:
+                    seqs[seq] = high = high + 1
+                    rows.append((high, *event))
+            db.executemany(_INSERT_EVENTS + _EVENT_ROW, rows)
+            db.executemany(
+                "INSERT INTO deliveries (output, seq, attempts) VALUES (?, ?, ?)",
+                [
+                    (output, seqs[seq], attempts)
+                    for output, seq, attempts in deliveries
+                    if seq in seqs
+                ],
+            )
+        return len(seqs)
+
     # Ingest
 
     def append(
@@ -1199,6 +1229,9 @@ class CutShortSalvage:
     # Where the damaged store files went, when the salvage took their place; None when it was
     # incomplete and removed (made again from the damaged file, if that is at the path).
     moved_to: Path | None
+    # The events queued from it into the store at the path that lacked them: a complete one an
+    # earlier version left there when a store was made at the path after it.
+    taken_in: int = 0
 
 
 def finish_cut_short_salvages(path: Path, now: float) -> list[CutShortSalvage]:
@@ -1212,23 +1245,43 @@ def finish_cut_short_salvages(path: Path, now: float) -> list[CutShortSalvage]:
     are still at the path (some, all or none of them) are moved aside to the name it gives. An
     incomplete one is removed: the damaged file it was made from is still at the path, and is
     salvaged again. One with no database left at the path (an older version moved the damaged
-    file aside before renaming anything, or an operator removed it) takes its place too.
+    file aside before renaming anything, or an operator removed it) takes its place too. One
+    beside a store that passes its check is an older version's too, complete: that version's
+    next start made the store at the path, and the events it holds that the store lacks are
+    queued there before it is removed.
     """
     found: list[CutShortSalvage] = []
     complete = sorted(path.parent.glob(f"{path.name}.salvaged-*"))
     for directory in complete + sorted(path.parent.glob(f"{path.name}.salvage-*")):
         staged = directory / DB_NAME
         moved_to: Path | None = None
+        taken_in = 0
         if directory in complete:
             moved_to = path.with_name(directory.name.replace(".salvaged-", ".corrupt-", 1))
             if staged.exists():
                 _swap_in(path, directory, moved_to)
-        elif staged.exists() and not path.exists() and _folded(staged):
-            moved_to = _aside_name(path, now)
-            _swap_in(path, directory, moved_to)
+        elif staged.exists() and _folded(staged):
+            if path.exists():
+                taken_in = _take_in_beside(path, staged)
+            else:
+                moved_to = _aside_name(path, now)
+                _swap_in(path, directory, moved_to)
         shutil.rmtree(directory, ignore_errors=True)
-        found.append(CutShortSalvage(directory, moved_to))
+        found.append(CutShortSalvage(directory, moved_to, taken_in))
     return found
+
+
+def _take_in_beside(path: Path, staged: Path) -> int:
+    """Queue in the store at `path` what the salvage `staged` holds that it lacks; nothing if
+    that store fails its check (the damaged file the salvage was made from)."""
+    try:
+        store = Database(path.parent)
+    except StoreCorrupt:
+        return 0
+    try:
+        return store.take_in(staged)
+    finally:
+        store.close()
 
 
 def _folded(database: Path) -> bool:

@@ -188,13 +188,20 @@ class Outbox:
         path = self.config.path / DB_NAME
         try:
             found = finish_cut_short_salvages(path, time.time())
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(
                 f"cannot complete a salvage of {path} that was cut short, tried again at the "
                 f"next probe: {exc}"
             ) from exc
         for salvage in found:
-            if salvage.moved_to is None:
+            if salvage.taken_in:
+                log.error(
+                    "Found a salvage of the store that an earlier version, killed, left beside "
+                    "the store it then made at the path; queued the events it held there.",
+                    salvage=str(salvage.directory),
+                    events=salvage.taken_in,
+                )
+            elif salvage.moved_to is None:
                 log.warning(
                     "Removed an incomplete salvage of the store, cut short by a kill; it is "
                     "made again from the damaged file at the path.",

@@ -15,7 +15,14 @@ import pytest
 import structlog
 
 from forwarder.store import database as database_module
-from forwarder.store.database import DB_NAME, Database, NewEvent, move_aside, replace_with_salvage
+from forwarder.store.database import (
+    DB_NAME,
+    Database,
+    NewEvent,
+    finish_cut_short_salvages,
+    move_aside,
+    replace_with_salvage,
+)
 from forwarder.store.outbox import StoreUnavailable
 from tests.store.helpers import event, open_outbox
 from tests.store.test_runtime_failures import (
@@ -238,6 +245,19 @@ async def test_journals_left_at_the_path_go_with_the_damaged_file_not_to_the_sal
     await outbox.aclose()
 
 
+def left_by_an_earlier_version(state: Path) -> tuple[Path, int]:
+    """A salvage as an earlier version left it when killed between moving the damaged file
+    aside and putting the salvage in place; returns it and how many events it holds."""
+    path = state / DB_NAME
+    damaged_store(state)
+    staging = path.with_name(f"{DB_NAME}.salvage-1")
+    fresh = Database(staging)
+    events, _ = fresh.salvage(path, ["a"])
+    fresh.close()
+    move_aside(path, time.time())  # ... and killed here
+    return staging, events
+
+
 async def test_a_salvage_an_earlier_version_left_after_moving_the_damaged_file_is_completed(
     tmp_path: Path,
 ) -> None:
@@ -246,19 +266,82 @@ async def test_a_salvage_an_earlier_version_left_after_moving_the_damaged_file_i
     path and left the salvage there, the only copy of the events it held that anything would
     deliver; the next salvage deleted it."""
     state = tmp_path / "state"
-    path = state / DB_NAME
-    damaged_store(state)
-    staging = path.with_name(f"{DB_NAME}.salvage-1")
-    fresh = Database(staging)
-    events, _ = fresh.salvage(path, ["a"])
-    fresh.close()
-    move_aside(path, time.time())  # ... and killed here
+    staging, events = left_by_an_earlier_version(state)
 
     with structlog.testing.capture_logs() as logs:
         outbox = await open_outbox(tmp_path)
     [completed] = [entry for entry in logs if entry["event"].startswith(COMPLETED)]
     assert completed["salvage"] == str(staging)
     assert len(await outbox.fetch("a", 100, 1 << 30)) == events > 0
+    assert not staging.exists()
+    await outbox.aclose()
+
+
+def left_by_an_earlier_version_beside_a_newer_store(state: Path) -> tuple[Path, int]:
+    """... then started again: it made an empty store at the path and took a post, and left
+    the salvage where it was."""
+    staging, events = left_by_an_earlier_version(state)
+    newer = Database(state)
+    newer.append([NewEvent("new", "fp-new", "incident", 2.0, b"{}")], ["a"], 0)
+    newer.close()
+    return staging, events
+
+
+TAKEN_IN = "Found a salvage of the store that an earlier version, killed, left beside"
+
+
+async def test_a_salvage_an_earlier_version_left_beside_a_newer_store_is_taken_in(
+    tmp_path: Path,
+) -> None:
+    """Taken for a salvage cut short with the damaged file still at the path, it was removed,
+    and with it the only copy of the events it held (answered 200 and never delivered)."""
+    state = tmp_path / "state"
+    staging, events = left_by_an_earlier_version_beside_a_newer_store(state)
+
+    with structlog.testing.capture_logs() as logs:
+        outbox = await open_outbox(tmp_path)
+    [taken] = [entry for entry in logs if entry["event"].startswith(TAKEN_IN)]
+    assert taken["log_level"] == "error" and taken["events"] == events > 0
+    assert [entry for entry in logs if entry["event"].startswith(REMOVED)] == []
+    queued = await outbox.fetch("a", 100, 1 << 30)
+    assert len(queued) == events + 1
+    assert len({stored.seq for stored in queued}) == len(queued)
+    assert not staging.exists()
+    await outbox.aclose()
+
+
+async def test_a_salvage_taken_in_and_left_by_a_kill_is_not_taken_in_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    staging, events = left_by_an_earlier_version_beside_a_newer_store(state)
+    with monkeypatch.context() as patch:
+        kill_at(patch, database_module.shutil, "rmtree", lambda tree, **_: tree == staging)
+        with pytest.raises(Killed):
+            finish_cut_short_salvages(state / DB_NAME, time.time())
+    assert staging.exists()
+
+    outbox = await open_outbox(tmp_path)
+    assert len(await outbox.fetch("a", 100, 1 << 30)) == events + 1
+    assert not staging.exists()
+    await outbox.aclose()
+
+
+async def test_a_salvage_beside_the_file_it_was_made_from_adds_nothing(tmp_path: Path) -> None:
+    """Killed once the salvage was complete but before it was renamed, with the file it was
+    made from still at the path and passing its check now (a read error that has passed)."""
+    state = tmp_path / "state"
+    path = state / DB_NAME
+    store = Database(state)
+    store.append([NewEvent(f"id{n}", f"fp{n}", "incident", 1.0, b"{}") for n in range(5)], ["a"], 0)
+    store.close()
+    staging = path.with_name(f"{DB_NAME}.salvage-1")
+    fresh = Database(staging)
+    assert fresh.salvage(path, ["a"])[0] == 5
+    fresh.close()
+
+    outbox = await open_outbox(tmp_path)
+    assert len(await outbox.fetch("a", 100, 1 << 30)) == 5
     assert not staging.exists()
     await outbox.aclose()
 
