@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import Any, NoReturn
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -58,6 +58,8 @@ TLS_SHUTDOWN_TIMEOUT_SECS = 5.0
 # connections and the files they write must still open when clients hold all the rest.
 FD_RESERVE_SHARE = 8
 FD_RESERVE_MIN = 64
+# How many connections in a row one accept() closes at once before it gives the loop its turn.
+CLOSED_PER_ACCEPT = 100
 # How often the listener looks for lines left out that no later line has reported.
 FLUSH_EVERY_SECS = 10.0
 
@@ -248,6 +250,20 @@ class ListenSocket(socket.socket):
     """The per-client cap, once a `ListenSite` starts on this socket; None: no cap."""
 
     def accept(self) -> tuple[socket.socket, Any]:
+        # asyncio accepts up to its backlog at each turn of the loop, but ends the batch at the
+        # first ConnectionAbortedError: raised for each connection closed here, a client at its
+        # cap that kept connecting got one connection handled per turn, however long the turn,
+        # and the queue filled with its connections while the kernel dropped everyone else's.
+        for _ in range(CLOSED_PER_ACCEPT):
+            accepted = self._accept_one()
+            if accepted is not None:
+                return accepted
+        # What asyncio's accept loop takes for a client gone before it was accepted: the loop
+        # has its turn, and the rest of the queue is accepted at the next one.
+        raise ConnectionAbortedError
+
+    def _accept_one(self) -> tuple[socket.socket, Any] | None:
+        """The next connection; None if it was closed at once."""
         conn, address = super().accept()
         # The kernel gives the lowest free descriptor: one at the ceiling means every one below
         # is taken, so connections keep out of the reserve however the descriptors are spread.
@@ -259,6 +275,7 @@ class ListenSocket(socket.socket):
                 "Too many open connections; new ones are closed at once.",
                 open_files_limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             )
+            return None
         clients = self.clients
         client = None if clients is None else clients.client(str(address[0]))
         if clients is None or client is None:
@@ -273,6 +290,7 @@ class ListenSocket(socket.socket):
                 client=client,
                 max_connections_per_client=clients.limit,
             )
+            return None
         release = partial(clients.closed, client)
         fileno = conn.detach()
         return _ClientSocket(conn.family, conn.type, conn.proto, fileno, release=release), address
@@ -280,14 +298,12 @@ class ListenSocket(socket.socket):
 
 def _close_at_accept(
     conn: socket.socket, reason: str, budget: LogBudget, message: str, **fields: Any
-) -> NoReturn:
+) -> None:
     conn.close()
     metrics.connections_closed_at_accept.labels(reason).inc()
     held = budget.take()
     if held is not None:
         log.warning(message, **fields, **held_back(held))
-    # What asyncio's accept loop takes for a client gone before it was accepted.
-    raise ConnectionAbortedError
 
 
 class ListenSite(web.SockSite):

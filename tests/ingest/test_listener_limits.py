@@ -254,6 +254,57 @@ async def test_a_trusted_proxy_or_a_cap_of_0_is_not_capped(
             close_all([writer for _, writer in held])
 
 
+def queued_connections(port: int, source: str, count: int) -> list[socket.socket]:
+    """`count` connections from `source`, set up by the kernel and waiting to be accepted."""
+    clients = []
+    for _ in range(count):
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        client.bind((source, 0))
+        client.connect(("127.0.0.1", port))  # returns once the connection is in the queue
+        clients.append(client)
+    return clients
+
+
+def test_a_connection_closed_at_accept_does_not_end_the_batch_of_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncio accepts up to the backlog at each turn of the loop, but stops at the first
+    ConnectionAbortedError. When each connection closed at accept raised it, a client at its cap
+    that kept connecting had one connection handled per turn of the loop, however busy: the
+    queue filled, and the kernel dropped the connections of everyone else (a console's connect
+    took seconds, measured with the loop at 1 ms a turn). accept() now closes those and goes on
+    to the next connection, up to CLOSED_PER_ACCEPT of them."""
+    monkeypatch.setattr(listener, "CLOSED_PER_ACCEPT", 3)
+    sock = ListenSocket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.clients = ClientConnections(ListenConfig(max_connections_per_client=1))
+    queued: list[socket.socket] = []
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        sock.setblocking(False)
+        port = sock.getsockname()[1]
+        queued += queued_connections(port, "127.0.0.1", 3)  # the first within the cap
+        before = sample_value(CLOSED, reason="per_client")
+        queued.append(sock.accept()[0])
+        queued += queued_connections(port, "127.0.0.2", 1)
+        accepted, address = sock.accept()  # past two closed at accept
+        assert address[0] == "127.0.0.2"
+        queued.append(accepted)
+        assert sample_value(CLOSED, reason="per_client") == before + 2
+
+        # A flood past the cap gives the loop its turn back after CLOSED_PER_ACCEPT of them.
+        queued += queued_connections(port, "127.0.0.1", 4)
+        with pytest.raises(ConnectionAbortedError):
+            sock.accept()
+        assert sample_value(CLOSED, reason="per_client") == before + 5
+        with pytest.raises(BlockingIOError):  # the queue is empty: asyncio's end of a batch
+            sock.accept()
+        assert sample_value(CLOSED, reason="per_client") == before + 6
+    finally:
+        close_all(queued)
+        sock.close()
+
+
 def reset(writer: asyncio.StreamWriter) -> None:
     """Close the connection with a TCP reset, as a client that crashed or was cut off does."""
     sock = writer.get_extra_info("socket")
