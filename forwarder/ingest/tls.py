@@ -105,7 +105,9 @@ def _validity(path: Path) -> tuple[datetime, datetime] | None:
     Read from the DER: the ssl module has no public way to the dates of a certificate it loaded.
     """
     try:
-        pem = path.read_text("ascii")
+        # As OpenSSL reads it: text around the block, in any encoding (a friendlyName, a subject
+        # in UTF-8), is skipped; read as ASCII, the first byte not ASCII hid the dates.
+        pem = path.read_text("latin-1")
         begin = pem.index(_PEM_BEGIN)
         end = pem.index(_PEM_END, begin) + len(_PEM_END)
         [(_, certificate)] = _der_elements(ssl.PEM_cert_to_DER_cert(pem[begin:end]))
@@ -115,7 +117,7 @@ def _validity(path: Path) -> tuple[datetime, datetime] | None:
         # serialNumber, signature, issuer, then validity: a sequence of two times.
         not_before, not_after = _der_elements(fields[3][1])
         return _der_time(*not_before), _der_time(*not_after)
-    except (OSError, ValueError, IndexError):  # UnicodeDecodeError is a ValueError
+    except (OSError, ValueError, IndexError):  # UnicodeError is a ValueError
         return None
 
 

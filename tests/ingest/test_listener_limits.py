@@ -485,6 +485,22 @@ def test_the_certificate_expiry_is_exported_at_start_and_at_each_reload(
     assert sample_value(EXPIRY, cert=str(cert)) == renewed.timestamp()
 
 
+def test_the_expiry_of_a_certificate_file_with_text_not_ascii_is_exported(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """OpenSSL reads the certificate from a file with text around it, in any encoding: what
+    `openssl pkcs12 -nokeys` writes, say, with a friendlyName or a subject not in ASCII. Its
+    dates were read as ASCII text, so the certificate loaded with no expiry exported, and an
+    alert on that expiry had no series to fire on."""
+    not_after = datetime(2031, 5, 1, 12, tzinfo=UTC)
+    cert, key = certificate(trustme.CA(), tmp_path, not_after)
+    bag = "Bag Attributes\n    friendlyName: Société Générale webhook\nsubject=O = Société\n"
+    cert.write_bytes(bag.encode() + cert.read_bytes())
+    listen = make_settings(listen={"tls": {"cert": str(cert), "key": str(key)}}).listen
+    assert server_context(listen) is not None
+    assert sample_value(EXPIRY, cert=str(cert)) == not_after.timestamp()
+
+
 def test_without_tls_no_expiry_is_exported(make_settings: Callable[..., Settings]) -> None:
     def expiries() -> int:
         return sum(len(family.samples) for family in metrics.listener_certificate_expiry.collect())
