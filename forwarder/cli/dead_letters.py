@@ -8,6 +8,8 @@ Every action works on the store the configuration names, and fails if there is n
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -95,13 +97,18 @@ def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     configured = [spec.name for spec in settings.outputs]
     database = open_store_or_exit(settings, args)
+    # Printed once the store is closed: output nobody reads yet (a pager left open) must not
+    # hold the store, and with it the daemon's copy of a deleted store, and posts, back.
+    output = io.StringIO()
     try:
-        return _ACTIONS[args.action](database, args, configured)
+        with contextlib.redirect_stdout(output):
+            return _ACTIONS[args.action](database, args, configured)
     except _Refused as exc:
         print(exc, file=sys.stderr)
         return 1
     finally:
         database.close()
+        sys.stdout.write(output.getvalue())
 
 
 def _list(database: Database, args: argparse.Namespace, configured: Sequence[str]) -> int:

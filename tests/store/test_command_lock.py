@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,13 @@ from forwarder.cli import main
 from forwarder.store import database as database_module
 from forwarder.store.database import DB_NAME, Database
 from tests.store.helpers import event, open_outbox
-from tests.store.test_runtime_failures import Gate, held_copies, until, what_a_restart_finds
+from tests.store.test_runtime_failures import (
+    PATIENCE_SECS,
+    Gate,
+    held_copies,
+    until,
+    what_a_restart_finds,
+)
 
 DELETIONS = {
     "the WAL": lambda state: Path(f"{state / DB_NAME}-wal").unlink(),
@@ -216,4 +224,46 @@ async def test_a_copy_back_that_fails_lets_store_commands_in_again(
         restore_during_the_copy(state)  # a store for the command to open
     monkeypatch.setattr(database_module, "COMMAND_LOCK_WAIT_SECS", 0.0)
     Database(state, create=False).close()
+    await outbox.aclose()
+
+
+class PagerLeftOpen(io.StringIO):
+    """A standard output nobody reads for now (`dead-letters show ... | less`, a page still on
+    screen): a write from another thread than the test's (the command's) waits until `read`
+    is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._test = threading.get_ident()
+        self.writing = threading.Event()
+        self.read = threading.Event()
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() != self._test:
+            self.writing.set()
+            self.read.wait(PATIENCE_SECS)
+        return super().write(text)
+
+
+async def test_a_command_whose_output_waits_does_not_hold_the_copy_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead-letters command printed with the store open: piped to a pager that was left on
+    its first page, it held the store, and with it the daemon's copy of its deleted store and
+    every post (503), for as long as the pager stayed open."""
+    state = tmp_path / "state"
+    outbox = await two_queued_one_dead(tmp_path)
+    [letter] = await outbox.dead_letters()
+    pager = PagerLeftOpen()
+    monkeypatch.setattr(sys, "stdout", pager)
+    show = ["dead-letters", "show", "--id", str(letter.id), "-c", config(tmp_path)]
+    showing = asyncio.ensure_future(asyncio.to_thread(main, show))
+    try:
+        await until(pager.writing.is_set, "the command to print")
+        shutil.rmtree(state)
+        assert await outbox.probe() is True, outbox.last_error
+    finally:
+        pager.read.set()
+    assert await showing == 0
+    assert "FTP Login Attempt" in pager.getvalue()
     await outbox.aclose()
