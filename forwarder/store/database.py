@@ -1006,7 +1006,7 @@ def _open_to_salvage(path: Path, table: str) -> sqlite3.Connection | None:
     layout cannot be read for damage is still tried, row by row.
     """
     try:
-        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        source = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True)
     except sqlite3.Error:
         return None
     try:

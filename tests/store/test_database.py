@@ -229,6 +229,18 @@ def test_salvage_copies_nothing_from_a_foreign_schema(db: Database, tmp_path: Pa
     assert db.stats().events == 0
 
 
+@pytest.mark.parametrize("name", ["store#1", "store?1", "store%41"])
+def test_salvage_reads_a_store_whose_path_has_uri_characters(
+    db: Database, tmp_path: Path, name: str
+) -> None:
+    """The path went into a URI as it was: '#' and '?' cut it short, '%41' read as 'A', so the
+    salvage read nothing, and the store moved aside had every event it held left behind."""
+    broken = Database(tmp_path / name)
+    broken.append([new_event(n) for n in range(3)], ["a"], dedupe_window=0)
+    broken.close()
+    assert db.salvage(tmp_path / name / DB_NAME, ["a"]) == (3, 3)
+
+
 def test_unwritable_directory_is_not_called_corrupt(tmp_path: Path) -> None:
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
