@@ -203,8 +203,8 @@ class Outbox:
                 )
             elif salvage.moved_to is None:
                 log.warning(
-                    "Removed an incomplete salvage of the store, cut short by a kill; it is "
-                    "made again from the damaged file at the path.",
+                    "Removed an incomplete salvage of the store, cut short by a kill; the file "
+                    "it was made from is still at the path, and salvaged again if damaged.",
                     removed=str(salvage.directory),
                 )
             else:
