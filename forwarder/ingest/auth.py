@@ -13,7 +13,7 @@ import ipaddress
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from aiohttp import web
 
@@ -164,6 +164,10 @@ _IPV6_CLIENT_PREFIX = 64
 _IPV6_HOST_MASK = (1 << (128 - _IPV6_CLIENT_PREFIX)) - 1
 
 
+# Cached: the listener looks up the client of every connection as it accepts it, and parsing
+# the address was half of what the per-client cap cost a connection. A client that makes up
+# addresses only turns the cache over.
+@lru_cache(maxsize=4096)
 def client_key(address: str) -> str:
     """Which client `address` is, for what is limited per client (failed attempts, open
     connections): an IPv4 address (however written), or an IPv6 /64. Counted per IPv6 address,
