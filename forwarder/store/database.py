@@ -472,16 +472,29 @@ class Database:
             self._directory = -1
 
     def salvage(self, broken: Path, outputs: Sequence[str]) -> tuple[int, int]:
-        """Copy the readable events and deliveries of a corrupt outbox into this one.
+        """Copy the readable events and deliveries of a corrupt outbox into this one, and its
+        dead letters and quarantined posts; returns the (events, deliveries) copied.
 
         Events are read in `seq` order, stepping over damaged pages; deliveries are read until
         SQLite hits the damage, and an event whose delivery rows could not be read is queued
-        for every output in `outputs` (at least once beats not at all).
+        for every output in `outputs` (at least once beats not at all). Dead letters and
+        quarantined posts are read until the damage too: each is an event or a post kept for an
+        operator, who would otherwise lose it with the damaged file.
         """
         events = _readable_events(broken)
         deliveries = _readable_rows(broken, "deliveries", "output, seq, attempts")
         known = {row[1] for row in deliveries}
+        kept = {
+            table: (columns, _readable_rows(broken, table, columns))
+            for table, columns in _KEPT_FOR_AN_OPERATOR.items()
+        }
         with self._transaction() as db:
+            for table, (columns, kept_rows) in kept.items():
+                marks = ", ".join("?" * len(columns.split(",")))
+                db.executemany(
+                    f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({marks})",  # noqa: S608
+                    kept_rows,
+                )
             db.executemany(
                 "INSERT OR IGNORE INTO events"
                 " (seq, event_id, fingerprint, kind, received_at, size, body)"
@@ -1035,6 +1048,12 @@ def _readable_rows(path: Path, table: str, columns: str) -> list[tuple[object, .
 
 
 _EVENT_COLUMNS = "seq, event_id, fingerprint, kind, received_at, size, body"
+# What a salvage copies besides the queue (see `Database.salvage`), with its ids.
+_KEPT_FOR_AN_OPERATOR = {
+    "dead_letters": "id, output, event_id, fingerprint, kind, received_at, dead_at, attempts,"
+    " reason, body",
+    "quarantine": "id, received_at, reason, client, size, body",
+}
 
 
 def _readable_events(path: Path) -> list[tuple[object, ...]]:

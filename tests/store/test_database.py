@@ -229,6 +229,24 @@ def test_salvage_copies_nothing_from_a_foreign_schema(db: Database, tmp_path: Pa
     assert db.stats().events == 0
 
 
+def test_salvage_keeps_the_dead_letters_and_the_quarantine(db: Database, tmp_path: Path) -> None:
+    """Both are kept for an operator (to replay, to read); a salvage copied only the queue, and
+    they went with the damaged file."""
+    broken = Database(tmp_path / "broken")
+    seqs = broken.append([new_event(n) for n in range(3)], ["a"], dedupe_window=0)
+    assert seqs[0] is not None
+    broken.dead_letter("a", {seqs[0]: "HEC code 6: invalid data format"}, now=2000.0)
+    broken.quarantine(b"{not json", "invalid_json", "192.0.2.7", 1500.0, 10, 1 << 20)
+    broken.close()
+    assert db.salvage(tmp_path / "broken" / DB_NAME, ["a"]) == (2, 2)
+    [letter] = db.dead_letters()
+    assert (letter.output, letter.reason) == ("a", "HEC code 6: invalid data format")
+    assert db.dead_letter_body(letter.id) == new_event(0).body
+    [(_, received_at, reason, client, body)] = db.quarantined()
+    assert (received_at, reason, client) == (1500.0, "invalid_json", "192.0.2.7")
+    assert body == b"{not json"
+
+
 @pytest.mark.parametrize("name", ["store#1", "store?1", "store%41"])
 def test_salvage_reads_a_store_whose_path_has_uri_characters(
     db: Database, tmp_path: Path, name: str
