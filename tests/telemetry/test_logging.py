@@ -141,3 +141,17 @@ def test_readable_lines_escape_what_a_terminal_would_act_on(
     # The line break in the exception's message stays one, indented like the whole traceback.
     assert not [line for line in text.splitlines() if line.startswith(forged)]
     assert f"  {forged}\\x1b[2J" in text
+
+
+def test_json_lines_escape_what_a_terminal_would_act_on(capsys: pytest.CaptureFixture[str]) -> None:
+    """`journalctl` shows JSON lines on a terminal too: DEL, C1 controls, line separators and
+    bidirectional overrides in a value are written as JSON escapes, standing for the same text."""
+    hostile = "a\x7fb\x9b2Jc\u2028d\u202eevil\u2066"
+    configure_logging(json=True)
+    structlog.get_logger("test").warning("Receiver said no.", reason=hostile, plain="ascii")
+    text = capsys.readouterr().err
+    [line] = [line for line in text.splitlines() if "Receiver said no." in line]
+    for control in ("\x7f", "\x9b", "\u2028", "\u202e", "\u2066"):
+        assert control not in line
+    record = json.loads(line)
+    assert (record["reason"], record["plain"]) == (hostile, "ascii")
