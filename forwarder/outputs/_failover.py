@@ -9,12 +9,13 @@ soonest is used, so a send is always attempted and its result classified.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["Endpoints"]
+__all__ = ["Endpoints", "first_to_pass"]
 
 T = TypeVar("T")
 
@@ -84,3 +85,36 @@ class Endpoints(Generic[T]):
         # the cooldown overflowed a float, so every send to a node down for hours raised.
         cooldown = min(self._max, self._base * 2 ** min(health.failures - 1, 64))
         health.benched_until = self._clock() + cooldown
+
+
+async def first_to_pass(
+    attempts: Sequence[Awaitable[T]],
+    passes: Callable[[T], bool],
+    release: Callable[[T], Awaitable[None]] | None = None,
+) -> list[T] | None:
+    """Run `attempts` (a check of each endpoint) side by side: None as soon as one's result
+    `passes`, else every result, in order. What an attempt raises is raised.
+
+    Side by side, not in turn: a healthcheck has 10 s in all, and an endpoint that never answers
+    takes its whole timeout, which in turn would fail the check however well the next one
+    answers. Once one passes the others are cancelled. `release` is awaited for the result of
+    every attempt that finished, however this ends: it closes what the attempt opened.
+    """
+    tasks = [asyncio.ensure_future(attempt) for attempt in attempts]
+    try:
+        for finished in asyncio.as_completed(tasks):
+            if passes(await finished):
+                return None
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if release is not None:
+            await asyncio.gather(
+                *(
+                    release(task.result())
+                    for task in tasks
+                    if not task.cancelled() and task.exception() is None
+                )
+            )
+    return [task.result() for task in tasks]

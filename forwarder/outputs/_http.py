@@ -32,7 +32,7 @@ from yarl import URL
 
 from forwarder import __version__
 from forwarder.mappers.base import Record
-from forwarder.outputs._failover import Endpoints
+from forwarder.outputs._failover import Endpoints, first_to_pass
 from forwarder.outputs._tls import TlsClientConfig, TlsFilesUnusable
 from forwarder.outputs.base import (
     Delivered,
@@ -401,25 +401,18 @@ class HttpClient:
             raise HealthcheckError(session.reason)
 
     async def check_nodes(self, check: Callable[[URL], Awaitable[str | None]]) -> None:
-        """Return once `check` (a node's problem, or None) passes on some node; else
-        HealthcheckError with every node's problem, in the order the nodes are listed.
+        """Return once `check` (a node's problem, or None) passes on some node, the nodes
+        checked side by side (`first_to_pass`); else HealthcheckError with every node's problem,
+        in the order the nodes are listed.
 
         One healthy node is enough: sends fail over to it, so the destination takes records.
-        The nodes are checked side by side, not in turn: the whole check has 10 s, and a node
-        that does not answer would take its timeout of that, failing the check however well
-        the next node answers.
         """
         self.raise_if_unusable()
-        checks = [asyncio.ensure_future(check(endpoint)) for endpoint in self._base_urls]
-        try:
-            for checked in asyncio.as_completed(checks):
-                if await checked is None:
-                    return
-        finally:
-            for pending in checks:
-                pending.cancel()
-            await asyncio.gather(*checks, return_exceptions=True)
-        raise HealthcheckError("; ".join(str(done.result()) for done in checks))
+        problems = await first_to_pass(
+            [check(endpoint) for endpoint in self._base_urls], lambda problem: problem is None
+        )
+        if problems is not None:
+            raise HealthcheckError("; ".join(str(problem) for problem in problems))
 
     async def reopen(self) -> None:
         """A new session: certificates and keys are read again. If they cannot be loaded the

@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from forwarder.outputs._failover import Endpoints
+from forwarder.outputs._failover import Endpoints, first_to_pass
 from forwarder.outputs._tls import TlsClientConfig, TlsFilesUnusable
 from forwarder.outputs.base import HealthcheckError, Retry
 
@@ -225,30 +225,29 @@ async def _check_any(
     close: Callable[[_Opened], Awaitable[None]],
     failure: str,
 ) -> None:
-    """Return once any endpoint opens; else raise HealthcheckError with each one's reason.
+    """Return once any endpoint opens, trying them side by side (`first_to_pass`); else raise
+    HealthcheckError with each one's reason. Whatever opened is closed."""
 
-    The endpoints are tried side by side, not in turn: the whole check has 10 s, and a host
-    that drops packets takes `connect_timeout_secs` (10 s by default) to give up on, which
-    would fail the check however well the next host answers. Whatever opened is closed.
-    """
-    attempts = [asyncio.ensure_future(open_one(endpoint)) for endpoint in endpoints]
-    try:
-        for attempt in asyncio.as_completed(attempts):
-            with contextlib.suppress(_Unreachable):
-                await attempt
-                return
-    finally:
-        for attempt in attempts:
-            attempt.cancel()
-        finished = await asyncio.gather(*attempts, return_exceptions=True)
-        await asyncio.gather(
-            *(close(opened) for opened in finished if not isinstance(opened, BaseException))
-        )
-    reasons = (
-        f"{endpoint}: {attempt.exception()}"
-        for endpoint, attempt in zip(endpoints, attempts, strict=True)
+    async def attempt(endpoint: Endpoint) -> _Opened | _Unreachable:
+        try:
+            return await open_one(endpoint)
+        except _Unreachable as exc:
+            return exc
+
+    async def release(opened: _Opened | _Unreachable) -> None:
+        if not isinstance(opened, _Unreachable):
+            await close(opened)
+
+    results = await first_to_pass(
+        [attempt(endpoint) for endpoint in endpoints],
+        lambda opened: not isinstance(opened, _Unreachable),
+        release,
     )
-    raise HealthcheckError(f"{failure}: {'; '.join(reasons)}")
+    if results is not None:
+        reasons = (
+            f"{endpoint}: {reason}" for endpoint, reason in zip(endpoints, results, strict=True)
+        )
+        raise HealthcheckError(f"{failure}: {'; '.join(reasons)}")
 
 
 def _distinct_picks(endpoints: Endpoints[Endpoint]) -> Iterator[Endpoint]:
