@@ -1,9 +1,16 @@
-"""What the scenario benchmarks (reliability.py, soak.py) share: picking scenarios by name and
-printing their rows as one Markdown table."""
+"""What the scenario benchmarks (reliability.py, soak.py) share: picking scenarios by name,
+running each in a scratch folder of its own, and printing their rows as one Markdown table."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+Row = TypeVar("Row", bound=Sequence[str])
 
 
 def chosen_scenarios(only: str | None, known: Iterable[str]) -> list[str] | None:
@@ -15,6 +22,23 @@ def chosen_scenarios(only: str | None, known: Iterable[str]) -> list[str] | None
         print(f"unknown scenarios: {', '.join(unknown)}; known: {', '.join(names)}")
         return None
     return chosen
+
+
+async def run_scenarios(
+    chosen: Iterable[str], prefix: str, run: Callable[[str, Path], Awaitable[list[Row]]]
+) -> list[Row]:
+    """`run(name, folder)` for each chosen scenario, each in an empty scratch folder of its own,
+    with its progress and time on stderr; the rows of all of them."""
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        for name in chosen:
+            work = Path(scratch) / name
+            work.mkdir()
+            began = time.monotonic()
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            rows += await run(name, work)
+            print(f"  {name}: {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+    return rows
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -26,7 +26,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -37,7 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
-from bench._scenarios import chosen_scenarios, print_table  # noqa: E402 - after the path set-up
+from bench._scenarios import (  # noqa: E402 - after the path set-up
+    chosen_scenarios,
+    print_table,
+    run_scenarios,
+)
 from tests.daemon.harness import PostResults  # noqa: E402
 from tests.peers.fake_hec import FakeHec  # noqa: E402
 from tests.reliability._peers import StalledPeer  # noqa: E402
@@ -857,21 +860,17 @@ async def main(args: argparse.Namespace) -> int:
     chosen = chosen_scenarios(args.only, SCENARIOS)
     if chosen is None:
         return 2
-    rows: Rows = []
     failed = 0
-    with tempfile.TemporaryDirectory(prefix="canary-reliability-") as scratch:
-        for name in chosen:
-            work = Path(scratch) / name
-            work.mkdir()
-            began = time.monotonic()
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            try:
-                found = await SCENARIOS[name](work, args)
-            except Exception as exc:  # a broken scenario is a row, the others still run
-                failed += 1
-                found = [(name, "FAILED", f"{type(exc).__name__}: {str(exc)[:200]}")]
-            rows += found
-            print(f"  {name}: {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+
+    async def run(name: str, work: Path) -> Rows:
+        nonlocal failed
+        try:
+            return await SCENARIOS[name](work, args)
+        except Exception as exc:  # a broken scenario is a row, the others still run
+            failed += 1
+            return [(name, "FAILED", f"{type(exc).__name__}: {str(exc)[:200]}")]
+
+    rows = await run_scenarios(chosen, "canary-reliability-", run)
     print(
         f"\ncanary-forwarder reliability figures ({os.cpu_count()} CPUs,"
         f" Python {sys.version.split()[0]})\n"

@@ -47,13 +47,11 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,9 +61,14 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
-from bench._scenarios import chosen_scenarios, print_table  # noqa: E402 - after the path set-up
+from bench._scenarios import (  # noqa: E402 - after the path set-up
+    chosen_scenarios,
+    print_table,
+    run_scenarios,
+)
 from tests.daemon.harness import Daemon, free_port, wait_until  # noqa: E402
 from tests.peers.fake_hec import DEFAULT_TOKEN  # noqa: E402
+from tests.peers.process import peer_process  # noqa: E402
 
 Row = tuple[str, str, str, str, str]
 Rows = list[Row]
@@ -322,6 +325,29 @@ def error_row(name: str, daemon: SoakDaemon) -> Row:
     return (name, "ERROR lines", "", "", f"{daemon.logged['(errors)']} {common}".strip())
 
 
+def report(name: str, snapshots: Snapshots, daemon: SoakDaemon) -> Rows:
+    """A scenario's rows: its figures at each snapshot, then its ERROR lines."""
+    return [*compare(name, snapshots), error_row(name, daemon)]
+
+
+@contextlib.asynccontextmanager
+async def running(daemon: SoakDaemon, *, tls: bool = False) -> AsyncIterator[SoakDaemon]:
+    """`daemon` started for the block; stopped after it, its log read first, and cleaned up
+    whatever happens. Listening over TLS, where the harness cannot ask /healthz, it counts as
+    started once it logs "Listening."."""
+    try:
+        if tls:
+            daemon.spawn()
+            await daemon.wait_for_count("Listening.", 1, within=30)
+        else:
+            await daemon.start()
+        yield daemon
+        daemon.read_log()
+        await daemon.stop()
+    finally:
+        daemon.close()
+
+
 async def sample(
     daemon: SoakDaemon,
     cycles: int,
@@ -346,32 +372,6 @@ async def sample(
 
 
 # Receivers
-
-
-@contextlib.contextmanager
-def peer(module: str, *args: str) -> Iterator[str]:
-    """`python -m <module> --port 0 <args>` in its own process; yields its URL."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", module, "--port", "0", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        line = process.stdout.readline() if process.stdout is not None else ""
-        if not line.strip().isdigit():  # the port, printed once it listens
-            raise RuntimeError(f"{module} did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line)}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 async def fake_control(url: str, route: str, data: Any) -> Any:
@@ -535,7 +535,10 @@ async def scenario_reload(work: Path, quick: bool) -> Rows:
     tls = Rsyslog(work / "rsyslog-tls", "tls", tls=tls_files)
     rows: Rows = []
     try:
-        with peer("tests.peers.fake_hec") as hec_url, peer("tests.peers.fake_es") as es_url:
+        with (
+            peer_process("tests.peers.fake_hec") as hec_url,
+            peer_process("tests.peers.fake_es") as es_url,
+        ):
 
             def config(variant: int) -> dict[str, Any]:
                 """Every output, with options that differ from one `variant` to the next."""
@@ -585,18 +588,10 @@ async def scenario_reload(work: Path, quick: bool) -> Rows:
                     config(0),
                     constants={"forwarder.pipeline.HEALTHCHECK_INTERVAL_SECS": 0.2},
                 )
-                try:
-                    daemon.spawn()
-                    await daemon.wait_for_count("Listening.", 1, within=30)
+                async with running(daemon, tls=True):
                     step = functools.partial(_reload, daemon, variant, config, tls_client)
                     snapshots = await sample(daemon, cycles, step, tls_client)
-                    daemon.read_log()
-                    await daemon.stop()
-                finally:
-                    daemon.close()
-                name = f"{cycles} reloads, {variant} config"
-                rows += compare(name, snapshots)
-                rows.append(error_row(name, daemon))
+                rows += report(f"{cycles} reloads, {variant} config", snapshots, daemon)
     finally:
         tcp.stop()
         tls.stop()
@@ -669,19 +664,13 @@ async def scenario_reconnect(work: Path, quick: bool) -> Rows:
                 {"outputs": [output]},
                 constants={"forwarder.pipeline.HEALTHCHECK_INTERVAL_SECS": 1.0},
             )
-            try:
-                await daemon.start()
+            async with running(daemon):
                 before = receiver.connections
                 step = functools.partial(_post_one_closed, daemon, receiver)
                 snapshots = await sample(daemon, cycles, step)
-                daemon.read_log()
-                await daemon.stop()
-            finally:
-                daemon.close()
             name = f"syslog {transport}: {receiver.connections - before} connections closed"
-            rows += compare(name, snapshots)
-            rows.append(error_row(name, daemon))
-    with peer("tests.peers.fake_hec") as hec_url:
+            rows += report(name, snapshots, daemon)
+    with peer_process("tests.peers.fake_hec") as hec_url:
         daemon = SoakDaemon(
             work / "hec",
             {
@@ -697,17 +686,11 @@ async def scenario_reconnect(work: Path, quick: bool) -> Rows:
             },
             constants={"forwarder.pipeline.HEALTHCHECK_INTERVAL_SECS": 1.0},
         )
-        try:
-            await daemon.start()
+        async with running(daemon):
             step = functools.partial(_post_one_reset, daemon, hec_url)
             snapshots = await sample(daemon, cycles, step)
-            daemon.read_log()
-            await daemon.stop()
-        finally:
-            daemon.close()
     name = f"HEC: {daemon.logged['Send failed; will retry.']} connections reset"
-    rows += compare(name, snapshots)
-    rows.append(error_row(name, daemon))
+    rows += report(name, snapshots, daemon)
     return rows
 
 
@@ -715,7 +698,7 @@ async def scenario_outage(work: Path, quick: bool) -> Rows:
     secs = 20.0 if quick else 180.0
     refused = f"127.0.0.1:{free_port()}"  # nothing listens there
     (work / "gone").mkdir()
-    with peer("tests.peers.fake_hec") as resetting_hec:
+    with peer_process("tests.peers.fake_hec") as resetting_hec:
         await fake_control(resetting_hec, "down", {"down": True})
         hec = {"type": "splunk_hec", "token": DEFAULT_TOKEN, **fast()}
         syslog = {"type": "syslog", "hosts": [refused], **fast()}
@@ -740,8 +723,7 @@ async def scenario_outage(work: Path, quick: bool) -> Rows:
             },
             constants={"forwarder.pipeline.HEALTHCHECK_INTERVAL_SECS": 0.5},
         )
-        try:
-            await daemon.start()
+        async with running(daemon):
             shutil.rmtree(work / "gone")  # the file output fails every write from here on
             await post_some(daemon.webhook_url, 200)
             began = time.monotonic()
@@ -749,18 +731,12 @@ async def scenario_outage(work: Path, quick: bool) -> Rows:
             for label, share in (("warm", 0.1), ("middle", 0.5), ("end", 1.0)):
                 await asyncio.sleep(max(0.0, began + share * secs - time.monotonic()))
                 snapshots.append((label, await daemon.snapshot()))
-            daemon.read_log()
-            await daemon.stop()
-        finally:
-            daemon.close()
     failures = (
         daemon.logged["Send failed; will retry."]
         + daemon.logged["Output needs an operator (credentials or configuration); events are kept."]
     )
     name = f"7 outputs down {secs:g} s: {failures} failed sends"
-    rows = compare(name, snapshots)
-    rows.append(error_row(name, daemon))
-    return rows
+    return report(name, snapshots, daemon)
 
 
 async def scenario_posts(work: Path, quick: bool) -> Rows:
@@ -771,8 +747,7 @@ async def scenario_posts(work: Path, quick: bool) -> Rows:
         {"outputs": [{"name": "file", "type": "file", "path": str(work / "out.jsonl")}]},
     )
     answers: Counter[str] = Counter()
-    try:
-        await daemon.start()
+    async with running(daemon):
         snapshots: Snapshots = []
         for label, share in (("warm", 0.1), ("middle", 0.4), ("end", 0.5)):
             answers += await post_many(daemon.webhook_url, int(count * share))
@@ -780,15 +755,9 @@ async def scenario_posts(work: Path, quick: bool) -> Rows:
             snapshots.append((label, await daemon.snapshot()))
         await asyncio.sleep(idle)  # idle: what is left over once nothing happens
         snapshots[-1] = (f"end, {idle:g} s idle", await daemon.snapshot())
-        daemon.read_log()
-        await daemon.stop()
-    finally:
-        daemon.close()
     statuses = ", ".join(f"{status} x{n}" for status, n in sorted(answers.items()))
     name = f"{count:,} posts ({statuses})"
-    rows = compare(name, snapshots)
-    rows.append(error_row(name, daemon))
-    return rows
+    return report(name, snapshots, daemon)
 
 
 async def scenario_status(work: Path, quick: bool) -> Rows:
@@ -814,8 +783,7 @@ async def scenario_status(work: Path, quick: bool) -> Rows:
         },
     )
     statuses: Counter[str] = Counter()
-    try:
-        await daemon.start()
+    async with running(daemon):
         await post_some(daemon.webhook_url, 20)
         async with client_session() as session:
 
@@ -826,14 +794,8 @@ async def scenario_status(work: Path, quick: bool) -> Rows:
                         statuses[f"{path} {answer.status}"] += 1
 
             snapshots = await sample(daemon, count, scrape, fill=False)
-        daemon.read_log()
-        await daemon.stop()
-    finally:
-        daemon.close()
     name = f"outputs down: {', '.join(f'{k} x{v}' for k, v in sorted(statuses.items()))}"
-    rows = compare(name, snapshots)
-    rows.append(error_row(name, daemon))
-    return rows
+    return report(name, snapshots, daemon)
 
 
 SCENARIOS: dict[str, Callable[[Path, bool], Awaitable[Rows]]] = {
@@ -849,15 +811,9 @@ async def main(args: argparse.Namespace) -> int:
     chosen = chosen_scenarios(args.only, SCENARIOS)
     if chosen is None:
         return 2
-    rows: Rows = []
-    with tempfile.TemporaryDirectory(prefix="canary-soak-") as scratch:
-        for name in chosen:
-            work = Path(scratch) / name
-            work.mkdir()
-            began = time.monotonic()
-            print(f"running {name} ...", file=sys.stderr, flush=True)
-            rows += await SCENARIOS[name](work, args.quick)
-            print(f"  {name}: {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+    rows = await run_scenarios(
+        chosen, "canary-soak-", lambda name, work: SCENARIOS[name](work, args.quick)
+    )
     print(f"\ncanary-forwarder soak ({os.cpu_count()} CPUs, Python {sys.version.split()[0]})\n")
     print_table(("scenario", "figure", "warm", "middle", "end"), rows)
     return 0
