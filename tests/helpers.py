@@ -69,16 +69,17 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 @contextlib.asynccontextmanager
 async def served_pipelines(
-    aiohttp_client: ClientFactory,
+    aiohttp_client: ClientFactory, host: str = "127.0.0.1"
 ) -> AsyncIterator[Callable[[Settings], Awaitable[tuple[TestClient[Any, Any], Pipeline]]]]:
-    """`start(settings)` -> a test client of the daemon's app and its pipeline, as `canary-
-    forwarder run` serves it (compressed bodies reach the handler as sent); stopped after."""
+    """`start(settings)` -> a test client of the daemon's app on `host` and its pipeline, as
+    `canary-forwarder run` serves it (compressed bodies reach the handler as sent); stopped
+    after."""
     running: list[Pipeline] = []
 
     async def start(settings: Settings) -> tuple[TestClient[Any, Any], Pipeline]:
         pipeline = await Pipeline.start(settings)
         running.append(pipeline)
-        server = TestServer(build_app(pipeline))
+        server = TestServer(build_app(pipeline), host=host)
         await server.start_server(auto_decompress=False)
         return await aiohttp_client(server), pipeline
 

@@ -8,15 +8,14 @@ from typing import Any
 
 import pytest
 import structlog
-from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from aiohttp.test_utils import TestClient, make_mocked_request
 from multidict import CIMultiDict
 
-from forwarder.app import build_app
 from forwarder.ingest.auth import FailureLimiter, client_address
 from forwarder.pipeline import Pipeline
 from forwarder.settings import ListenConfig, Settings
 from forwarder.store.database import Database
-from tests.helpers import ClientFactory, sample
+from tests.helpers import ClientFactory, sample, served_pipelines
 from tests.support.loopback6 import requires_loopback6
 
 SECRET = "correct-horse-battery-staple"
@@ -98,20 +97,12 @@ async def serve6(
     aiohttp_client: ClientFactory, make_settings: Callable[..., Settings]
 ) -> AsyncIterator[Serve]:
     """`serve6(**listen)`: the daemon's app listening on ::1, and its pipeline."""
-    running: list[Pipeline] = []
+    async with served_pipelines(aiohttp_client, host="::1") as serve:
 
-    async def start(**listen: Any) -> tuple[TestClient[Any, Any], Pipeline]:
-        pipeline = await Pipeline.start(make_settings(listen={"host": "::1", **listen}))
-        running.append(pipeline)
-        server = TestServer(build_app(pipeline), host="::1")
-        await server.start_server(auto_decompress=False)
-        return await aiohttp_client(server), pipeline
+        async def start(**listen: Any) -> tuple[TestClient[Any, Any], Pipeline]:
+            return await serve(make_settings(listen={"host": "::1", **listen}))
 
-    try:
         yield start
-    finally:
-        for pipeline in running:
-            await pipeline.stop(graceful_secs=5)
 
 
 def quarantined_clients(pipeline: Pipeline) -> list[str]:
