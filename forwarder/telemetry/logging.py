@@ -9,28 +9,18 @@ import re
 import sys
 from typing import Any
 
-import orjson
 import structlog
+
+from forwarder.mappers._escape import json_log_line
 
 __all__ = ["configure_logging"]
 
 
 def _orjson_text(value: Any, **_: Any) -> str:
     # orjson renders a line several times faster than json.dumps: one line per accepted event.
-    line = orjson.dumps(value, default=str).decode()
-    if line.isascii() and "\x7f" not in line:  # the usual line: nothing below is in it
-        return line
-    # orjson escapes C0 controls but writes DEL, C1 controls, Unicode line separators and
-    # bidirectional overrides as they are; `journalctl` and terminals act on some of them. They
-    # can only be inside strings, where \uXXXX stands for the same character.
-    return _JSON_UNSAFE.sub(_json_escaped, line)
-
-
-_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def _json_escaped(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
+    # It escapes C0 controls but writes DEL, C1 controls, Unicode line separators and
+    # bidirectional overrides as they are, and `journalctl` and terminals act on some of them.
+    return json_log_line(value)
 
 
 class _StderrLogger(structlog.WriteLogger):
