@@ -933,8 +933,7 @@ def _open_directory(directory: Path) -> int:
 
 
 def _same_file(one: int, other: int) -> bool:
-    first, second = os.fstat(one), os.fstat(other)
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
+    return os.path.samestat(os.fstat(one), os.fstat(other))
 
 
 def _lock_shared(directory: Path) -> int:
