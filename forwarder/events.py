@@ -291,8 +291,13 @@ def log_type_name(code: int | None) -> str | None:
     return None if code is None else _log_type_table().get(code)
 
 
-def parse_event(raw: bytes, *, received_at: datetime) -> CanaryEvent:
+def parse_event(
+    raw: bytes, *, received_at: datetime, fingerprint: str | None = None
+) -> CanaryEvent:
     """Decode, classify and normalise one webhook body.
+
+    `fingerprint` is the one the store recorded when ingest parsed this body: delivery passes
+    it to save hashing the canonical payload again (about a tenth of a parse).
 
     Raises:
         PayloadError: the body is not UTF-8 JSON holding an object. Everything else, however
@@ -301,7 +306,8 @@ def parse_event(raw: bytes, *, received_at: datetime) -> CanaryEvent:
     payload = decode_json_object(raw)
     received_at = _utc(received_at)
     quirks: list[str] = []
-    fingerprint = hashlib.sha256(_canonical(payload)).hexdigest()[:32]
+    if fingerprint is None:
+        fingerprint = hashlib.sha256(_canonical(payload)).hexdigest()[:32]
     if payload.get("type") == "console-audit":
         return _parse_audit(payload, raw, fingerprint, received_at, quirks)
     return _parse_alert(payload, raw, fingerprint, received_at, quirks)

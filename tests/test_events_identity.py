@@ -39,6 +39,16 @@ def test_id_falls_back_to_content_hash() -> None:
     assert HEX32.fullmatch(event.id)
 
 
+def test_a_fingerprint_given_is_used_instead_of_hashing_again() -> None:
+    # Delivery passes the one the store recorded at ingest.
+    body = orjson.dumps(incident(IncidentHash=None))
+    first = parse_event(body, received_at=RECEIVED)
+    again = parse_event(body, received_at=RECEIVED, fingerprint=first.fingerprint)
+    assert again == first
+    recorded = parse_event(body, received_at=RECEIVED, fingerprint="f" * 32)
+    assert recorded.fingerprint == recorded.id == "f" * 32
+
+
 @pytest.mark.parametrize(
     "unsafe",
     [

@@ -323,7 +323,9 @@ class Dispatcher:
         event = self.outbox.parsed(stored.seq)
         if event is None:
             received_at = datetime.fromtimestamp(stored.received_at, UTC)
-            event = parse_event(stored.body, received_at=received_at)
+            event = parse_event(
+                stored.body, received_at=received_at, fingerprint=stored.fingerprint
+            )
         return self.mapper.map(event)
 
     async def _send(self, items: list[tuple[int, Record]], outcome: _Outcome) -> None:

@@ -220,6 +220,7 @@ class NewEvent:
 class StoredEvent:
     seq: int
     event_id: str
+    fingerprint: str
     kind: str
     received_at: float
     attempts: int
@@ -653,7 +654,7 @@ class Database:
         """The oldest events queued for `output`, leaving out the seqs in `exclude` (a send in
         flight): at most `limit` and about `max_bytes`."""
         rows = self._db.execute(
-            "SELECT e.seq, e.event_id, e.kind, e.received_at, d.attempts, e.body"
+            "SELECT e.seq, e.event_id, e.fingerprint, e.kind, e.received_at, d.attempts, e.body"
             " FROM deliveries d JOIN events e ON e.seq = d.seq"
             " WHERE d.output = ? AND d.seq NOT IN (SELECT value FROM json_each(?))"
             " ORDER BY d.seq LIMIT ?",
@@ -662,7 +663,7 @@ class Database:
         batch: list[StoredEvent] = []
         total = 0
         for row in rows:
-            total += len(row[5])
+            total += len(row[6])
             if batch and total > max_bytes:
                 break
             batch.append(StoredEvent(*row))

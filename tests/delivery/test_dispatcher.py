@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -485,6 +486,37 @@ async def test_a_dispatcher_that_fails_unexpectedly_starts_again(
     assert failures == 1 and output.delivered == ["0", "1", "2"]
     restarted = "Dispatcher failed unexpectedly; restarting it. Its events stay queued."
     assert [e["event"] for e in logs].count(restarted) == 1
+
+
+async def test_an_event_parsed_again_keeps_the_fingerprint_ingest_stored(tmp_path: Path) -> None:
+    # After a restart (or past the bound of the parsed-event cache) delivery parses the stored
+    # body again; the fingerprint comes from the store, not from hashing the payload again.
+    # No IncidentHash: its id is its fingerprint.
+    stored = dataclasses.replace(event(0), id="f" * 32, fingerprint="f" * 32)
+    box = await Outbox.open(StoreConfig(path=tmp_path))
+    box.set_outputs(["scripted"])
+    await box.append(stored)
+    await box.aclose()
+    box = await Outbox.open(StoreConfig(path=tmp_path))
+    try:
+        box.set_outputs(["scripted"])
+        assert box.parsed(1) is None
+        seen: list[CanaryEvent] = []
+
+        def record(batch: Sequence[Record]) -> SendResult:
+            seen.extend(r.event for r in batch)
+            return Delivered()
+
+        output = ScriptedOutput([record])
+        dispatcher = Dispatcher(output, JsonMapper(JsonConfig(type="json")), box)
+        dispatcher.start()
+        await output.wait_until(lambda: output.delivered == ["0"])
+        await dispatcher.stop(5)
+    finally:
+        await box.aclose()
+    [delivered] = seen
+    assert delivered.fingerprint == delivered.id == "f" * 32
+    assert delivered.payload == stored.payload
 
 
 def scripted_metric(name: str, **labels: str) -> float:
