@@ -33,6 +33,7 @@ __all__ = [
     "decode_json_object",
     "is_ip",
     "is_ipv6",
+    "iso_ms",
     "log_type_name",
     "merge_details",
     "parse_event",
@@ -246,8 +247,8 @@ class CanaryEvent:
             "fingerprint": self.fingerprint,
             "kind": self.kind.value,
             "operation": self.operation,
-            "timestamp": _iso(self.timestamp),
-            "received_at": _iso(self.received_at),
+            "timestamp": iso_ms(self.timestamp),
+            "received_at": iso_ms(self.received_at),
             "log_type": self.log_type,
             "log_type_name": self.log_type_name,
             "alert_type": self.alert_type,
@@ -707,8 +708,18 @@ def _timestamp(text: str | None, received_at: datetime, quirks: list[str]) -> da
     return parsed
 
 
-def _iso(value: datetime) -> str:
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def iso_ms(moment: datetime) -> str:
+    """RFC 3339 UTC with milliseconds (truncated, as `isoformat` does): `2026-03-05T08:00:01.000Z`.
+
+    Formatted from the fields: twice as fast as `isoformat`, and every json, ECS and
+    Elasticsearch record carries one or two of these.
+    """
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 (faster than an f-string)
+        moment.year, moment.month, moment.day,
+        moment.hour, moment.minute, moment.second, moment.microsecond // 1000,
+    )  # fmt: skip
 
 
 def is_ip(value: str | None) -> bool:

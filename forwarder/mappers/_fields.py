@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
 
-from forwarder.events import CanaryEvent, Detail, EventKind, is_ip
+from forwarder.events import CanaryEvent, Detail, EventKind, is_ip, iso_ms
 
 __all__ = [
     "Fields",
@@ -214,8 +214,3 @@ def slug(text: str) -> str:
 def epoch_ms(moment: datetime) -> int:
     """Milliseconds since the Unix epoch, exactly (no float rounding)."""
     return (moment - _EPOCH) // _MILLISECOND
-
-
-def iso_ms(moment: datetime) -> str:
-    """RFC 3339 UTC with milliseconds: `2026-03-05T08:00:01.000Z`."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -20,7 +20,6 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any, Self
 
 import aiohttp
@@ -29,6 +28,7 @@ import structlog
 from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
+from forwarder.events import iso_ms
 from forwarder.mappers.base import Record
 from forwarder.outputs._http import (
     EncodedRequest,
@@ -186,13 +186,9 @@ def _name_and_port(word: str, default_port: str, problem: str) -> tuple[str, str
     return name, port
 
 
-def _iso_millis(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def es_document(record: Record) -> dict[str, Any]:
     """The document of one record: text is wrapped as `message`; `@timestamp` always present."""
-    timestamp = _iso_millis(record.event.timestamp)
+    timestamp = iso_ms(record.event.timestamp)
     if isinstance(record.body, str):
         return {"@timestamp": timestamp, "message": record.body}
     document = dict(record.body)

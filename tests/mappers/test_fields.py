@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -140,3 +141,18 @@ def test_times() -> None:
     moment = datetime(2026, 3, 5, 8, 0, 1, 999_999, tzinfo=UTC)
     assert epoch_ms(moment) == 1_772_697_601_999
     assert iso_ms(moment) == "2026-03-05T08:00:01.999Z"
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 3, 5, 8, 0, 1, 999_999, tzinfo=UTC),
+        datetime(2026, 3, 5, 10, 0, 1, 999_999, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 3, 5, 8, 0, 1, 999_999, tzinfo=ZoneInfo("UTC")),
+        datetime(999, 1, 2, 3, 4, 5, 6_000, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+    ],
+)
+def test_iso_ms_is_what_isoformat_writes_in_utc(moment: datetime) -> None:
+    expected = moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert iso_ms(moment) == expected
