@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from forwarder.certificates import load_key_pair
+from forwarder.certificates import KeyPair, load_key_pair
 from forwarder.settings import ListenConfig
 from forwarder.telemetry import metrics
 
@@ -50,8 +50,7 @@ def reload_certificates(context: ssl.SSLContext, listen: ListenConfig) -> None:
     # before the key is checked against it, so a key that does not match (a certificate renewed
     # with a new key, the old key still in place) left the listener with no key at all, and
     # every handshake failing.
-    load_key_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key)
-    load_key_pair(context, cert, key)
+    load_key_pair(KeyPair.read(cert, key), ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), context)
     validity = _validity(cert)
     _publish_expiry(cert, validity)
     _warn_about(cert, key, validity)

@@ -10,7 +10,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from forwarder.certificates import load_key_pair
+from forwarder.certificates import KeyPair, load_key_pair
 
 __all__ = ["TlsClientConfig", "TlsFilesUnusable"]
 
@@ -63,7 +63,7 @@ class TlsClientConfig(BaseModel):
             context.verify_mode = ssl.CERT_NONE
         if self.cert_file is not None:
             try:
-                load_key_pair(context, self.cert_file, self.key_file)
+                load_key_pair(KeyPair.read(self.cert_file, self.key_file), context)
             except (OSError, ValueError) as exc:
                 source = f"tls.cert_file {self.cert_file}"
                 if self.key_file is not None:
