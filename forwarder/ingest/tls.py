@@ -46,12 +46,17 @@ def reload_certificates(context: ssl.SSLContext, listen: ListenConfig) -> None:
     if listen.tls is None:
         return
     cert, key = listen.tls.cert, listen.tls.key
+    # Each file read once, and both loads and the dates taken from those bytes: read again for
+    # each step, a renewal landing in between could pass the trial with one pair and load
+    # another (the new certificate with the old key), or export the new certificate's expiry
+    # for the old one still served.
+    pair = KeyPair.read(cert, key)
     # Tried on a context of their own first: loading into the live one replaces its certificate
     # before the key is checked against it, so a key that does not match (a certificate renewed
     # with a new key, the old key still in place) left the listener with no key at all, and
     # every handshake failing.
-    load_key_pair(KeyPair.read(cert, key), ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), context)
-    validity = _validity(cert)
+    load_key_pair(pair, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), context)
+    validity = _validity(pair.cert_pem.decode("latin-1"))
     _publish_expiry(cert, validity)
     _warn_about(cert, key, validity)
 
@@ -98,15 +103,15 @@ def _warn_about(cert: Path, key: Path, validity: tuple[datetime, datetime] | Non
 _PEM_BEGIN, _PEM_END = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
 
 
-def _validity(path: Path) -> tuple[datetime, datetime] | None:
-    """notBefore and notAfter of the first certificate in a PEM file; None if unreadable.
+def _validity(pem: str) -> tuple[datetime, datetime] | None:
+    """notBefore and notAfter of the first certificate in PEM text; None if unreadable.
 
-    Read from the DER: the ssl module has no public way to the dates of a certificate it loaded.
+    `pem` is the file decoded as latin-1, as OpenSSL reads it: text around the block, in any
+    encoding (a friendlyName, a subject in UTF-8), is skipped; decoded as ASCII, the first byte
+    not ASCII hid the dates. Read from the DER: the ssl module has no public way to the dates
+    of a certificate it loaded.
     """
     try:
-        # As OpenSSL reads it: text around the block, in any encoding (a friendlyName, a subject
-        # in UTF-8), is skipped; read as ASCII, the first byte not ASCII hid the dates.
-        pem = path.read_text("latin-1")
         begin = pem.index(_PEM_BEGIN)
         end = pem.index(_PEM_END, begin) + len(_PEM_END)
         [(_, certificate)] = _der_elements(ssl.PEM_cert_to_DER_cert(pem[begin:end]))
@@ -116,7 +121,7 @@ def _validity(path: Path) -> tuple[datetime, datetime] | None:
         # serialNumber, signature, issuer, then validity: a sequence of two times.
         not_before, not_after = _der_elements(fields[3][1])
         return _der_time(*not_before), _der_time(*not_after)
-    except (OSError, ValueError, IndexError):  # UnicodeError is a ValueError
+    except (ValueError, IndexError):  # UnicodeError is a ValueError
         return None
 
 

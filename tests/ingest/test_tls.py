@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,11 +25,14 @@ from forwarder.app import build_app
 from forwarder.ingest.tls import reload_certificates, server_context
 from forwarder.pipeline import Pipeline
 from forwarder.settings import Settings
+from forwarder.telemetry import metrics
 from tests.helpers import sample
 
 
-def issue(authority: trustme.CA, directory: Path) -> tuple[Path, Path]:
-    issued = authority.issue_cert("127.0.0.1")
+def issue(
+    authority: trustme.CA, directory: Path, *, not_after: datetime | None = None
+) -> tuple[Path, Path]:
+    issued = authority.issue_cert("127.0.0.1", not_after=not_after)
     cert, key = directory / "cert.pem", directory / "key.pem"
     issued.cert_chain_pems[0].write_to_path(cert)
     issued.private_key_pem.write_to_path(key)
@@ -286,3 +290,75 @@ async def test_protocol_settings_of_the_listener(
     finally:
         await runner.cleanup()
         await pipeline.stop(1)
+
+
+def served_certificate(server: ssl.SSLContext, client: ssl.SSLContext) -> bytes:
+    """The certificate (DER) a client gets in a handshake with `server`, over memory buffers."""
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client_end = client.wrap_bio(to_client, to_server, server_hostname="127.0.0.1")
+    server_end = server.wrap_bio(to_server, to_client, server_side=True)
+    pending = [client_end, server_end]
+    for _ in range(5):  # each turn passes one flight on; TLS 1.2 needs four at most
+        for end in list(pending):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                end.do_handshake()
+                pending.remove(end)
+    assert not pending
+    served = client_end.getpeercert(binary_form=True)
+    assert served is not None
+    return served
+
+
+@pytest.mark.parametrize(
+    ("replaced_after", "replaced"),
+    [
+        # The new certificate in place, its key not yet: the pair the trial load refuses.
+        pytest.param(1, ("cert",), id="the cert after the trial load"),
+        pytest.param(2, ("cert", "key"), id="both after the live load"),
+    ],
+)
+def test_files_replaced_during_a_reload_do_not_mix_with_the_pair_it_read(
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    replaced_after: int,
+    replaced: tuple[str, ...],
+) -> None:
+    """A renewal (certbot, a secret rotated) can swap the files while a reload is reading them.
+    Each step read them again: the live load could get the new certificate with the old key
+    after the trial had passed the old pair (and fail, leaving the listener with no key), and
+    the expiry exported could be the new certificate's while the old one was served."""
+    authority = trustme.CA()
+    cert, key = issue(authority, tmp_path, not_after=datetime(2031, 2, 1, tzinfo=UTC))
+    settings = make_settings(listen={"tls": {"cert": str(cert), "key": str(key)}})
+    context = server_context(settings.listen)
+    assert context is not None
+
+    read = datetime(2031, 5, 1, 12, tzinfo=UTC)
+    issue(authority, tmp_path, not_after=read)
+    read_der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    renewal = tmp_path / "renewal"
+    renewal.mkdir()
+    issue(authority, renewal, not_after=datetime(2031, 8, 1, 12, tzinfo=UTC))
+
+    load_cert_chain = ssl.SSLContext.load_cert_chain
+    loads = 0
+
+    def load_then_renew(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        nonlocal loads
+        load_cert_chain(self, *args, **kwargs)
+        loads += 1
+        if loads == replaced_after:  # the renewal lands just after this load
+            for name in replaced:
+                (renewal / f"{name}.pem").replace(tmp_path / f"{name}.pem")
+
+    monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", load_then_renew)
+    reload_certificates(context, settings.listen)
+    monkeypatch.undo()
+    assert loads >= replaced_after  # the renewal did land in the middle of the reload
+
+    assert served_certificate(context, client_context(authority)) == read_der
+    expiry = metrics.REGISTRY.get_sample_value(
+        "canary_forwarder_listener_certificate_expiry_timestamp_seconds", {"cert": str(cert)}
+    )
+    assert expiry == read.timestamp()
