@@ -20,7 +20,7 @@ import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 import orjson
 
@@ -216,8 +216,10 @@ class NewEvent:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """A queued event as a dispatcher reads it. A tuple rather than a frozen dataclass: a
+    backlog's batches build 500 at a time, and a tuple is built in a third of the time."""
+
     seq: int
     event_id: str
     fingerprint: str
@@ -666,7 +668,7 @@ class Database:
             total += len(row[6])
             if batch and total > max_bytes:
                 break
-            batch.append(StoredEvent(*row))
+            batch.append(StoredEvent._make(row))
         return batch
 
     def ack(self, output: str, seqs: Sequence[int]) -> tuple[int, int]:
