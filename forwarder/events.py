@@ -84,6 +84,8 @@ _KNOWN_KEYS = frozenset(
     }
 )  # fmt: skip
 
+_AUDIT_KEYS = frozenset({"type", "payload"})
+
 _SAFE_ID = re.compile(r"[A-Za-z0-9:._@-]{1,200}")
 # At most 18 digits, so int() never meets a long string (slow, then refused past
 # sys.int_max_str_digits) and every value it gives fits a signed 64-bit field.
@@ -394,7 +396,7 @@ def _parse_audit(
         flock=audit.flock_id,
         source_ip=audit.user_ip,
         audit=audit,
-        extra={k: v for k, v in payload.items() if k not in ("type", "payload")},
+        extra=_extra(payload, _AUDIT_KEYS),
         quirks=tuple(quirks),
     )
 
@@ -449,9 +451,16 @@ def _parse_alert(
         triggered=_integer(payload.get("Triggered"), "Triggered", quirks, bounds=_COUNT),
         details=_details(payload.get("AdditionalDetails"), quirks),
         annotations=_annotations(payload.get("MatchedAnnotations"), quirks),
-        extra={k: v for k, v in payload.items() if k not in _KNOWN_KEYS},
+        extra=_extra(payload, _KNOWN_KEYS),
         quirks=tuple(quirks),
     )
+
+
+def _extra(payload: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    """The top-level keys this module does not read, in the payload's order."""
+    if payload.keys() <= known:  # the usual case, checked in C
+        return {}
+    return {k: v for k, v in payload.items() if k not in known}
 
 
 def _classify(
