@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import ssl
 import tempfile
@@ -10,7 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["KeyPair", "load_key_pair"]
+__all__ = ["MAX_PEM_BYTES", "KeyPair", "load_key_pair"]
+
+# A certificate chain and its key take a few kilobytes; a CA bundle put in as well, a few
+# hundred. Past this the file is no PEM (/dev/zero, a disk image, a log): read whole, it would
+# take the memory, twice with the copy, where OpenSSL, which read the path before, streamed it.
+MAX_PEM_BYTES = 1 << 20
 
 # Where a memfd can be opened again by path. A module constant so that a test can take it away,
 # as a container without /proc does.
@@ -34,8 +40,16 @@ class KeyPair:
 
     @classmethod
     def read(cls, cert: Path, key: Path | None) -> KeyPair:
-        """Raises OSError (naming the file) if one cannot be read."""
-        return cls(cert, key, cert.read_bytes(), None if key is None else key.read_bytes())
+        """Raises OSError (naming the file) if one cannot be read or is over `MAX_PEM_BYTES`."""
+        return cls(cert, key, _read(cert), None if key is None else _read(key))
+
+
+def _read(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        data = handle.read(MAX_PEM_BYTES + 1)
+    if len(data) > MAX_PEM_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_PEM_BYTES} bytes", str(path))
+    return data
 
 
 def load_key_pair(pair: KeyPair, *contexts: ssl.SSLContext) -> None:

@@ -124,3 +124,21 @@ def test_the_key_is_not_in_the_repr(tmp_path: Path) -> None:
     pair = KeyPair.read(cert, key)
     assert b"PRIVATE KEY" in (pair.key_pem or b"")
     assert "PRIVATE" not in repr(pair) and str(key) in repr(pair)
+
+
+def test_a_file_too_large_for_a_pem_is_refused_without_being_read_whole(tmp_path: Path) -> None:
+    # OpenSSL, given the path, streamed such a file and refused it; read whole into memory (and
+    # copied again into a memfd), a disk image or a log put in by mistake takes the memory.
+    cert, key = issue(trustme.CA(), tmp_path)
+    huge = tmp_path / "huge.pem"
+    with huge.open("wb") as sparse:
+        sparse.truncate(64 * certificates.MAX_PEM_BYTES)
+    for pair in ((huge, key), (cert, huge)):
+        with pytest.raises(OSError) as refused:
+            KeyPair.read(*pair)
+        assert str(refused.value) == (
+            f"[Errno 27] larger than {certificates.MAX_PEM_BYTES} bytes: '{huge}'"
+        )
+    at_the_bound = tmp_path / "at-the-bound.pem"
+    at_the_bound.write_bytes(cert.read_bytes().ljust(certificates.MAX_PEM_BYTES, b"\n"))
+    load_key_pair(KeyPair.read(at_the_bound, key), server())

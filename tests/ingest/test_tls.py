@@ -362,3 +362,22 @@ def test_files_replaced_during_a_reload_do_not_mix_with_the_pair_it_read(
         "canary_forwarder_listener_certificate_expiry_timestamp_seconds", {"cert": str(cert)}
     )
     assert expiry == read.timestamp()
+
+
+def test_a_key_path_that_never_ends_is_refused_at_reload_and_the_old_certificate_stays(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """/dev/zero (or any device or file far past a PEM's size) as the key: OpenSSL, reading the
+    path, refused it at once; read whole into memory, it took all there was, then the daemon."""
+    authority = trustme.CA()
+    cert, key = issue(authority, tmp_path)
+    settings = make_settings(listen={"tls": {"cert": str(cert), "key": str(key)}})
+    context = server_context(settings.listen)
+    assert context is not None
+    served = served_certificate(context, client_context(authority))
+
+    issue(trustme.CA(), tmp_path)  # a renewal, whose key path is then mistyped
+    mistaken = make_settings(listen={"tls": {"cert": str(cert), "key": "/dev/zero"}})
+    with pytest.raises(OSError, match=r"larger than \d+ bytes: '/dev/zero'"):
+        reload_certificates(context, mistaken.listen)
+    assert served_certificate(context, client_context(authority)) == served
