@@ -54,14 +54,19 @@ def test_the_pair_is_loaded_from_memory_and_the_descriptors_closed_after(
             os.fstat(int(Path(path).name))
 
 
+def take_away(missing: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Make the host lack `missing` (`memfd_create` or `/proc`), as some containers do."""
+    if missing == "memfd_create":
+        monkeypatch.delattr(os, "memfd_create", raising=False)
+    elif missing == "/proc":
+        monkeypatch.setattr(certificates, "_PROC_FD", tmp_path / "no-proc")
+
+
 @pytest.mark.parametrize("missing", ["memfd_create", "/proc"])
 def test_without_memfd_or_proc_a_private_temporary_file_is_used_and_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
-    if missing == "memfd_create":
-        monkeypatch.delattr(os, "memfd_create", raising=False)
-    else:
-        monkeypatch.setattr(certificates, "_PROC_FD", tmp_path / "no-proc")
+    take_away(missing, monkeypatch, tmp_path)
     cert, key = issue(trustme.CA(), tmp_path)
     modes: list[tuple[int, int]] = []
 
@@ -86,12 +91,11 @@ def direct_load_error(cert: Path, key: Path) -> str:
     return str(refused.value)
 
 
-@pytest.mark.parametrize("copies", ["memfd", "temporary file"])
+@pytest.mark.parametrize("missing", ["nothing", "memfd_create"])
 def test_errors_name_the_users_files_not_the_copies(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, copies: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
-    if copies == "temporary file":
-        monkeypatch.delattr(os, "memfd_create", raising=False)
+    take_away(missing, monkeypatch, tmp_path)  # copies in memory, or in a temporary file
     authority = trustme.CA()
     cert, key = issue(authority, tmp_path)
     missing, not_pem = tmp_path / "missing.pem", tmp_path / "not.pem"
