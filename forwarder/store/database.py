@@ -37,6 +37,7 @@ __all__ = [
     "DeadLetter",
     "NewEvent",
     "StoreCorrupt",
+    "StoreDamaged",
     "StoreDisplaced",
     "StoreStats",
     "StoredEvent",
@@ -155,6 +156,15 @@ def _seen_since(
 class StoreCorrupt(Exception):
     """The database file exists but cannot be used: SQLite finds it damaged, or its tables are
     not the ones this version creates (another program's file, another version's)."""
+
+
+class StoreDamaged(StoreCorrupt):
+    """The StoreCorrupt of a file SQLite finds damaged, not merely foreign: `store check` reports
+    it as its finding rather than as a store it cannot open. `finding` is what SQLite said."""
+
+    def __init__(self, path: Path, finding: str) -> None:
+        super().__init__(f"{path}: {finding}")
+        self.finding = finding
 
 
 class StoreDisplaced(Exception):
@@ -330,7 +340,7 @@ class Database:
                 self._db.execute("PRAGMA wal_autocheckpoint=0")
             ok = self._db.execute("PRAGMA quick_check").fetchone()
             if ok is None or ok[0] != "ok":
-                raise StoreCorrupt(f"{self.path}: integrity check failed: {ok}")
+                raise StoreDamaged(self.path, f"integrity check failed: {ok}")
             tables = _tables(self._db)
             if not tables:
                 # One transaction: another process opening the same new store sees every
@@ -346,7 +356,7 @@ class Database:
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and not _looks_corrupt(exc):
                 raise
-            raise StoreCorrupt(f"{self.path}: {exc}") from exc
+            raise StoreDamaged(self.path, str(exc)) from exc
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -798,6 +808,24 @@ class Database:
         self._counted_through = high
 
     # Inspection and dead letters
+
+    def integrity_problems(self, limit: int) -> list[str]:
+        """What PRAGMA integrity_check finds, one line each and at most `limit`; [] when sound.
+
+        Unlike the quick_check every open runs, it also checks that each index holds exactly
+        the rows of its table. It reads every page, in one read transaction: in WAL mode that is
+        a consistent snapshot, whatever another connection commits meanwhile.
+        """
+        rows = self._db.execute(f"PRAGMA integrity_check({int(limit)})").fetchall()
+        # SQLite joins the findings of one b-tree walk into one row, under a heading that names
+        # the schema ("*** in database main ***"): one line per finding is what can be counted.
+        lines = [
+            line
+            for (found,) in rows
+            for line in str(found).splitlines()
+            if not line.startswith("*** in database ")
+        ]
+        return [] if lines == ["ok"] else lines[:limit]
 
     def stats(self) -> StoreStats:
         count, size, oldest = self._db.execute(
