@@ -40,15 +40,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_or_exit(args.config) if args.config else default_settings()
 
 
-def open_store_or_exit(settings: Settings, args: argparse.Namespace) -> Database:
+def open_store_or_exit(
+    settings: Settings, args: argparse.Namespace, *, reraise: tuple[type[Exception], ...] = ()
+) -> Database:
     """The store `settings` names, or the reason on stderr and exit status 1.
 
     Never creates one: on a mistyped path, an empty new store would read as "nothing queued,
-    no dead letters".
+    no dead letters". The exceptions in `reraise` are the caller's to handle (`store check`
+    reports damage found at the open as its finding).
     """
     store = settings.store
     try:
         return Database(store.path, sync=store.sync, create=False)
+    except reraise:
+        raise
     except FileNotFoundError:
         hint = (
             f"check store.path in {args.config}"

@@ -15,7 +15,6 @@ from forwarder.settings import Settings
 from forwarder.store.database import (
     DB_NAME,
     Database,
-    StoreCorrupt,
     StoreDamaged,
     is_damage,
 )
@@ -123,15 +122,10 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 def _open_to_check(settings: Settings, args: argparse.Namespace) -> Database | StoreDamaged:
     """The store, or the damage its open found (the quick check every open runs): a finding
     of the check, not a store it cannot open."""
-    store = settings.store
     try:
-        return Database(store.path, sync=store.sync, create=False)
+        return open_store_or_exit(settings, args, reraise=(StoreDamaged,))
     except StoreDamaged as damage:
         return damage
-    except (StoreCorrupt, sqlite3.Error, OSError):
-        # Tried once more by the opener every store command shares, so that a missing store, a
-        # foreign one or a lock held too long ends this one with their words and exit status.
-        return open_store_or_exit(settings, args)
 
 
 def _findings(database: Database) -> tuple[list[str], int | None]:

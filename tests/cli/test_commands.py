@@ -307,6 +307,7 @@ STORE_COMMANDS = [
     ["dead-letters", "replay", "--all"],
     ["dead-letters", "purge", "--all"],
     ["store", "stats"],
+    ["store", "check"],
 ]
 
 

@@ -9,9 +9,11 @@ import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from forwarder.cli import _common as common
 from forwarder.cli import main
 from forwarder.cli import store as store_command
 from forwarder.store import database as database_module
@@ -205,12 +207,21 @@ def test_store_check_of_a_missing_store_says_so_as_store_stats_does(
 
 
 def test_store_check_of_another_programs_database_cannot_open_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Tables this version does not know are not damage: the message every store command
-    gives, with no report."""
+    gives, with no report, after one try (a second would double the waits for a lock)."""
     write_foreign_store(tmp_path / "state" / DB_NAME, "CREATE TABLE events (id INTEGER)")
+    opens: list[Path] = []
+
+    def counted(directory: Path, **options: Any) -> Database:
+        opens.append(directory)
+        return Database(directory, **options)
+
+    for opener in (common, store_command):
+        monkeypatch.setattr(opener, "Database", counted)
     code, out, err = run_cli(capsys, "store", "check", "-c", str(file_config(tmp_path)))
+    assert len(opens) == 1
     assert (code, out) == (1, "")
     assert err.startswith(f"cannot open the store in {tmp_path / 'state'}: ")
     assert "not an outbox this version can use" in err
