@@ -17,6 +17,7 @@ from functools import lru_cache
 import orjson
 
 __all__ = [
+    "TERMINAL_CONTROLS_ABOVE_C0",
     "TRUNCATION_MARKER",
     "cached_key_layouts",
     "cef_header",
@@ -92,11 +93,11 @@ _LEEF_VALUE = _Translation(_FLAT)
 # JSON leaves these raw inside strings; as \u escapes they stay lossless and on one line.
 _JSON_RAW_CODES = (0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)
 _JSON_RAW = _Translation({c: f"\\u{c:04x}" for c in _JSON_RAW_CODES})
-# The daemon's log lines are read on a terminal too (`journalctl`): there the bidirectional
-# overrides, which reorder what a terminal shows, are escaped as well.
-_JSON_RAW_FOR_TERMINALS = _Translation(
-    {c: f"\\u{c:04x}" for c in (*_JSON_RAW_CODES, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
-)
+TERMINAL_CONTROLS_ABOVE_C0 = (*_JSON_RAW_CODES, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+"""What a terminal acts on rather than shows, besides the C0 controls: DEL, the C1 controls, the
+Unicode line separators, and the bidirectional overrides and isolates, which reorder what it
+shows. The daemon's log lines are read on a terminal too (`journalctl`), so they escape these."""
+_JSON_RAW_FOR_TERMINALS = _Translation({c: f"\\u{c:04x}" for c in TERMINAL_CONTROLS_ABOVE_C0})
 
 TRUNCATION_MARKER = b"...[truncated]"
 """What ends a record that was cut to fit a size limit, so a reader sees it was."""

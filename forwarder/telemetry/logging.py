@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from forwarder.mappers._escape import json_log_line
+from forwarder.mappers._escape import TERMINAL_CONTROLS_ABOVE_C0, json_log_line
 
 __all__ = ["configure_logging"]
 
@@ -36,13 +36,12 @@ class _StderrLoggerFactory:
         return _StderrLogger(str(args[0]) if args else "")
 
 
-# What a terminal acts on rather than shows: C0 and C1 controls (line breaks, escape sequences),
-# DEL, Unicode line separators and the bidirectional overrides that reorder what is shown.
-_TERMINAL_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# What a terminal acts on rather than shows: the C0 controls (line breaks, escape sequences)
+# and the rest JSON log lines escape too.
+_ABOVE_C0 = "".join(re.escape(chr(code)) for code in TERMINAL_CONTROLS_ABOVE_C0)
+_TERMINAL_CONTROLS = re.compile(f"[\\x00-\\x1f{_ABOVE_C0}]")
 # A traceback keeps its own line breaks; every other control in it is escaped.
-_TRACEBACK_CONTROLS = re.compile(
-    r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
-)
+_TRACEBACK_CONTROLS = re.compile(f"[\\x00-\\x09\\x0b-\\x1f{_ABOVE_C0}]")
 
 
 def _escaped(match: re.Match[str]) -> str:
