@@ -134,13 +134,9 @@ def _findings(database: Database) -> tuple[list[str], int | None]:
     Damage that stops the check or the count part way is a problem found; any other error
     (not about the file) is raised.
     """
+    problems: list[str] = []
     try:
         problems = database.integrity_problems(MAX_PROBLEMS)
-    except sqlite3.Error as exc:
-        if not is_damage(exc):
-            raise
-        return [str(exc)], None
-    try:
         return problems, database.stats().events
     except sqlite3.Error as exc:
         if not is_damage(exc):
