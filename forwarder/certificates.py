@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import ssl
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from forwarder.files import read_regular_file
 
 __all__ = ["MAX_PEM_BYTES", "KeyPair", "load_key_pair"]
 
@@ -40,16 +41,10 @@ class KeyPair:
 
     @classmethod
     def read(cls, cert: Path, key: Path | None) -> KeyPair:
-        """Raises OSError (naming the file) if one cannot be read or is over `MAX_PEM_BYTES`."""
-        return cls(cert, key, _read(cert), None if key is None else _read(key))
-
-
-def _read(path: Path) -> bytes:
-    with path.open("rb") as handle:
-        data = handle.read(MAX_PEM_BYTES + 1)
-    if len(data) > MAX_PEM_BYTES:
-        raise OSError(errno.EFBIG, f"larger than {MAX_PEM_BYTES} bytes", str(path))
-    return data
+        """Raises OSError (naming the file) if one cannot be read, is not a regular file or is
+        over `MAX_PEM_BYTES`."""
+        key_pem = None if key is None else read_regular_file(key, MAX_PEM_BYTES)
+        return cls(cert, key, read_regular_file(cert, MAX_PEM_BYTES), key_pem)
 
 
 def load_key_pair(pair: KeyPair, *contexts: ssl.SSLContext) -> None:

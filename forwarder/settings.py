@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from forwarder.files import read_regular_file
 from forwarder.mappers.base import MapperConfig
 from forwarder.outputs.base import OutputConfig
 from forwarder.registry import PluginError, mapper_class, output_class
@@ -613,13 +613,7 @@ _MAX_SECRET_FILE_BYTES = 64 * 1024
 
 def _read_secret(path: Path, where: str, problems: list[str]) -> str:
     try:
-        # Only a regular file of sane size: a FIFO would block the start, /dev/zero never ends.
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise ValueError("not a regular file")
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_SECRET_FILE_BYTES + 1)
-        if len(data) > _MAX_SECRET_FILE_BYTES:
-            raise ValueError(f"larger than {_MAX_SECRET_FILE_BYTES} bytes")
+        data = read_regular_file(path, _MAX_SECRET_FILE_BYTES)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:

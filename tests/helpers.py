@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from forwarder.app import build_app
@@ -17,6 +21,50 @@ from forwarder.pipeline import Pipeline
 from forwarder.settings import Settings
 
 SAMPLES = Path(__file__).parent / "samples"
+
+
+def release_a_reader(fifo: Path) -> None:
+    """Open `fifo` for writing and close it: a reader blocked opening it goes on, to EOF."""
+    with contextlib.suppress(OSError):  # ENXIO: no reader is waiting
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@contextlib.contextmanager
+def fifo_released_after(seconds: float, fifo: Path) -> Iterator[None]:
+    """Within the block, readers blocked opening `fifo` for longer than `seconds` are let go
+    (to EOF), again and again: code that waits on it fails the test instead of hanging the
+    suite. The block runs in this thread, so an event loop blocked in it can wait too."""
+    done = threading.Event()
+
+    def release() -> None:
+        if done.wait(seconds):
+            return
+        while not done.wait(0.05):
+            release_a_reader(fifo)
+
+    releaser = threading.Thread(target=release, daemon=True)
+    releaser.start()
+    try:
+        yield
+    finally:
+        done.set()
+        releaser.join()
+
+
+def finishes_within(seconds: float, call: Callable[[], None], fifo: Path) -> None:
+    """Run `call` in a thread; if it is still blocked after `seconds` (opening `fifo`, which
+    has no writer), open the FIFO's other end to let it go, and fail."""
+    worker = ThreadPoolExecutor(1)
+    try:
+        future = worker.submit(call)
+        try:
+            future.exception(timeout=seconds)
+        except TimeoutError:
+            release_a_reader(fifo)
+            pytest.fail(f"blocked for more than {seconds:g} s")
+        future.result()
+    finally:
+        worker.shutdown(wait=True)
 
 
 def sample(name: str) -> bytes:

@@ -112,7 +112,7 @@ def test_errors_name_the_users_files_not_the_copies(
 
     assert error(missing, key) == f"[Errno 2] No such file or directory: '{missing}'"
     assert error(cert, missing) == f"[Errno 2] No such file or directory: '{missing}'"
-    assert error(tmp_path, key) == f"[Errno 21] Is a directory: '{tmp_path}'"
+    assert error(tmp_path, key) == f"[Errno 22] not a regular file (a directory): '{tmp_path}'"
     assert error(cert, locked) == (
         f"the private key is encrypted, and no passphrase can be given: {locked}"
     )

@@ -6,6 +6,7 @@ The last tests run the real daemon: a SIGHUP with a broken file keeps the runnin
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator, Mapping
@@ -188,14 +189,15 @@ def test_an_unreadable_secret_file_is_named(
 ) -> None:
     secret = tmp_path / "secret"
     secret.write_text(SECRET)
-    real_open = Path.open
+    real_open = os.open
 
-    def refusing_open(self: Path, *args: Any, **kwargs: Any) -> Any:
-        if self == secret:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_open(self, *args, **kwargs)
+    # Tests may run as root, whom no file mode refuses.
+    def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        if Path(path) == secret:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "open", refusing_open)
+    monkeypatch.setattr(os, "open", refusing_open)
     found = load_problems(tmp_path, with_secret(f"${{file:{secret}}}"))
     assert found == [f"listen.auth.secret: cannot read secret file {secret}: Permission denied"]
 
@@ -203,7 +205,7 @@ def test_an_unreadable_secret_file_is_named(
 def test_a_secret_file_that_is_a_directory_or_too_large_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "big").write_bytes(b"a" * (64 * 1024 + 1))
     assert load_problems(tmp_path, with_secret(f"${{file:{tmp_path}}}")) == [
-        f"listen.auth.secret: cannot read secret file {tmp_path}: not a regular file"
+        f"listen.auth.secret: cannot read secret file {tmp_path}: not a regular file (a directory)"
     ]
     assert load_problems(tmp_path, with_secret(f"${{file:{tmp_path}/big}}")) == [
         f"listen.auth.secret: cannot read secret file {tmp_path}/big: larger than 65536 bytes"

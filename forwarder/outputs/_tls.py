@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import ssl
-import stat
 from pathlib import Path
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from forwarder.certificates import KeyPair, load_key_pair
+from forwarder.files import open_regular_file
 
 __all__ = ["TlsClientConfig", "TlsFilesUnusable"]
 
@@ -84,9 +84,7 @@ class TlsClientConfig(BaseModel):
                 continue
             try:
                 # A FIFO or a device would block or never end, and this runs on the event loop.
-                if not stat.S_ISREG(path.stat().st_mode):
-                    raise TlsFilesUnusable(_unusable(f"{option} {path}", "not a regular file"))
-                with path.open("rb"):
+                with open_regular_file(path):
                     pass
             except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
                 raise TlsFilesUnusable(_unusable(f"{option} {path}", exc)) from exc

@@ -29,6 +29,7 @@ from typing import Literal
 import structlog
 from pydantic import Field
 
+from forwarder.files import kind_of_file
 from forwarder.mappers.base import Record
 from forwarder.outputs.base import (
     Delivered,
@@ -130,18 +131,6 @@ class _Handle:
     retired: bool = False
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    return "not a regular file"
-
-
 def _writable_kind(mode: int) -> bool:
     # Character devices stay allowed: /dev/null discards on purpose, /dev/full tests a full disk.
     return stat.S_ISREG(mode) or stat.S_ISCHR(mode)
@@ -199,7 +188,7 @@ class FileOutput(Output[FileConfig]):
             info = os.fstat(fd)
             if not _writable_kind(info.st_mode):
                 raise OSError(
-                    errno.EINVAL, f"not a regular file ({_kind(info.st_mode)})", str(path)
+                    errno.EINVAL, f"not a regular file ({kind_of_file(info.st_mode)})", str(path)
                 )
             os.set_blocking(fd, True)
         except BaseException:
@@ -397,7 +386,7 @@ class FileOutput(Output[FileConfig]):
         directory = path.resolve().parent
         if info is not None:
             if not _writable_kind(info.st_mode):
-                return f"{path}: not a regular file ({_kind(info.st_mode)})"
+                return f"{path}: not a regular file ({kind_of_file(info.st_mode)})"
             if not os.access(path, os.W_OK):
                 return f"{path} is not writable"
         elif not directory.is_dir():

@@ -26,7 +26,7 @@ from forwarder.ingest.tls import reload_certificates, server_context
 from forwarder.pipeline import Pipeline
 from forwarder.settings import Settings
 from forwarder.telemetry import metrics
-from tests.helpers import sample
+from tests.helpers import finishes_within, sample
 
 
 def issue(
@@ -364,11 +364,14 @@ def test_files_replaced_during_a_reload_do_not_mix_with_the_pair_it_read(
     assert expiry == read.timestamp()
 
 
-def test_a_key_path_that_never_ends_is_refused_at_reload_and_the_old_certificate_stays(
-    tmp_path: Path, make_settings: Callable[..., Settings]
+@pytest.mark.parametrize("which", ["cert", "key"])
+@pytest.mark.parametrize("kind", ["a device that never ends", "a FIFO with no writer"])
+def test_a_path_that_is_no_regular_file_is_refused_at_reload_and_the_old_certificate_stays(
+    tmp_path: Path, make_settings: Callable[..., Settings], which: str, kind: str
 ) -> None:
-    """/dev/zero (or any device or file far past a PEM's size) as the key: OpenSSL, reading the
-    path, refused it at once; read whole into memory, it took all there was, then the daemon."""
+    """/dev/zero as the key: OpenSSL, reading the path, refused it at once; read whole into
+    memory, it took all there was, then the daemon. A FIFO blocked the reload's open, and the
+    event loop with it, until something wrote to it."""
     authority = trustme.CA()
     cert, key = issue(authority, tmp_path)
     settings = make_settings(listen={"tls": {"cert": str(cert), "key": str(key)}})
@@ -376,8 +379,15 @@ def test_a_key_path_that_never_ends_is_refused_at_reload_and_the_old_certificate
     assert context is not None
     served = served_certificate(context, client_context(authority))
 
-    issue(trustme.CA(), tmp_path)  # a renewal, whose key path is then mistyped
-    mistaken = make_settings(listen={"tls": {"cert": str(cert), "key": "/dev/zero"}})
-    with pytest.raises(OSError, match=r"larger than \d+ bytes: '/dev/zero'"):
-        reload_certificates(context, mistaken.listen)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    wrong, described = ("/dev/zero", "a character device") if "device" in kind else (fifo, "a FIFO")
+    files = {"cert": str(cert), "key": str(key), which: str(wrong)}
+    mistaken = make_settings(listen={"tls": files})
+
+    def reload() -> None:
+        with pytest.raises(OSError, match=rf"not a regular file \({described}\): '{wrong}'"):
+            reload_certificates(context, mistaken.listen)
+
+    finishes_within(10, reload, fifo)
     assert served_certificate(context, client_context(authority)) == served

@@ -598,8 +598,8 @@ def test_tls_files_that_cannot_be_loaded_are_named_with_the_reason(
     cert, server = tls_files["client_cert"], tls_files["server"]
     cases = [
         # Refused before OpenSSL reads it: a FIFO or a device would block the event loop.
-        ({"ca_file": "/dev/null"}, "tls.ca_file /dev/null: not a regular file"),
-        ({"ca_file": str(tmp_path)}, f"tls.ca_file {tmp_path}: not a regular file"),
+        ({"ca_file": "/dev/null"}, "tls.ca_file /dev/null: not a regular file (a character device"),
+        ({"ca_file": str(tmp_path)}, f"tls.ca_file {tmp_path}: not a regular file (a directory)"),
         ({"ca_file": str(not_pem)}, f"tls.ca_file {not_pem}: [X509: NO_CERTIFICATE_OR_CRL_FOUND]"),
         (
             {"cert_file": str(cert), "key_file": str(server)},

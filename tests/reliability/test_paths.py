@@ -23,6 +23,7 @@ from forwarder.cli.run import serve
 from forwarder.pipeline import build_dispatchers
 from forwarder.settings import ConfigError, Settings, StoreConfig, parse_settings
 from forwarder.store.outbox import Outbox
+from tests.helpers import fifo_released_after
 
 pytestmark = pytest.mark.reliability
 
@@ -72,12 +73,12 @@ def auth_with(secret: str) -> dict[str, Any]:
 
 
 SECRET_TRICKS = {
-    "a directory": ("${file:DIR/dir}", "not a regular file"),
+    "a directory": ("${file:DIR/dir}", "not a regular file (a directory)"),
     "a NUL byte": ("${file:DIR/sec\x00ret}", "null byte"),
     "a symlink loop": ("${file:DIR/loop}", "Too many levels of symbolic links"),
     "a dangling symlink": ("${file:DIR/dangling}", "No such file or directory"),
-    "a FIFO (would block)": ("${file:DIR/fifo}", "not a regular file"),
-    "an endless device": ("${file:/dev/zero}", "not a regular file"),
+    "a FIFO (would block)": ("${file:DIR/fifo}", "not a regular file (a FIFO)"),
+    "an endless device": ("${file:/dev/zero}", "not a regular file (a character device)"),
     "a huge file": ("${file:DIR/huge}", "larger than"),
     "not UTF-8": ("${file:DIR/latin1}", "utf-8"),
     "credential with ..": ("${credential:../secret}", "not a plain file name"),
@@ -149,10 +150,12 @@ async def test_file_output_path_tricks_stop_the_start_cleanly(
 
 LISTEN_TLS_TRICKS = {
     "a missing file": ("nope.pem", "No such file or directory"),
-    "a directory": ("dir", "Is a directory"),
+    "a directory": ("dir", "not a regular file (a directory)"),
     "a NUL byte": ("ce\x00rt.pem", "null byte"),
     "a symlink loop": ("loop", "Too many levels of symbolic links"),
     "not a certificate": ("secret", "PEM"),
+    "a FIFO (would block)": ("fifo", "not a regular file (a FIFO)"),
+    "an endless device": ("/dev/zero", "not a regular file (a character device)"),
 }
 
 
@@ -160,13 +163,15 @@ LISTEN_TLS_TRICKS = {
 async def test_listen_tls_path_tricks_stop_the_start_cleanly(tricks: Path, name: str) -> None:
     relative, reason = LISTEN_TLS_TRICKS[name]
     path = str(tricks / relative)
-    code, logs = await run_until_exit(
-        {
-            "listen": {"port": 0, "tls": {"cert": path, "key": path}},
-            "store": {"path": str(tricks / "state")},
-            "outputs": [{"name": "out", "type": "file", "path": str(tricks / "out.jsonl")}],
-        }
-    )
+    # Should the start wait on the FIFO for a writer, its event loop cannot end the test.
+    with fifo_released_after(10, tricks / "fifo"):
+        code, logs = await run_until_exit(
+            {
+                "listen": {"port": 0, "tls": {"cert": path, "key": path}},
+                "store": {"path": str(tricks / "state")},
+                "outputs": [{"name": "out", "type": "file", "path": str(tricks / "out.jsonl")}],
+            }
+        )
     assert code == 1
     [error] = [line for line in logs if line["log_level"] == "error"]
     assert error["event"] == "Cannot listen."

@@ -1,0 +1,58 @@
+"""Opening the small files an operator names: secrets, certificates and keys."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["kind_of_file", "open_regular_file", "read_regular_file"]
+
+
+def kind_of_file(mode: int) -> str:
+    """What a file that is not a regular file is, for an error message."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "not a regular file"
+
+
+def open_regular_file(path: Path) -> BinaryIO:
+    """`path` opened for reading, if it is a regular file; else OSError naming it.
+
+    Opened without blocking and checked on the open descriptor. A FIFO with no writer would
+    block a plain open (and the event loop with it, at a reload), a device never ends, and a
+    check of the path before the open can see another file than the one the open gets.
+
+    Raises ValueError for a path with a NUL byte, as `open` does.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"not a regular file ({kind_of_file(mode)})", str(path))
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return open(descriptor, "rb")
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The content of `path`, a regular file of at most `limit` bytes; else OSError naming it.
+
+    Reads at most one byte past the limit, so a file far larger costs no more than that.
+    """
+    with open_regular_file(path) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+    return data
