@@ -464,8 +464,8 @@ class Database:
                 except BlockingIOError:
                     raise BlockingIOError(
                         errno.EWOULDBLOCK,
-                        "a store command (store stats, dead-letters) has the store open; its "
-                        "files are copied back into place once it is done",
+                        "a store command (store stats, store check, dead-letters) has the store "
+                        "open; its files are copied back into place once it is done",
                     ) from None
         except BaseException:
             CommandLock(handles).release()

@@ -153,7 +153,7 @@ async def test_the_daemon_copies_its_deleted_store_back_once_a_command_is_done(
     command = Database(state, create=False)
     delete(state)
     assert await outbox.probe() is False
-    assert "a store command (store stats, dead-letters) has the store open" in (
+    assert "a store command (store stats, store check, dead-letters) has the store open" in (
         outbox.last_error or ""
     )
     assert command.purge(None, None) == 1
