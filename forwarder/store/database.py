@@ -449,28 +449,9 @@ class Database:
         again if it was deleted), where one that opens it now would. Raises BlockingIOError
         while a store command has the store open.
         """
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handles = [os.dup(self._directory)]
-        try:
-            now = _open_directory(directory)
-            if _same_file(handles[0], now):
-                os.close(now)
-            else:
-                handles.append(now)
-            for handle in handles:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise BlockingIOError(
-                        errno.EWOULDBLOCK,
-                        "a store command (store stats, store check, dead-letters) has the store "
-                        "open; its files are copied back into place once it is done",
-                    ) from None
-        except BaseException:
-            CommandLock(handles).release()
-            raise
-        return CommandLock(handles)
+        return lock_out_commands(
+            self.path.parent, "its files are copied back into place", held=self._directory
+        )
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -959,6 +940,37 @@ class CommandLock:
             os.close(handle)
 
 
+def lock_out_commands(directory: Path, then: str, *, held: int | None = None) -> CommandLock:
+    """Take the `CommandLock` of the store in `directory` exclusively, without waiting; and
+    that of `held` too, a handle on the directory a connection opened the store in, if that is
+    no longer the one at the path.
+
+    Raises BlockingIOError, saying that `then` happens once it is done, while a store command
+    has the store open.
+    """
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handles = [] if held is None else [os.dup(held)]
+    try:
+        now = _open_directory(directory)
+        if handles and _same_file(handles[0], now):
+            os.close(now)
+        else:
+            handles.append(now)
+        for handle in handles:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BlockingIOError(
+                    errno.EWOULDBLOCK,
+                    "a store command (store stats, store check, dead-letters) has the store "
+                    f"open; {then} once it is done",
+                ) from None
+    except BaseException:
+        CommandLock(handles).release()
+        raise
+    return CommandLock(handles)
+
+
 def _open_directory(directory: Path) -> int:
     return os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
 
@@ -1358,24 +1370,30 @@ def replace_with_salvage(
     moved file were never delivered. A kill once it is complete leaves it for
     `finish_cut_short_salvages`, which the caller runs before every open.
     """
-    # One left by a salvage cut short is of this same broken file, and incomplete.
-    finish_cut_short_salvages(path, now)
-    staging = path.with_name(f"{path.name}.salvage-{time.time_ns()}")
+    # A command with the broken file open (a replay, a purge) would go on writing to it once
+    # moved aside, after the salvage had copied it: what it did would be undone unseen.
+    commands_out = lock_out_commands(path.parent, "the store is salvaged")
     try:
-        fresh = Database(staging, sync=sync)
+        # One left by a salvage cut short is of this same broken file, and incomplete.
+        finish_cut_short_salvages(path, now)
+        staging = path.with_name(f"{path.name}.salvage-{time.time_ns()}")
         try:
-            events, deliveries = fresh.salvage(path, outputs)
+            fresh = Database(staging, sync=sync)
+            try:
+                events, deliveries = fresh.salvage(path, outputs)
+            finally:
+                fresh.close()
+            # Only the file moves into place: what its WAL still holds would stay behind.
+            if _wal(fresh.path).exists():
+                raise OSError(errno.EIO, "could not fold the salvaged store's WAL", str(fresh.path))
+            moved = _aside_name(path, now)
+            salvaged = _salvaged_name(path, moved)
+            # Complete: from here on a kill leaves it to the next open to put in place.
+            staging.rename(salvaged)
+            _sync_directory(path.parent)
         finally:
-            fresh.close()
-        # Only the file moves into place: what its WAL still holds would stay behind.
-        if _wal(fresh.path).exists():
-            raise OSError(errno.EIO, "could not fold the salvaged store's WAL", str(fresh.path))
-        moved = _aside_name(path, now)
-        salvaged = _salvaged_name(path, moved)
-        # Complete: from here on a kill leaves it to the next open to put in place.
-        staging.rename(salvaged)
-        _sync_directory(path.parent)
+            shutil.rmtree(staging, ignore_errors=True)
+        _swap_in(path, salvaged, moved)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    _swap_in(path, salvaged, moved)
+        commands_out.release()
     return moved, events, deliveries

@@ -1,5 +1,6 @@
-"""Store commands (`store stats`, `dead-letters ...`) beside a daemon that is putting a copy of
-its deleted store back in place: neither may pull the store's journals from under the other."""
+"""Store commands (`store stats`, `store check`, `dead-letters ...`) beside a daemon that is putting
+a copy of its deleted store back in place, or salvaging its damaged store: neither may pull the
+store's files from under the other."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import errno
 import io
 import os
 import shutil
+import sqlite3
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from forwarder.cli import main
 from forwarder.store import database as database_module
@@ -22,6 +25,7 @@ from tests.store.helpers import event, open_outbox
 from tests.store.test_runtime_failures import (
     PATIENCE_SECS,
     Gate,
+    damage_the_tail,
     held_copies,
     until,
     what_a_restart_finds,
@@ -266,4 +270,36 @@ async def test_a_command_whose_output_waits_does_not_hold_the_copy_back(
         pager.read.set()
     assert await showing == 0
     assert "FTP Login Attempt" in pager.getvalue()
+    await outbox.aclose()
+
+
+async def test_the_daemon_salvages_its_damaged_store_once_a_command_is_done(
+    tmp_path: Path,
+) -> None:
+    """A command that had the store open when the daemon found it damaged went on writing to
+    the file the salvage moved aside, after the salvage had copied it: a purge or a replay was
+    undone without a word. The salvage now waits for the command, as the copy back does."""
+    state = tmp_path / "state"
+    outbox = await open_outbox(tmp_path)
+    for n in range(40):
+        assert await outbox.append(event(n, pad=3000)) is True  # a page or so each
+    await outbox.aclose()  # folds the WAL into the file
+    outbox = await open_outbox(tmp_path)
+    command = Database(state, create=False)
+    damage_the_tail(state / DB_NAME, pages=10)
+    await outbox._with_db(lambda db: db._db.execute("PRAGMA shrink_memory"))
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        await outbox.fetch("a", 100, 1 << 30)
+
+    assert await outbox.probe() is False
+    assert (
+        "a store command (store stats, store check, dead-letters) has the store open; the store "
+        "is salvaged once it is done" in (outbox.last_error or "")
+    )
+    assert sorted(p.name for p in state.iterdir() if DB_NAME + "." in p.name) == []
+    command.close()
+    with structlog.testing.capture_logs() as logs:
+        assert await outbox.probe() is True
+    [salvaged] = [entry for entry in logs if entry["event"].startswith("Store was corrupt")]
+    assert len(await outbox.fetch("a", 100, 1 << 30)) == salvaged["salvaged_events"] > 0
     await outbox.aclose()
