@@ -33,13 +33,11 @@ DESCRIPTION = (
     " daemon's canary_forwarder_store_oldest_event_age_seconds counts on the monotonic clock"
     " instead, as store.max_age_secs does, so after a step of the wall clock the two can differ"
     " by as much as the step."
-    " check runs SQLite's full integrity check on the store file, which unlike the quick check"
-    " at every start also matches each index against its table, and prints the path, ok, the"
-    f" problems SQLite found (the first {MAX_PROBLEMS}) and the events queued as JSON; exit"
-    " status 0 when the file is sound, 1 when it is damaged or cannot be checked. It never"
-    " salvages or moves the file: the daemon salvages what the quick check finds at its next"
-    " start; an index that does not match its table (row N missing from index) is for REINDEX,"
-    " with the daemon stopped."
+    " check runs SQLite's full integrity check on the store file, which also matches each index"
+    " against its table, and prints the path, ok, the problems SQLite found (the first"
+    f" {MAX_PROBLEMS}) and the events queued as JSON; exit status 0 when the file is sound, 1"
+    " when it is damaged or cannot be checked. It never salvages or moves the file: the daemon"
+    " runs the same check at every start, and salvages a damaged store then."
     " Both read the store file, so they work with the daemon stopped or beside it."
 )
 
@@ -100,7 +98,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     path = settings.store.path / DB_NAME
     opened = _open_to_check(settings, args)
     if isinstance(opened, StoreDamaged):
-        problems: list[str] = [opened.finding]
+        problems: list[str] = opened.findings[:MAX_PROBLEMS]
         events: int | None = None
     else:
         try:
@@ -120,8 +118,8 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _open_to_check(settings: Settings, args: argparse.Namespace) -> Database | StoreDamaged:
-    """The store, or the damage its open found (the quick check every open runs): a finding
-    of the check, not a store it cannot open."""
+    """The store, or the damage its open found (every open runs the full check): findings of
+    the check, not a store it cannot open."""
     try:
         return open_store_or_exit(settings, args, reraise=(StoreDamaged,))
     except StoreDamaged as damage:

@@ -158,13 +158,19 @@ class StoreCorrupt(Exception):
     not the ones this version creates (another program's file, another version's)."""
 
 
+# How many findings of the check at open a StoreDamaged carries.
+MAX_FINDINGS = 100
+
+
 class StoreDamaged(StoreCorrupt):
     """The StoreCorrupt of a file SQLite finds damaged, not merely foreign: `store check` reports
-    it as its finding rather than as a store it cannot open. `finding` is what SQLite said."""
+    it as its findings rather than as a store it cannot open. `findings` is what SQLite said,
+    one line each (at most `MAX_FINDINGS` of them)."""
 
-    def __init__(self, path: Path, finding: str) -> None:
-        super().__init__(f"{path}: {finding}")
-        self.finding = finding
+    def __init__(self, path: Path, findings: Sequence[str]) -> None:
+        more = len(findings) - 1
+        super().__init__(f"{path}: {findings[0]}" + (f" (and {more} more)" if more else ""))
+        self.findings = list(findings)
 
 
 class StoreDisplaced(Exception):
@@ -338,9 +344,12 @@ class Database:
             self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             if background_checkpoints:
                 self._db.execute("PRAGMA wal_autocheckpoint=0")
-            ok = self._db.execute("PRAGMA quick_check").fetchone()
-            if ok is None or ok[0] != "ok":
-                raise StoreDamaged(self.path, f"integrity check failed: {ok}")
+            # The full check, not the quick one: it also matches each index with its table, and a
+            # store run on with an index that lacks rows never fetches the events it misses. It
+            # costs little more (0.27 s against 0.19 s for 100,000 queued events).
+            findings = _integrity_findings(self._db, MAX_FINDINGS)
+            if findings:
+                raise StoreDamaged(self.path, findings)
             tables = _tables(self._db)
             if not tables:
                 # One transaction: another process opening the same new store sees every
@@ -356,7 +365,7 @@ class Database:
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and not _looks_corrupt(exc):
                 raise
-            raise StoreDamaged(self.path, str(exc)) from exc
+            raise StoreDamaged(self.path, [str(exc)]) from exc
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -793,20 +802,11 @@ class Database:
     def integrity_problems(self, limit: int) -> list[str]:
         """What PRAGMA integrity_check finds, one line each and at most `limit`; [] when sound.
 
-        Unlike the quick_check every open runs, it also checks that each index holds exactly
-        the rows of its table. It reads every page, in one read transaction: in WAL mode that is
-        a consistent snapshot, whatever another connection commits meanwhile.
+        Every open runs the same check; this one finds what has gone wrong since. It reads
+        every page, in one read transaction: in WAL mode that is a consistent snapshot, whatever
+        another connection commits meanwhile.
         """
-        rows = self._db.execute(f"PRAGMA integrity_check({int(limit)})").fetchall()
-        # SQLite joins the findings of one b-tree walk into one row, under a heading that names
-        # the schema ("*** in database main ***"): one line per finding is what can be counted.
-        lines = [
-            line
-            for (found,) in rows
-            for line in str(found).splitlines()
-            if not line.startswith("*** in database ")
-        ]
-        return [] if lines == ["ok"] else lines[:limit]
+        return _integrity_findings(self._db, limit)
 
     def stats(self) -> StoreStats:
         count, size, oldest = self._db.execute(
@@ -969,6 +969,20 @@ def lock_out_commands(directory: Path, then: str, *, held: int | None = None) ->
         CommandLock(handles).release()
         raise
     return CommandLock(handles)
+
+
+def _integrity_findings(db: sqlite3.Connection, limit: int) -> list[str]:
+    """What PRAGMA integrity_check finds, one line each and at most `limit`; [] when sound."""
+    rows = db.execute(f"PRAGMA integrity_check({int(limit)})").fetchall()
+    # SQLite joins the findings of one b-tree walk into one row, under a heading that names
+    # the schema ("*** in database main ***"): one line per finding is what can be counted.
+    lines = [
+        line
+        for (found,) in rows
+        for line in str(found).splitlines()
+        if not line.startswith("*** in database ")
+    ]
+    return [] if lines == ["ok"] else lines[:limit]
 
 
 def _open_directory(directory: Path) -> int:

@@ -24,7 +24,7 @@ from forwarder.store.database import (
     replace_with_salvage,
 )
 from forwarder.store.outbox import StoreUnavailable
-from tests.store.helpers import event, open_outbox
+from tests.store.helpers import empty_the_index, event, open_outbox
 from tests.store.test_runtime_failures import (
     STORE_ERROR,
     damage_the_tail,
@@ -36,15 +36,16 @@ CORRUPT = "Store was corrupt; moved it aside, started a fresh one and copied wha
 COMPLETED = "Store was corrupt and its salvage was cut short by a kill; completed it now"
 REMOVED = "Removed an incomplete salvage of the store, cut short by a kill"
 
-# What SQLite 3.40's PRAGMA quick_check returns, as a result row and not an error, when reading
-# a b-tree's interior page fails with EIO (a failing disk): SQLITE_IOERR_CORRUPTFS, 8458. (EIO
-# on a leaf page is raised instead, as "database disk image is malformed".) Seen with a
-# pread() that an LD_PRELOAD shim failed for one page.
+# What SQLite 3.40's PRAGMA quick_check returns (integrity_check walks the b-trees the same way),
+# as a result row and not an error, when reading a b-tree's interior page fails with EIO (a
+# failing disk): SQLITE_IOERR_CORRUPTFS, 8458. (EIO on a leaf page is raised instead, as
+# "database disk image is malformed".) Seen with a pread() that an LD_PRELOAD shim failed for
+# one page.
 IO_ERROR_ROW = "*** in database main ***\nPage 2: unable to get the page. error code=8458"
 
 
 class FailingReads:
-    """Connections whose PRAGMA quick_check of the file at `path` gives IO_ERROR_ROW, the next
+    """Connections whose PRAGMA integrity_check of the file at `path` gives IO_ERROR_ROW, the next
     `times` checks of it, as on a disk that fails reads of that file."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
@@ -53,7 +54,7 @@ class FailingReads:
 
         class Connection(sqlite3.Connection):
             def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-                if sql == "PRAGMA quick_check" and failing.times > 0:
+                if sql.startswith("PRAGMA integrity_check") and failing.times > 0:
                     [(_, _, file)] = super().execute("PRAGMA database_list").fetchall()
                     if file == str(path):
                         failing.times -= 1
@@ -81,7 +82,7 @@ def moved_aside(state: Path) -> list[str]:
     )
 
 
-# PRAGMA quick_check reporting an I/O error as a row
+# PRAGMA integrity_check reporting an I/O error as a row
 
 
 async def test_an_io_error_the_check_reports_as_a_row_takes_the_damage_path(
@@ -364,4 +365,27 @@ async def test_an_incomplete_salvage_is_removed_with_a_warning_and_made_again(
     assert salvaged["salvaged_events"] == readable
     assert len(await outbox.fetch("a", 100, 1 << 30)) == readable
     assert [p.name for p in state.iterdir() if ".salvage" in p.name] == []
+    await outbox.aclose()
+
+
+async def test_an_index_that_lacks_rows_is_found_at_open_and_salvaged_with_every_event(
+    tmp_path: Path,
+) -> None:
+    """Damage the quick check does not see: every page well-formed, but an index lacking rows
+    of its table. The daemon used to start on it, and deliveries fetched through that index
+    missed the events it lacked, for as long as the store lived."""
+    outbox = await open_outbox(tmp_path)
+    for n in range(3):
+        assert await outbox.append(event(n)) is True
+    await outbox.aclose()
+    state = tmp_path / "state"
+    empty_the_index(state / DB_NAME, "deliveries_seq")
+
+    with structlog.testing.capture_logs() as logs:
+        outbox = await open_outbox(tmp_path)
+    [salvaged] = [entry for entry in logs if entry["event"].startswith("Store was corrupt")]
+    assert "row 1 missing from index deliveries_seq (and 3 more)" in salvaged["error"]
+    assert salvaged["salvaged_events"] == 3
+    assert len(moved_aside(state)) == 1
+    assert [e.seq for e in await outbox.fetch("a", 10, 1 << 20)] == [1, 2, 3]
     await outbox.aclose()
