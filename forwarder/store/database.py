@@ -61,8 +61,9 @@ CONTENDED_BUSY_TIMEOUT_MS = 100
 # and then waits for readers; a reader that holds an old snapshot (a sqlite3 shell, a backup)
 # would otherwise hold every commit back for the whole busy timeout, every second.
 TRUNCATE_WAIT_MS = 100
-# How long a store command (`store stats`, `dead-letters ...`) waits for the daemon to finish
-# putting a copy of a deleted store in place (see `CommandLock`); a large store takes a while.
+# How long a store command (`store stats`, `store check`, `dead-letters ...`) waits for the
+# daemon to finish putting a copy of a deleted store in place, or a salvage of a damaged one (see
+# `CommandLock`); a large store takes a while.
 COMMAND_LOCK_WAIT_SECS = 60.0
 _COMMAND_LOCK_POLL_SECS = 0.05
 
@@ -291,8 +292,8 @@ class Database:
         Without `create`, an outbox that does not exist raises FileNotFoundError and nothing is
         created: a tool pointed at a mistyped path must not report an empty store. Such a tool
         (a store command) also holds the store's `CommandLock` shared until `close`, waiting up
-        to COMMAND_LOCK_WAIT_SECS for a daemon that is putting a copy of a deleted store in place
-        (TimeoutError).
+        to COMMAND_LOCK_WAIT_SECS for a daemon that is putting a copy of a deleted store, or a
+        salvage of a damaged one, in place (TimeoutError).
         """
         self.path = directory / DB_NAME
         # Events other connections inserted (a `dead-letters replay` beside the daemon), for
@@ -916,7 +917,9 @@ class Database:
 
 class CommandLock:
     """An advisory lock (flock) on the store's directory that keeps store commands from the
-    store while the daemon puts a copy of a deleted store in place.
+    store while the daemon puts a copy of a deleted store, or a salvage of a damaged one, in
+    place. (A command that went on writing to the damaged file once the salvage had copied it
+    would see what it wrote undone.)
 
     Until the daemon has closed its connection to the deleted files, SQLite deletes the WAL and
     shared-memory files at the path by name when that connection closes, and the daemon sets
@@ -1019,9 +1022,10 @@ def _lock_shared(directory: Path) -> int:
         os.close(handle)
         if time.monotonic() >= deadline:
             raise TimeoutError(
-                f"the daemon has been putting a copy of the store in {directory} back in place "
-                f"(its files were deleted while it ran) for over {COMMAND_LOCK_WAIT_SECS:g} s; "
-                "try again once it has logged 'Store files were deleted while the daemon ran'"
+                f"the daemon has been putting a new store file in {directory} in place for over "
+                f"{COMMAND_LOCK_WAIT_SECS:g} s: a copy of the store (its files were deleted while "
+                "it ran) or a salvage (the store was damaged); try again once it has logged "
+                "'Store files were deleted while the daemon ran' or 'Store was corrupt'"
             )
         time.sleep(_COMMAND_LOCK_POLL_SECS)
 
