@@ -51,7 +51,9 @@ def open_store_or_exit(
     """
     store = settings.store
     try:
-        return Database(store.path, sync=store.sync, create=False)
+        # The quick check: a command that reads figures need not wait for the full one, which
+        # `store check` runs itself.
+        return Database(store.path, sync=store.sync, create=False, check="quick")
     except reraise:
         raise
     except FileNotFoundError:

@@ -118,8 +118,8 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _open_to_check(settings: Settings, args: argparse.Namespace) -> Database | StoreDamaged:
-    """The store, or the damage its open found (every open runs the full check): findings of
-    the check, not a store it cannot open."""
+    """The store, or the damage its open found (the quick check every command's open runs):
+    findings of the check, not a store it cannot open."""
     try:
         return open_store_or_exit(settings, args, reraise=(StoreDamaged,))
     except StoreDamaged as damage:
