@@ -43,8 +43,10 @@ class KeyPair:
     def read(cls, cert: Path, key: Path | None) -> KeyPair:
         """Raises OSError (naming the file) if one cannot be read, is not a regular file or is
         over `MAX_PEM_BYTES`."""
-        key_pem = None if key is None else read_regular_file(key, MAX_PEM_BYTES)
-        return cls(cert, key, read_regular_file(cert, MAX_PEM_BYTES), key_pem)
+        cert_pem = read_regular_file(cert, MAX_PEM_BYTES)  # first: its error is named first
+        return cls(
+            cert, key, cert_pem, None if key is None else read_regular_file(key, MAX_PEM_BYTES)
+        )
 
 
 def load_key_pair(pair: KeyPair, *contexts: ssl.SSLContext) -> None:

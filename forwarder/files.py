@@ -29,21 +29,26 @@ def kind_of_file(mode: int) -> str:
 def open_regular_file(path: Path) -> BinaryIO:
     """`path` opened for reading, if it is a regular file; else OSError naming it.
 
-    Opened without blocking and checked on the open descriptor. A FIFO with no writer would
-    block a plain open (and the event loop with it, at a reload), a device never ends, and a
-    check of the path before the open can see another file than the one the open gets.
+    A FIFO with no writer would block a plain open (and the event loop with it, at a reload),
+    and a device never ends; opening one may act on it (a terminal, a tape that rewinds). So
+    the path is looked at first, and then, as it may have changed in between, the file opened
+    (without blocking, and never as a controlling terminal) is looked at again.
 
     Raises ValueError for a path with a NUL byte, as `open` does.
     """
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    _refuse_unless_regular(path, os.stat(path).st_mode)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, f"not a regular file ({kind_of_file(mode)})", str(path))
+        _refuse_unless_regular(path, os.fstat(descriptor).st_mode)
     except BaseException:
         os.close(descriptor)
         raise
     return open(descriptor, "rb")
+
+
+def _refuse_unless_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, f"not a regular file ({kind_of_file(mode)})", str(path))
 
 
 def read_regular_file(path: Path, limit: int) -> bytes:

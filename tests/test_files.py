@@ -4,6 +4,7 @@ import errno
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,23 +44,57 @@ def test_a_fifo_without_a_writer_is_refused_at_once_not_waited_on(tmp_path: Path
     assert open_descriptors() == before
 
 
-def test_other_kinds_of_file_are_named_and_their_descriptors_closed(tmp_path: Path) -> None:
+def test_other_kinds_of_file_are_named_and_never_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """Opening a device may act on it: a terminal becomes the daemon's, a tape rewinds."""
     listening = socket.socket(socket.AF_UNIX)
+    request.addfinalizer(listening.close)
     listening.bind(str(tmp_path / "socket"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
     cases = {
         Path("/dev/zero"): "a character device",
+        Path("/dev/null"): "a character device",
         tmp_path: "a directory",
+        tmp_path / "socket": "a socket",
+        fifo: "a FIFO",
     }
-    before = open_descriptors()
+    opened: list[object] = []
+    real_open = os.open
+
+    def watched_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", watched_open)
     for path, kind in cases.items():
         with pytest.raises(OSError) as refused:
             open_regular_file(path)
         assert str(refused.value) == f"[Errno {errno.EINVAL}] not a regular file ({kind}): '{path}'"
+    assert opened == []
+
+
+def test_a_file_replaced_between_the_look_and_the_open_is_refused_after_the_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path is looked at again through the descriptor: what it named may have changed."""
+    path = tmp_path / "cert.pem"
+    path.write_bytes(b"regular")
+    real_open = os.open
+
+    def swapping_open(opened: Any, flags: int, *args: Any) -> int:
+        if Path(opened) == path:
+            path.unlink()
+            os.mkfifo(path)
+            assert flags & os.O_NONBLOCK and flags & os.O_NOCTTY
+        return real_open(opened, flags, *args)
+
+    monkeypatch.setattr(os, "open", swapping_open)
+    before = open_descriptors()
+    with pytest.raises(OSError, match=r"not a regular file \(a FIFO\)"):
+        open_regular_file(path)
     assert open_descriptors() == before
-    # A socket cannot be opened at all; the error is the system's.
-    with pytest.raises(OSError, match="No such device or address"):
-        open_regular_file(tmp_path / "socket")
-    listening.close()
 
 
 def test_a_symbolic_link_to_a_regular_file_is_followed(tmp_path: Path) -> None:
