@@ -26,6 +26,7 @@ from tests.store.test_runtime_failures import (
     PATIENCE_SECS,
     Gate,
     damage_the_tail,
+    forty_pages_reopened,
     held_copies,
     until,
     what_a_restart_finds,
@@ -283,11 +284,7 @@ async def test_the_daemon_salvages_its_damaged_store_once_a_command_is_done(
     the file the salvage moved aside, after the salvage had copied it: a purge or a replay was
     undone without a word. The salvage now waits for the command, as the copy back does."""
     state = tmp_path / "state"
-    outbox = await open_outbox(tmp_path)
-    for n in range(40):
-        assert await outbox.append(event(n, pad=3000)) is True  # a page or so each
-    await outbox.aclose()  # folds the WAL into the file
-    outbox = await open_outbox(tmp_path)
+    outbox = await forty_pages_reopened(tmp_path)
     command = Database(state, create=False)
     damage_the_tail(state / DB_NAME, pages=10)
     await outbox._with_db(lambda db: db._db.execute("PRAGMA shrink_memory"))

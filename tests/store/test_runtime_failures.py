@@ -357,15 +357,21 @@ def damage_the_tail(path: Path, pages: int) -> None:
         handle.write(b"\xde\xad\xbe\xef" * 1024 * pages)
 
 
-async def test_damage_found_while_running_refuses_posts_then_salvages(tmp_path: Path) -> None:
-    """A fetch finds the file damaged: the store used to stay healthy, keep answering 200 into
-    the damaged file and leave delivery stuck with one warning."""
-    state = tmp_path / "state"
+async def forty_pages_reopened(tmp_path: Path) -> outbox_module.Outbox:
+    """An outbox of 40 events of a page or so each, folded into its file and opened again."""
     outbox = await open_outbox(tmp_path)
     for n in range(40):
         assert await outbox.append(event(n, pad=3000)) is True  # a page or so each
     await outbox.aclose()  # folds the WAL into the file
     outbox = await open_outbox(tmp_path)
+    return outbox
+
+
+async def test_damage_found_while_running_refuses_posts_then_salvages(tmp_path: Path) -> None:
+    """A fetch finds the file damaged: the store used to stay healthy, keep answering 200 into
+    the damaged file and leave delivery stuck with one warning."""
+    state = tmp_path / "state"
+    outbox = await forty_pages_reopened(tmp_path)
     in_flight = await outbox.fetch("a", 100, 1 << 30)  # a dispatcher sending them all
     damage_the_tail(state / DB_NAME, pages=10)
     # Drop the pages SQLite keeps in memory, so the next read goes to the file.
@@ -654,11 +660,7 @@ async def test_a_read_while_the_store_closes_is_refused_without_an_error(
 
 async def damaged_while_running(tmp_path: Path) -> outbox_module.Outbox:
     """An outbox of 40 events whose file was then damaged, as a delivery read has just found."""
-    outbox = await open_outbox(tmp_path)
-    for n in range(40):
-        assert await outbox.append(event(n, pad=3000)) is True  # a page or so each
-    await outbox.aclose()  # folds the WAL into the file
-    outbox = await open_outbox(tmp_path)
+    outbox = await forty_pages_reopened(tmp_path)
     damage_the_tail(tmp_path / "state" / DB_NAME, pages=10)
     await outbox._with_db(lambda db: db._db.execute("PRAGMA shrink_memory"))
     with pytest.raises(sqlite3.DatabaseError, match="malformed"):
