@@ -67,11 +67,21 @@ class Endpoints(Generic[T]):
 
     def hold(self, endpoint: T, secs: float) -> float:
         """Keep `endpoint` out of turn for `secs` (it asked, with `Retry-After`); returns the
-        seconds until some endpoint is not held (0 when one is free of holds now)."""
+        seconds until some endpoint may take the retry (0 when one may now): this one once its
+        hold is over (it answered, so it is up), another once it is neither held nor benched.
+
+        Another endpoint's bench counts: counted as free, the retry came at once, and `pick`
+        gave it to this endpoint (freed sooner than the benched one), long before the time it
+        had asked for.
+        """
         now = self._clock()
         health = self._health[self._endpoints.index(endpoint)]
         health.held_until = max(health.held_until, now + secs)
-        return max(0.0, min(other.held_until for other in self._health) - now)
+        return max(
+            0.0,
+            min(other.held_until if other is health else other.free_at for other in self._health)
+            - now,
+        )
 
     def succeeded(self, endpoint: T) -> None:
         health = self._health[self._endpoints.index(endpoint)]

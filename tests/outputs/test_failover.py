@@ -127,3 +127,17 @@ def test_when_every_node_is_held_the_one_free_soonest_is_picked() -> None:
     assert endpoints.hold("b", 5) == 5.0
     assert endpoints.hold("b", 2) == 5.0  # a shorter hold never shortens a longer one
     assert picks(endpoints, 2) == ["b", "b"]
+
+
+def test_a_retry_after_is_kept_when_the_other_nodes_are_benched() -> None:
+    """ "b" is down, benched for a minute; "a" asks for 30 s. The retry waited for nothing, and
+    went to "a" (free sooner than "b") at once."""
+    clock = FakeClock()
+    endpoints = Endpoints(["a", "b"], clock=clock)
+    for _ in range(7):
+        endpoints.failed("b")  # down for a while: benched for the 60 s cap
+    assert endpoints.hold("a", 30) == 30.0
+    assert picks(endpoints, 1) == ["a"]  # only once the wait is over, which the caller keeps
+    endpoints.succeeded("b")  # a health check finds it back
+    assert endpoints.hold("a", 30) == 0.0
+    assert picks(endpoints, 1) == ["b"]
