@@ -326,6 +326,15 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         if answer.status in (401, 403):
             # A revoked token: the next liveness check probes it and reports the output down.
             self._token_proven_at = None
+        if 200 <= answer.status <= 299 and reply.code is None:
+            # HEC answers every post with its JSON and a code ({"text":"Success","code":0}). A
+            # 200 without it is a proxy's page (a maintenance page, a captive portal): taken for
+            # delivery, the events would be acked and gone.
+            return Retry(
+                f"{where}: HTTP {answer.status} without HEC's answer: {reply.describe()}: "
+                f"{_WRONG_URL_HINT}",
+                operator_action=True,
+            )
         if 200 <= answer.status <= 299:
             self._token_proven_at = time.monotonic()
             if reply.code in _SLOW_DOWN_CODES:
@@ -557,8 +566,9 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
             "probe send",
             EVENT_PATH,
             b"",
+            # With HEC's code: a proxy's 200 page is not HEC taking the token.
             passes=lambda status, code: (
-                200 <= status <= 299 or (status == 400 and code == _NO_DATA)
+                code is not None and (200 <= status <= 299 or (status == 400 and code == _NO_DATA))
             ),
         )
 

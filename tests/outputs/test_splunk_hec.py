@@ -437,6 +437,30 @@ async def test_a_429_storm_is_retried_until_it_passes_and_nothing_duplicates(
     assert len(fake_hec.events) == 5 and fake_hec.duplicates() == 0
 
 
+@pytest.mark.parametrize("body", ["<html>Down for maintenance</html>", "", {"status": "ok"}])
+async def test_a_200_without_hecs_answer_keeps_the_events_for_an_operator(
+    fake_hec: FakeHec, connect: Connect, body: Any
+) -> None:
+    """A proxy's maintenance page with 200 was taken for delivery: the events were acked and
+    gone, none of them in Splunk."""
+    fake_hec.faults.push(Respond(200, body))
+    output = await connect()
+    retry = assert_retry(await output.send(make_records(2)), operator=True)
+    assert "HTTP 200 without HEC's answer" in retry.reason and "check `url`" in retry.reason
+    assert fake_hec.events == []
+    assert await output.send(make_records(2)) == Delivered()  # HEC itself answers again
+
+
+async def test_the_healthcheck_fails_on_a_200_without_hecs_answer(
+    fake_hec: FakeHec, connect: Connect
+) -> None:
+    output = await connect()
+    fake_hec.faults.push(Respond(200, "<html>portal</html>"))  # the health request's answer
+    fake_hec.faults.push(Respond(200, "<html>portal</html>"))  # the probe send's
+    with pytest.raises(HealthcheckError, match="probe send: HTTP 200"):
+        await output.healthcheck()
+
+
 async def test_a_502_from_a_load_balancer_is_retried(fake_hec: FakeHec, connect: Connect) -> None:
     fake_hec.faults.push(Respond(502, "<html>Bad Gateway</html>"))
     retry = assert_retry(await (await connect()).send(make_records(1)))
