@@ -23,15 +23,15 @@ only after the fact. So the first batch on a new socket (the first one, and the 
 error) waits up to 0.2 s for that ICMP error before it counts as delivered: while nobody
 listens, only a batch sent in the moment the receiver went down is lost.
 
-Oversize records (`max_message_bytes`, 2048 by default for UDP, 8192 over TCP/TLS) are never
+Oversize records (`max_message_bytes`, 2048 by default for UDP, 8096 over TCP/TLS) are never
 dropped silently: `oversize: truncate` cuts MSG between UTF-8 characters and never inside a
 backslash escape, keeps the header and structured data whole and appends `...[truncated]`,
 counted in `canary_forwarder_output_truncated_records_total` once sent (not per attempt);
 `oversize: reject` dead-letters the record. Over TCP/TLS, `max_message_bytes` must not exceed
-the receiver's own limit: rsyslog (`maxMessageSize`, 8 KiB by default) cuts a longer message and
-reads the rest as a record of its own, whose header is then whatever text stood there, an
-attacker's included (unless imtcp has `discardTruncatedMsg="on"`). Hence the 8192 default;
-raise both together.
+the receiver's own limit: rsyslog (`maxMessageSize`, 8096 bytes by default) cuts a longer
+message and reads the rest as a record of its own, whose header is then whatever text stood
+there, an attacker's included (unless imtcp has `discardTruncatedMsg="on"`). Hence the 8096
+default; raise both together.
 """
 
 from __future__ import annotations
@@ -77,9 +77,11 @@ log = structlog.get_logger("forwarder.outputs.syslog")
 
 DEFAULT_PORTS = {"udp": 514, "tcp": 514, "tls": 6514}
 DEFAULT_UDP_MAX_MESSAGE_BYTES = 2048  # RFC 5426 §3.2: receivers SHOULD take 2048 octets
-# RFC 5425 §4.3.1: receivers SHOULD take 8192 octets; rsyslog's maxMessageSize is 8 KiB too. A
-# receiver splits a longer message and reads its tail, an attacker's text, as a record of its own.
-DEFAULT_STREAM_MAX_MESSAGE_BYTES = 8192
+# What rsyslog takes unless told otherwise: its built-in maxMessageSize is 8096 bytes, not the
+# "8k" its documentation gives nor RFC 5425's 8192 (a record of 8097 reached rsyslogd 8.2302 as
+# two). A receiver splits a longer message and reads its tail, an attacker's text, as a record
+# of its own.
+DEFAULT_STREAM_MAX_MESSAGE_BYTES = 8096
 UDP_MAX_PAYLOAD = 65_507  # IPv4: 65,535 - 8 (UDP header) - 20 (IP header)
 MIN_MESSAGE_BYTES = 480  # RFC 5426 §3.2: every IPv4 receiver MUST take 480 octets
 
@@ -142,9 +144,9 @@ class SyslogConfig(OutputConfig):
     write_timeout_secs: float = Field(default=30.0, gt=0, le=3600)
     """Time allowed to write one batch and for the receiver's TCP to acknowledge it."""
     max_message_bytes: int | None = Field(default=None, ge=MIN_MESSAGE_BYTES)
-    """Largest message in bytes: 2048 by default for UDP, 8192 over TCP/TLS (RFC 5425, and
-    rsyslog's default). Never more than the receiver's limit: a receiver that splits a longer
-    message reads its tail as a separate record."""
+    """Largest message in bytes: 2048 by default for UDP, 8096 over TCP/TLS (rsyslog's default,
+    a little under RFC 5425's 8192). Never more than the receiver's limit: a receiver that
+    splits a longer message reads its tail as a separate record."""
     oversize: Literal["truncate", "reject"] = "truncate"
     """A longer record is truncated with a visible marker, or rejected to dead letters."""
 

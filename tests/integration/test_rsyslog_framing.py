@@ -26,7 +26,9 @@ pytestmark = [pytest.mark.integration, requires_rsyslogd]
 # Typed by an attacker at a fake login prompt: 2-, 3- and 4-byte UTF-8, a combining mark, and
 # characters that look like the syslog header's own.
 HOSTILE_USERNAME = "админ😀ё\u0301漢字 <13>1 - - - 📛"
-RSYSLOG_DEFAULT_MAX_MESSAGE_SIZE = 8192
+# rsyslogd's maxMessageSize when its configuration sets none (8.2302: `iMaxLine`), which the
+# tests below leave at that default.
+RSYSLOG_DEFAULT_MAX_MESSAGE_SIZE = 8096
 FORGED = "<10>1 2026-01-01T00:00:00Z forged-host sshd - - - root login from 203.0.113.9"
 
 
@@ -123,7 +125,7 @@ async def test_max_message_bytes_at_the_receivers_limit_forges_nothing(
     a record with a header of the attacker's choosing. Set to the receiver's limit, the output
     truncates instead, with its marker."""
     limit = RSYSLOG_DEFAULT_MAX_MESSAGE_SIZE
-    server = rsyslog_factory("tcp", max_message_size=limit)
+    server = rsyslog_factory("tcp", max_message_size=None)
     output = output_for(outputs, server, framing=framing, max_message_bytes=limit)
     event = incident("root")
     offsets = range(limit - 4, limit + 4)
@@ -140,10 +142,11 @@ async def test_by_default_a_record_over_the_receivers_limit_forges_nothing(
     rsyslog_factory: RsyslogFactory, outputs: list[SyslogOutput]
 ) -> None:
     limit = RSYSLOG_DEFAULT_MAX_MESSAGE_SIZE
-    server = rsyslog_factory("tcp", max_message_size=limit)
+    server = rsyslog_factory("tcp", max_message_size=None)  # neither side configured
     output = output_for(outputs, server)
     event = incident("root")
-    offsets = range(limit - 4, limit + 4)
+    # Up to RFC 5425's 8192 too, which the default was: rsyslogd split every record over 8096.
+    offsets = [*range(limit - 4, limit + 4), 8150, 8188]
     batch = [Record(event, planted(offset, limit), syslog_header=True) for offset in offsets]
     assert await output.send([*batch, sentinel(event, 3)]) == Delivered()
     records = await server.wait_until(saw_sentinel(3))

@@ -174,19 +174,20 @@ def _config(
     udp_port: int | None,
     tls: TlsFiles | None,
     client_auth: bool,
-    max_message_size: int,
+    max_message_size: int | None,
     host: str,
 ) -> str:
     global_options = [
         f"workDirectory={_quote(layout.work_dir)}",
-        # Must come before the inputs; the default (8 KiB) would cut long records.
-        f"maxMessageSize={_quote(max_message_size)}",
         # Keep LF and other control characters as received instead of rewriting them as #012,
         # so a test sees exactly what crossed the wire.
         'parser.escapeControlCharactersOnReceive="off"',
         # Handle rsyslogd's own messages here instead of handing them to the system's journal.
         'processInternalMessages="on"',
     ]
+    if max_message_size is not None:
+        # Must come before the inputs; the default (8096 bytes) would cut long records.
+        global_options.append(f"maxMessageSize={_quote(max_message_size)}")
     if tls is not None:
         global_options += [
             f"defaultNetstreamDriverCAFile={_quote(tls.ca_file)}",
@@ -238,7 +239,7 @@ class Rsyslog:
         *,
         tls: TlsFiles | None = None,
         client_auth: bool = False,
-        max_message_size: int = 64 * 1024,
+        max_message_size: int | None = 64 * 1024,
         host: str = "127.0.0.1",
     ) -> None:
         if RSYSLOGD is None:
@@ -400,7 +401,7 @@ class RsyslogFactory(Protocol):
         transport: Transport = "tcp",
         *,
         client_auth: bool = False,
-        max_message_size: int = 64 * 1024,
+        max_message_size: int | None = 64 * 1024,
         host: str = "127.0.0.1",
     ) -> Rsyslog: ...
 
@@ -411,7 +412,7 @@ def running_rsyslog(
     transport: Transport = "tcp",
     *,
     client_auth: bool = False,
-    max_message_size: int = 64 * 1024,
+    max_message_size: int | None = 64 * 1024,
     host: str = "127.0.0.1",
 ) -> Iterator[Rsyslog]:
     """One rsyslogd for the `with` block, e.g. inside a module-scoped fixture."""
@@ -437,7 +438,7 @@ def rsyslog_factory(tmp_path: Path) -> Iterator[RsyslogFactory]:
         transport: Transport = "tcp",
         *,
         client_auth: bool = False,
-        max_message_size: int = 64 * 1024,
+        max_message_size: int | None = 64 * 1024,
         host: str = "127.0.0.1",
     ) -> Rsyslog:
         server = Rsyslog(
