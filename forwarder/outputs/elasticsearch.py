@@ -104,6 +104,15 @@ class ElasticsearchConfig(HttpOutputConfig):
     pipeline: str | None = Field(default=None, min_length=1)
     """Ingest pipeline to run (`?pipeline=`); `_none` skips the target's default pipeline."""
 
+    @field_validator("username")
+    @classmethod
+    def _basic_auth_user(cls, value: str | None) -> str | None:
+        if value is not None and ":" in value:
+            # The credentials go as "user:password": the first ':' ends the user (RFC 7617
+            # §2), and aiohttp refuses to build them, which stopped the daemon at its start.
+            raise ValueError("a user name for HTTP basic auth cannot contain ':' (RFC 7617)")
+        return value
+
     @field_validator("index")
     @classmethod
     def _index_name(cls, value: str) -> str:

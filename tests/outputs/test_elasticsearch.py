@@ -115,6 +115,9 @@ def test_auth_options_are_exclusive_and_complete() -> None:
         es_config("https://es:9200", username="elastic")
     with pytest.raises(ValidationError, match="either api_key or username"):
         es_config("https://es:9200", api_key=API_KEY, username="u", password="p")
+    # It passed `validate`, then stopped the daemon's start with aiohttp's ValueError.
+    with pytest.raises(ValidationError, match=r"username\n.*cannot contain ':' \(RFC 7617\)"):
+        es_config("https://es:9200", username="corp:svc", password="p")
 
 
 @pytest.mark.parametrize("index", ["Logs-x-y", "logs x", "-logs", "logs,x", "a:b", ".", "x" * 256])
