@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 import orjson
 import structlog
+from aiohttp.abc import AbstractCookieJar
 from multidict import CIMultiDictProxy
 from pydantic import Field, field_validator
 from yarl import URL
@@ -344,6 +345,12 @@ class HttpClient:
         self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        # Requests under way on each session, and the sessions a reopen replaced, closed once
+        # their last request is over: closed at once, they cut a send short whose events the
+        # destination may already have taken, which then went again (duplicates).
+        self._requests_on: dict[aiohttp.ClientSession, int] = {}
+        self._replaced: set[aiohttp.ClientSession] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def base_urls(self) -> tuple[URL, ...]:
@@ -358,7 +365,7 @@ class HttpClient:
         until some node may take a request again (0 when another is free now)."""
         return self._endpoints.hold(node, secs)
 
-    def _new_session(self) -> aiohttp.ClientSession:
+    def _new_session(self, cookies: AbstractCookieJar | None = None) -> aiohttp.ClientSession:
         ssl_context: ssl.SSLContext | bool = False
         if any(url.scheme == "https" for url in self._base_urls):
             ssl_context = self._config.tls.context()
@@ -369,8 +376,9 @@ class HttpClient:
                 sock_connect=self._config.connect_timeout_secs,
             ),
             # Load balancers in front of HEC pin an ack channel to one indexer with a cookie;
-            # `unsafe` keeps cookies from nodes addressed by IP too.
-            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            # `unsafe` keeps cookies from nodes addressed by IP too. A reopen keeps them, or the
+            # acks still awaited would be polled on another indexer, which knows none of them.
+            cookie_jar=cookies if cookies is not None else aiohttp.CookieJar(unsafe=True),
             headers=self._headers,
             auto_decompress=True,
         )
@@ -416,16 +424,30 @@ class HttpClient:
 
     async def reopen(self) -> None:
         """A new session: certificates and keys are read again. If they cannot be loaded the
-        current session stays in use and `TlsFilesUnusable` says which file is wrong."""
-        old, self._session = self._session, self._new_session()
+        current session stays in use and `TlsFilesUnusable` says which file is wrong.
+
+        Requests under way finish on the old session, which is closed after the last of them.
+        """
+        old = self._session
+        self._session = self._new_session(old.cookie_jar if old is not None else None)
         if old is not None:
-            await old.close()
+            self._replaced.add(old)
+            self._close_if_unused(old)
+
+    def _close_if_unused(self, session: aiohttp.ClientSession) -> None:
+        if session in self._replaced and not self._requests_on.get(session):
+            self._replaced.discard(session)
+            self._requests_on.pop(session, None)
+            closing = asyncio.ensure_future(session.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
         self._closed = True
         session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        sessions = [*self._replaced, *([session] if session is not None else [])]
+        self._replaced.clear()
+        await asyncio.gather(*(s.close() for s in sessions), *self._closing)
 
     async def request(
         self,
@@ -447,6 +469,27 @@ class HttpClient:
         session = self._session_or_retry()
         if isinstance(session, Retry):
             return session
+        self._requests_on[session] = self._requests_on.get(session, 0) + 1
+        try:
+            return await self._request_on(
+                session, method, path, endpoint, body, headers, params, compress, timeout_secs
+            )
+        finally:
+            self._requests_on[session] -= 1
+            self._close_if_unused(session)
+
+    async def _request_on(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        endpoint: URL | None,
+        body: bytes | None,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, str] | None,
+        compress: bool,
+        timeout_secs: float | None,
+    ) -> HttpAnswer | Retry:
         node = endpoint if endpoint is not None else self._endpoints.pick()
         url = node.with_path(node.path.rstrip("/") + path)
         send_headers = dict(headers or {})

@@ -47,6 +47,7 @@ from forwarder.outputs.base import (
 )
 from forwarder.outputs.elasticsearch import ElasticsearchConfig, ElasticsearchOutput
 from forwarder.outputs.splunk_hec import SplunkHecConfig, SplunkHecOutput
+from tests.daemon.harness import wait_until
 from tests.peers._server import FakePeer, Reset
 from tests.peers.fake_es import FakeEs
 from tests.peers.fake_hec import DEFAULT_TOKEN, FakeHec
@@ -330,6 +331,7 @@ class EchoPeer(FakePeer):
         return web.Response(body=body)
 
     async def _wait(self, request: web.Request) -> web.StreamResponse:
+        self.record(request, b"", 0)
         await self.never.wait()
         return web.Response()
 
@@ -445,6 +447,40 @@ async def test_cookies_are_kept_for_load_balancer_stickiness(
     await client.request("GET", "/cookie")
     assert "Cookie" not in echo.requests[0].headers
     assert echo.requests[1].headers["Cookie"] == "AWSALB=node-7"
+
+
+async def test_a_reopen_keeps_the_cookies(echo: EchoPeer, client_for: Any) -> None:
+    """A SIGHUP dropped them: indexer acks still awaited were then polled on another indexer
+    behind the load balancer, which knew none of them, and the batch went again."""
+    client: HttpClient = client_for([echo.url])
+    await client.request("GET", "/cookie")
+    await client.reopen()
+    await client.request("GET", "/cookie")
+    assert echo.requests[1].headers["Cookie"] == "AWSALB=node-7"
+
+
+async def test_a_reopen_lets_a_request_under_way_finish(echo: EchoPeer, client_for: Any) -> None:
+    """A SIGHUP closed the session under a send whose answer had not come: the destination
+    had taken its events, the send counted as failed, and they went again (duplicates)."""
+    client: HttpClient = client_for([echo.url])
+    under_way = asyncio.ensure_future(client.request("GET", "/wait"))
+    await wait_until(lambda: echo.requests, timeout=5, what="the request to arrive")
+    await client.reopen()
+    echo.never.set()
+    answer = await under_way
+    assert isinstance(answer, HttpAnswer) and answer.status == 200, answer
+    after = await client.request("GET", "/cookie")  # on the new session
+    assert isinstance(after, HttpAnswer) and after.status == 200
+
+
+async def test_closing_ends_a_request_under_way_on_a_replaced_session(echo: EchoPeer) -> None:
+    client = HttpClient(config([echo.url]), [URL(echo.url)], {})
+    under_way = asyncio.ensure_future(client.request("GET", "/wait"))
+    await wait_until(lambda: echo.requests, timeout=5, what="the request to arrive")
+    await client.reopen()
+    await client.aclose()  # the daemon stopping: nothing is left open behind it
+    answer = await under_way
+    assert isinstance(answer, Retry), answer
 
 
 @pytest.mark.parametrize(
