@@ -1321,7 +1321,9 @@ class CutShortSalvage:
     taken_in: int = 0
 
 
-def finish_cut_short_salvages(path: Path, now: float) -> list[CutShortSalvage]:
+def finish_cut_short_salvages(
+    path: Path, now: float, *, commands_locked: bool = False
+) -> list[CutShortSalvage]:
     """Complete or remove the salvages of the store at `path` that a kill cut short.
 
     A salvage is built in `<name>.salvage-*` and renamed `<name>.salvaged-*` once complete,
@@ -1336,26 +1338,44 @@ def finish_cut_short_salvages(path: Path, now: float) -> list[CutShortSalvage]:
     beside a store that passes its check is an older version's too, complete: that version's
     next start made the store at the path, and the events it holds that the store lacks are
     queued there before it is removed.
+
+    With any to finish, takes the store's `CommandLock` (unless the caller holds it,
+    `commands_locked`), as a salvage does: raises BlockingIOError while a command has the store
+    open, having done nothing.
     """
     found: list[CutShortSalvage] = []
     complete = sorted(path.parent.glob(f"{path.name}.salvaged-*"))
-    for directory in complete + sorted(path.parent.glob(f"{path.name}.salvage-*")):
-        staged = directory / DB_NAME
-        moved_to: Path | None = None
-        taken_in = 0
-        if directory in complete:
-            moved_to = path.with_name(directory.name.replace(".salvaged-", ".corrupt-", 1))
-            if staged.exists():
-                _swap_in(path, directory, moved_to)
-        elif staged.exists() and _folded(staged):
-            if path.exists():
-                taken_in = _take_in_beside(path, staged)
-            else:
-                moved_to = _aside_name(path, now)
-                _swap_in(path, directory, moved_to)
-        shutil.rmtree(directory, ignore_errors=True)
-        found.append(CutShortSalvage(directory, moved_to, taken_in))
+    left = complete + sorted(path.parent.glob(f"{path.name}.salvage-*"))
+    if not left:
+        return found
+    commands_out = (
+        None if commands_locked else lock_out_commands(path.parent, "a salvage is completed")
+    )
+    try:
+        for directory in left:
+            found.append(_finish_cut_short(path, directory, directory in complete, now))
+    finally:
+        if commands_out is not None:
+            commands_out.release()
     return found
+
+
+def _finish_cut_short(path: Path, directory: Path, complete: bool, now: float) -> CutShortSalvage:
+    staged = directory / DB_NAME
+    moved_to: Path | None = None
+    taken_in = 0
+    if complete:
+        moved_to = path.with_name(directory.name.replace(".salvaged-", ".corrupt-", 1))
+        if staged.exists():
+            _swap_in(path, directory, moved_to)
+    elif staged.exists() and _folded(staged):
+        if path.exists():
+            taken_in = _take_in_beside(path, staged)
+        else:
+            moved_to = _aside_name(path, now)
+            _swap_in(path, directory, moved_to)
+    shutil.rmtree(directory, ignore_errors=True)
+    return CutShortSalvage(directory, moved_to, taken_in)
 
 
 def _take_in_beside(path: Path, staged: Path) -> int:
@@ -1401,7 +1421,7 @@ def replace_with_salvage(
     commands_out = lock_out_commands(path.parent, "the store is salvaged")
     try:
         # One left by a salvage cut short is of this same broken file, and incomplete.
-        finish_cut_short_salvages(path, now)
+        finish_cut_short_salvages(path, now, commands_locked=True)
         staging = path.with_name(f"{path.name}.salvage-{time.time_ns()}")
         try:
             fresh = Database(staging, sync=sync)

@@ -4,6 +4,7 @@ a salvage that a kill (SIGKILL, the watchdog, a power cut) stopped halfway."""
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import sqlite3
 import time
@@ -388,4 +389,32 @@ async def test_an_index_that_lacks_rows_is_found_at_open_and_salvaged_with_every
     assert salvaged["salvaged_events"] == 3
     assert len(moved_aside(state)) == 1
     assert [e.seq for e in await outbox.fetch("a", 10, 1 << 20)] == [1, 2, 3]
+    await outbox.aclose()
+
+
+async def test_a_salvage_a_kill_cut_short_is_completed_once_a_command_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Completing it swaps the files at the path, as the salvage itself does: a command with
+    the store open meanwhile would go on writing into the file moved aside."""
+    state = tmp_path / "state"
+    path = state / DB_NAME
+    readable = damaged_store(state)
+    with monkeypatch.context() as patch:
+        KILLS["before moving the damaged files aside"](patch, path)
+        with pytest.raises(Killed):
+            replace_with_salvage(path, ["a"], sync="full", now=time.time())
+    command = database_module._lock_shared(state)  # what a store command holds while it runs
+    try:
+        outbox = await open_outbox(tmp_path)
+        assert not outbox.healthy
+        assert "a store command" in (outbox.last_error or "")
+        assert "a salvage is completed once it is done" in (outbox.last_error or "")
+        assert [p.name for p in state.iterdir() if ".salvaged-" in p.name] != []
+    finally:
+        os.close(command)
+    with structlog.testing.capture_logs() as logs:
+        assert await outbox.probe() is True
+    assert [entry for entry in logs if entry["event"].startswith(COMPLETED)] != []
+    assert len(await outbox.fetch("a", 100, 1 << 30)) == readable > 0
     await outbox.aclose()
