@@ -310,7 +310,7 @@ def parse_event(
     received_at = _utc(received_at)
     quirks: list[str] = []
     if fingerprint is None:
-        fingerprint = hashlib.sha256(_canonical(payload)).hexdigest()[:32]
+        fingerprint = _fingerprint(payload, raw)
     if payload.get("type") == "console-audit":
         return _parse_audit(payload, raw, fingerprint, received_at, quirks)
     return _parse_alert(payload, raw, fingerprint, received_at, quirks)
@@ -349,6 +349,24 @@ def _too_deep(value: Any, limit: int) -> bool:
             if isinstance(child, dict | list):
                 stack.append((child, depth + 1))
     return False
+
+
+# A number with more digits than a double keeps (a 64-bit integer has at most 20): orjson reads it
+# rounded to a double, so two bodies that differ only there had one canonical form, and the
+# second was answered "duplicate" and dropped. Digits after ':', '[' or ',' begin a number
+# (inside a string they only make the match a harmless false one).
+_LONG_NUMBER = re.compile(rb"[:\[,]\s*(-?\d[\d.]{15,})")
+
+
+def _fingerprint(payload: Mapping[str, Any], raw: bytes) -> str:
+    """What the store's dedupe compares: the canonical form, so that the same event posted
+    again with other spacing or key order matches; with the long numbers as written, sorted,
+    where the decode may have rounded them."""
+    source = _canonical(payload)
+    long_numbers = sorted(match[1] for match in _LONG_NUMBER.finditer(raw))
+    if long_numbers:
+        source += b"\n" + b" ".join(long_numbers)
+    return hashlib.sha256(source).hexdigest()[:32]
 
 
 def _canonical(payload: Mapping[str, Any]) -> bytes:

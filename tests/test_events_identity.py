@@ -169,3 +169,27 @@ def test_to_dict_shape() -> None:
     assert data["timestamp"] == "2026-03-05T08:00:01.000Z"
     assert data["annotations"]["trufflehog_scan"][0] == "This looks like a TruffleHog scan."
     assert data["audit"] is None
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("123456789012345678901234567890", "123456789012345678901234567891"),
+        ("0.10000000000000000001", "0.1"),
+        ("-98765432109876543210", "-98765432109876543211"),
+    ],
+)
+def test_numbers_the_decode_rounds_alike_still_tell_events_apart(one: str, other: str) -> None:
+    """orjson reads such numbers as the same double: the two bodies had one fingerprint, and
+    the second post was answered "duplicate" and dropped."""
+
+    def body(number: str) -> bytes:
+        return b'{"Description": "x", "CanaryID": "c", "AdditionalDetails": [["n", %s]]}' % (
+            number.encode()
+        )
+
+    first, second = parse(body(one)), parse(body(other))
+    assert first.fingerprint != second.fingerprint
+    # Spacing and key order still do not count, long numbers or not.
+    reordered = b'{ "AdditionalDetails": [["n",%s]],"CanaryID":"c","Description":"x"}'
+    assert parse(reordered % one.encode()).fingerprint == first.fingerprint

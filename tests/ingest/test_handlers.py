@@ -142,6 +142,14 @@ async def test_duplicate_post_is_stored_once(start: Started) -> None:
     assert len(memory_output(pipeline).records) == 1
 
 
+async def test_posts_that_differ_only_in_a_long_number_are_both_stored(start: Started) -> None:
+    client, _ = await start()
+    body = b'{"Description": "x", "CanaryID": "c", "AdditionalDetails": [["n", %s]]}'
+    for number in (b"123456789012345678901234567890", b"123456789012345678901234567891"):
+        response = await client.post("/canary", data=body % number, headers=JSON)
+        assert (await response.json())["status"] == "stored"
+
+
 @pytest.mark.parametrize(
     ("body", "detail"),
     [
