@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -449,6 +450,16 @@ class HttpClient:
         self._replaced.clear()
         await asyncio.gather(*(s.close() for s in sessions), *self._closing)
 
+    @contextlib.asynccontextmanager
+    async def _in_use(self, session: aiohttp.ClientSession) -> AsyncIterator[None]:
+        """Count a request on `session`, which a reopen closes only once none is left."""
+        self._requests_on[session] = self._requests_on.get(session, 0) + 1
+        try:
+            yield
+        finally:
+            self._requests_on[session] -= 1
+            self._close_if_unused(session)
+
     async def request(
         self,
         method: str,
@@ -466,30 +477,9 @@ class HttpClient:
         A node that cannot be reached or answers 408, 429 or 5xx is benched, so the next
         request goes to another node; the caller classifies the answer itself.
         """
-        session = self._session_or_retry()
-        if isinstance(session, Retry):
-            return session
-        self._requests_on[session] = self._requests_on.get(session, 0) + 1
-        try:
-            return await self._request_on(
-                session, method, path, endpoint, body, headers, params, compress, timeout_secs
-            )
-        finally:
-            self._requests_on[session] -= 1
-            self._close_if_unused(session)
-
-    async def _request_on(
-        self,
-        session: aiohttp.ClientSession,
-        method: str,
-        path: str,
-        endpoint: URL | None,
-        body: bytes | None,
-        headers: Mapping[str, str] | None,
-        params: Mapping[str, str] | None,
-        compress: bool,
-        timeout_secs: float | None,
-    ) -> HttpAnswer | Retry:
+        unusable = self._session_or_retry()
+        if isinstance(unusable, Retry):
+            return unusable
         node = endpoint if endpoint is not None else self._endpoints.pick()
         url = node.with_path(node.path.rstrip("/") + path)
         send_headers = dict(headers or {})
@@ -502,18 +492,26 @@ class HttpClient:
                 total=timeout_secs,
                 sock_connect=min(timeout_secs, self._config.connect_timeout_secs),
             )
+        # Taken again after the gzip's await, and counted at once: a reopen meanwhile may have
+        # replaced the session, and closes only one no request is about to use.
+        session = self._session_or_retry()
+        if isinstance(session, Retry):
+            return session
         started = time.monotonic()
         try:
-            async with session.request(
-                method,
-                url,
-                data=body,
-                headers=send_headers,
-                params=params,
-                allow_redirects=False,
-                timeout=timeout if timeout is not None else session.timeout,
-                server_hostname=self._config.tls.server_name if url.scheme == "https" else None,
-            ) as response:
+            async with (
+                self._in_use(session),
+                session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=send_headers,
+                    params=params,
+                    allow_redirects=False,
+                    timeout=timeout if timeout is not None else session.timeout,
+                    server_hostname=self._config.tls.server_name if url.scheme == "https" else None,
+                ) as response,
+            ):
                 answer = HttpAnswer(response.status, response.headers, await response.read(), node)
         except Exception as exc:  # every failure on the wire becomes a Retry
             self._endpoints.failed(node)
