@@ -8,11 +8,16 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["kind_of_file", "open_regular_file", "read_regular_file"]
+__all__ = ["not_a_regular_file", "open_regular_file", "read_regular_file"]
 
 
-def kind_of_file(mode: int) -> str:
-    """What a file that is not a regular file is, for an error message."""
+def not_a_regular_file(mode: int) -> str:
+    """Why a file of `mode` is refused where a regular file belongs: `not a regular file (a
+    FIFO)` and the like."""
+    return f"not a regular file ({_kind_of_file(mode)})"
+
+
+def _kind_of_file(mode: int) -> str:
     if stat.S_ISFIFO(mode):
         return "a FIFO"
     if stat.S_ISSOCK(mode):
@@ -48,7 +53,7 @@ def open_regular_file(path: Path) -> BinaryIO:
 
 def _refuse_unless_regular(path: Path, mode: int) -> None:
     if not stat.S_ISREG(mode):
-        raise OSError(errno.EINVAL, f"not a regular file ({kind_of_file(mode)})", str(path))
+        raise OSError(errno.EINVAL, not_a_regular_file(mode), str(path))
 
 
 def read_regular_file(path: Path, limit: int) -> bytes:

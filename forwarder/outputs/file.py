@@ -29,7 +29,7 @@ from typing import Literal
 import structlog
 from pydantic import Field
 
-from forwarder.files import kind_of_file
+from forwarder.files import not_a_regular_file
 from forwarder.mappers.base import Record
 from forwarder.outputs.base import (
     Delivered,
@@ -187,9 +187,7 @@ class FileOutput(Output[FileConfig]):
         try:
             info = os.fstat(fd)
             if not _writable_kind(info.st_mode):
-                raise OSError(
-                    errno.EINVAL, f"not a regular file ({kind_of_file(info.st_mode)})", str(path)
-                )
+                raise OSError(errno.EINVAL, not_a_regular_file(info.st_mode), str(path))
             os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
@@ -386,7 +384,7 @@ class FileOutput(Output[FileConfig]):
         directory = path.resolve().parent
         if info is not None:
             if not _writable_kind(info.st_mode):
-                return f"{path}: not a regular file ({kind_of_file(info.st_mode)})"
+                return f"{path}: {not_a_regular_file(info.st_mode)}"
             if not os.access(path, os.W_OK):
                 return f"{path} is not writable"
         elif not directory.is_dir():

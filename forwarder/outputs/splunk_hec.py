@@ -326,16 +326,16 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         if answer.status in (401, 403):
             # A revoked token: the next liveness check probes it and reports the output down.
             self._token_proven_at = None
-        if 200 <= answer.status <= 299 and reply.code is None:
-            # HEC answers every post with its JSON and a code ({"text":"Success","code":0}). A
-            # 200 without it is a proxy's page (a maintenance page, a captive portal): taken for
-            # delivery, the events would be acked and gone.
-            return Retry(
-                f"{where}: HTTP {answer.status} without HEC's answer: {reply.describe()}: "
-                f"{_WRONG_URL_HINT}",
-                operator_action=True,
-            )
         if 200 <= answer.status <= 299:
+            if reply.code is None:
+                # HEC answers every post with its JSON and a code ({"text":"Success","code":0}).
+                # A 200 without it is a proxy's page (a maintenance page, a captive portal):
+                # taken for delivery, the events would be acked and gone.
+                return Retry(
+                    f"{where}: HTTP {answer.status} without HEC's answer: {reply.describe()}: "
+                    f"{_WRONG_URL_HINT}",
+                    operator_action=True,
+                )
             self._token_proven_at = time.monotonic()
             if reply.code in _SLOW_DOWN_CODES:
                 log.warning("Splunk asks senders to slow down.", output=self.name, hec=reply.text)
