@@ -345,7 +345,9 @@ class Database:
         # The files this connection uses, now that it has read them: `check_in_place` compares.
         self._files = tuple(file_identity(p) for p in (self.path, _wal(self.path), _shm(self.path)))
 
-    def _prepare(self, sync: str, background_checkpoints: bool, check: str) -> None:
+    def _prepare(
+        self, sync: str, background_checkpoints: bool, check: Literal["full", "quick"]
+    ) -> None:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
