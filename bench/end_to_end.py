@@ -1,15 +1,15 @@
 """End-to-end benchmark (issue 4): webhook in, fake Splunk HEC out, all on this machine.
 
     python bench/end_to_end.py [--duration 30] [--latency-rate 1000] [--backlog 100000]
-                               [--phases sustained,latency,drain]
+                               [--connections 50] [--phases sustained,latency,drain]
 
 Three phases (`--phases` picks some) against one daemon (`python -m forwarder run`, durable store with `sync: full`, one
 `splunk_hec` output in the `json` format with its defaults: batches of up to 500, gzip) and the
 protocol-faithful fake HEC of tests/peers in its own process:
 
-1. sustained: wrk posts unique incidents at 50 connections for `--duration` seconds. Reports the
-   events per second the receiver got during the window and the store depth every 2 s, so a
-   growing backlog shows.
+1. sustained: wrk posts unique incidents at `--connections` (50) for `--duration` seconds.
+   Reports the events per second the receiver got during the window and the store depth every
+   2 s, so a growing backlog shows.
 2. latency: a paced client offers `--latency-rate` events per second for `--duration` seconds
    and records when each 200 came back; the receiver records when each event arrived. Reports
    p50, p99 and max of arrival minus 200.
