@@ -418,6 +418,8 @@ async def test_dead_letters_and_retries_the_store_cannot_write_are_retried(
     later = failing_first(outbox, monkeypatch, "retry_later", times=2)
     output = ScriptedOutput([lambda b: Reject("400 malformed"), lambda b: Retry("503 busy")])
     dispatcher = await run(outbox, output, 2)
+    # Posted once the first batch is sent, so that it is not in that batch, refused.
+    await output.wait_until(lambda: output.batches == [["0", "1"]])
     await outbox.append(event(2))
     await output.wait_until(lambda: output.delivered == ["2"])
     await dispatcher.stop(5)

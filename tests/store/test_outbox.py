@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import structlog
 
 from forwarder.settings import StoreConfig
+from forwarder.store import outbox as outbox_module
 from forwarder.store.database import DB_NAME, Database, NewEvent
 from forwarder.store.outbox import Outbox, StoreFull, StoreUnavailable
 from tests.store.helpers import event, open_outbox, table_rows, write_foreign_store
@@ -117,6 +119,117 @@ async def test_close_commits_pending_appends(tmp_path: Path) -> None:
     database = Database(tmp_path / "state")
     assert database.stats().events == 5
     database.close()
+
+
+class _ChainedCommits:
+    """Database.append replaced for the chaining tests: the first commit waits for `release`,
+    and `on_commit(n)` runs on the store thread before commit n (from 1)."""
+
+    def __init__(self, patch: pytest.MonkeyPatch) -> None:
+        self.in_first, self.release = threading.Event(), threading.Event()
+        self.calls = 0
+        self.on_commit: dict[int, Any] = {}
+        self.after_commit: dict[int, Any] = {}
+        append = Database.append
+        patch.setattr(outbox_module, "_MAX_GROUP", 1)  # one post per group
+
+        def observed(database: Database, *args: Any) -> Any:
+            self.calls += 1
+            number = self.calls
+            if number == 1:
+                self.in_first.set()
+                self.release.wait(10)
+            if number in self.on_commit:
+                self.on_commit[number]()
+            result = append(database, *args)
+            if number in self.after_commit:
+                self.after_commit[number]()
+            return result
+
+        patch.setattr(Database, "append", observed)
+
+    async def first_commit_held(self, outbox: Outbox) -> asyncio.Future[bool]:
+        first = asyncio.ensure_future(outbox.append(event(1)))
+        await asyncio.to_thread(self.in_first.wait, 10)  # the committer is inside a commit
+        return first
+
+
+async def test_posts_waiting_during_a_commit_are_committed_next_without_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    outbox = await open_outbox(tmp_path)
+    loop = asyncio.get_running_loop()
+    second_started = threading.Event()
+    started_while_the_loop_was_held: list[bool] = []
+
+    def hold_the_loop() -> None:
+        # Blocks the event loop, as a burst of posts keeps it busy, until the next commit
+        # starts: it can only start without the loop's help.
+        started_while_the_loop_was_held.append(second_started.wait(5))
+
+    with pytest.MonkeyPatch.context() as patch:
+        commits = _ChainedCommits(patch)
+        commits.after_commit[1] = lambda: loop.call_soon_threadsafe(hold_the_loop)
+        commits.on_commit[2] = second_started.set
+        first = await commits.first_commit_held(outbox)
+        second = asyncio.ensure_future(outbox.append(event(2)))
+        await asyncio.sleep(0)  # the second post waits for the commit under way
+        commits.release.set()
+        async with asyncio.timeout(10):
+            assert await first is True
+            assert await second is True
+    assert started_while_the_loop_was_held == [True]
+    assert (await outbox.stats()).queued == {"a": 2}
+    await outbox.aclose()
+
+
+async def test_each_chained_group_is_answered_once_durable_not_when_the_chain_ends(
+    tmp_path: Path,
+) -> None:
+    outbox = await open_outbox(tmp_path)
+    first_answered = threading.Event()
+    answered_before_the_second_commit: list[bool] = []
+    with pytest.MonkeyPatch.context() as patch:
+        commits = _ChainedCommits(patch)
+        commits.on_commit[2] = lambda: answered_before_the_second_commit.append(
+            first_answered.wait(5)
+        )
+        first = await commits.first_commit_held(outbox)
+        first.add_done_callback(lambda _: first_answered.set())
+        second = asyncio.ensure_future(outbox.append(event(2)))
+        await asyncio.sleep(0)
+        commits.release.set()
+        async with asyncio.timeout(10):
+            assert await first is True
+            assert await second is True
+    assert answered_before_the_second_commit == [True]
+    await outbox.aclose()
+
+
+async def test_a_chained_commit_that_fails_answers_its_posts_and_the_next_ones_commit(
+    tmp_path: Path,
+) -> None:
+    outbox = await open_outbox(tmp_path)
+
+    def disk_full() -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with pytest.MonkeyPatch.context() as patch:
+        commits = _ChainedCommits(patch)
+        commits.on_commit[2] = disk_full
+        first = await commits.first_commit_held(outbox)
+        second = asyncio.ensure_future(outbox.append(event(2)))
+        third = asyncio.ensure_future(outbox.append(event(3)))
+        await asyncio.sleep(0)
+        commits.release.set()
+        async with asyncio.timeout(10):
+            assert await first is True
+            with pytest.raises(StoreUnavailable, match="disk is full"):
+                await second
+            assert await third is True
+    assert outbox.healthy is True
+    assert outbox.events == 2 and (await outbox.stats()).queued == {"a": 2}
+    await outbox.aclose()
 
 
 async def test_close_during_a_commit_answers_every_post(tmp_path: Path) -> None:
