@@ -157,6 +157,12 @@ def test_the_unit_matches_what_the_daemon_does() -> None:
     assert values(text, "UMask") == ["0077"]
 
 
+def test_the_unit_leaves_the_process_metrics_their_proc_files() -> None:
+    # prometheus_client's process collector reads the boot time from /proc/stat; under
+    # ProcSubset=pid that file is hidden and the collector reports nothing at all.
+    assert values(UNIT.read_text(), "ProcSubset") in ([], ["all"])
+
+
 def test_the_example_config_fits_the_sandbox(tmp_path: Path) -> None:
     """config/systemd.yaml takes its secret from a credential and writes only where it may."""
     with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY"):
