@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import socket
+import ssl
 import sys
 import tomllib
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trustme
 from aiohttp import web
 
 from forwarder.app import build_app
@@ -234,16 +236,34 @@ async def run_healthcheck(url: str, **extra_environment: str) -> int:
     return await asyncio.wait_for(process.wait(), timeout=30)
 
 
-@pytest.fixture
-async def serving(pipeline: Pipeline) -> AsyncIterator[Callable[[str], str]]:
-    """The real app on a free loopback port; returns a function from path to URL."""
+async def served(
+    pipeline: Pipeline, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[Callable[[str], str]]:
+    """The real app on a free loopback port; yields a function from path to URL."""
     runner = web.AppRunner(build_app(pipeline))
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1]
-    yield lambda path: f"http://127.0.0.1:{port}{path}"
+    scheme = "http" if tls is None else "https"
+    yield lambda path: f"{scheme}://127.0.0.1:{port}{path}"
     await runner.cleanup()
+
+
+@pytest.fixture
+async def serving(pipeline: Pipeline) -> AsyncIterator[Callable[[str], str]]:
+    async for url in served(pipeline):
+        yield url
+
+
+@pytest.fixture
+async def serving_tls(pipeline: Pipeline) -> AsyncIterator[Callable[[str], str]]:
+    """As `serving`, over TLS with a certificate for a name that is not 127.0.0.1, as a
+    listener's real certificate is."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("forwarder.example").configure_cert(context)
+    async for url in served(pipeline, context):
+        yield url
 
 
 def test_the_healthcheck_probes_healthz_on_the_exposed_port() -> None:
@@ -255,6 +275,18 @@ async def test_the_healthcheck_passes_against_the_real_healthz(
     serving: Callable[[str], str],
 ) -> None:
     assert await run_healthcheck(serving("/healthz")) == 0
+
+
+async def test_the_healthcheck_passes_against_a_tls_listener(
+    serving_tls: Callable[[str], str],
+) -> None:
+    assert await run_healthcheck(serving_tls("/healthz")) == 0
+
+
+async def test_the_healthcheck_over_tls_still_fails_on_an_error_status(
+    serving_tls: Callable[[str], str],
+) -> None:
+    assert await run_healthcheck(serving_tls("/no-such-endpoint")) != 0
 
 
 async def test_the_healthcheck_ignores_a_proxy_meant_for_the_outputs(
