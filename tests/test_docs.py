@@ -69,3 +69,43 @@ def test_readme_has_a_recipe_per_siem() -> None:
     for heading in ("Splunk", "Elastic / OpenSearch", "QRadar", "ArcSight", "rsyslog relay"):
         assert re.search(rf"^### .*{re.escape(heading)}", README, re.M), heading
     assert len(BLOCKS) >= 6
+
+
+EXAMPLE_CONFIG = ROOT / "config" / "example.yaml"
+# A commented-out option of the example config: `  # key: value`, to uncomment as it stands.
+_COMMENTED_OPTION = re.compile(r"^(\s*)# ([a-z_]+: .*)$", re.M)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [m.group(0) for m in _COMMENTED_OPTION.finditer(EXAMPLE_CONFIG.read_text())],
+)
+def test_each_commented_option_of_the_example_config_works_uncommented(line: str) -> None:
+    text = EXAMPLE_CONFIG.read_text()
+    option = _COMMENTED_OPTION.match(line)
+    assert option is not None
+    uncommented = text.replace(line, option.group(1) + option.group(2), 1)
+    config = _config(uncommented)
+    assert config is not None
+    data, environ = config
+    assert parse_settings(data, environ=environ).outputs
+
+
+def test_the_example_config_has_commented_options() -> None:
+    assert len(_COMMENTED_OPTION.findall(EXAMPLE_CONFIG.read_text())) >= 3
+
+
+# `format: {...}` written inline in the prose.
+INLINE_FORMATS = sorted(
+    {
+        snippet
+        for page in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+        for snippet in re.findall(r"`(format: \{[^`]*\})`", page.read_text())
+    }
+)
+
+
+@pytest.mark.parametrize("snippet", INLINE_FORMATS)
+def test_inline_format_snippets_validate(snippet: str) -> None:
+    output = {"name": "o", "type": "file", "path": "events.jsonl", **yaml.safe_load(snippet)}
+    assert parse_settings({"outputs": [output]}, environ={}).outputs
