@@ -845,36 +845,45 @@ class Database:
         return None if row is None else bytes(row[0])
 
     def replay(self, ids: Iterable[int] | None, output: str | None) -> int:
-        """Queue dead letters again for the output that dead-lettered them; returns how many."""
-        selected = self._select_dead(ids, output)
+        """Queue dead letters again for the output that dead-lettered them; returns how many.
+
+        The selection is made inside the write transaction: a dead letter another command
+        replayed or purged meanwhile is neither queued twice nor counted.
+        """
         with self._transaction() as db:
+            selected = self._select_dead(db, ids, output)
             for letter_id in selected:
-                row = db.execute(
-                    "SELECT output, event_id, fingerprint, kind, received_at, body"
-                    " FROM dead_letters WHERE id = ?",
+                letter_output, event_id, fingerprint, kind, body = db.execute(
+                    "SELECT output, event_id, fingerprint, kind, body FROM dead_letters"
+                    " WHERE id = ?",
                     (letter_id,),
                 ).fetchone()
-                if row is None:
-                    continue
                 cursor = db.execute(
                     "INSERT INTO events (event_id, fingerprint, kind, received_at, size, body)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (row[1], row[2], row[3], time.time(), len(row[5]), row[5]),
+                    (event_id, fingerprint, kind, time.time(), len(body), body),
                 )
                 db.execute(
-                    "INSERT INTO deliveries (output, seq) VALUES (?, ?)", (row[0], cursor.lastrowid)
+                    "INSERT INTO deliveries (output, seq) VALUES (?, ?)",
+                    (letter_output, cursor.lastrowid),
                 )
                 db.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
         return len(selected)
 
     def purge(self, ids: Iterable[int] | None, output: str | None) -> int:
-        selected = self._select_dead(ids, output)
+        """Delete dead letters for good; returns how many this call deleted (see `replay`)."""
         with self._transaction() as db:
+            selected = self._select_dead(db, ids, output)
             db.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in selected])
         return len(selected)
 
-    def _select_dead(self, ids: Iterable[int] | None, output: str | None) -> list[int]:
-        rows = self._db.execute(
+    @staticmethod
+    def _select_dead(
+        db: sqlite3.Connection, ids: Iterable[int] | None, output: str | None
+    ) -> list[int]:
+        """The ids of the dead letters in `ids` (None: all) of `output` (None: any), in order;
+        inside a write transaction, exactly those the rest of it acts on."""
+        rows = db.execute(
             "SELECT id FROM dead_letters WHERE (? IS NULL OR output = ?) ORDER BY id",
             (output, output),
         ).fetchall()

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,39 @@ def test_dead_letter_survives_the_event_row(db: Database) -> None:
     assert db.stats().events == 0
     assert db.replay(None, None) == 1
     assert [e.body for e in db.fetch("a", 10, 10_000)] == [b'{"n": 1}']
+
+
+def before_each_transaction(
+    monkeypatch: pytest.MonkeyPatch, db: Database, meanwhile: Callable[[], object]
+) -> None:
+    """Run `meanwhile` (another connection's command) right before every write transaction
+    of `db` begins: what a command that read before its transaction would miss."""
+    begin = db._transaction
+
+    @contextlib.contextmanager
+    def after_meanwhile() -> Iterator[sqlite3.Connection]:
+        meanwhile()
+        with begin() as connection:
+            yield connection
+
+    monkeypatch.setattr(db, "_transaction", after_meanwhile)
+
+
+@pytest.mark.parametrize("action", ["replay", "purge"])
+def test_replay_and_purge_count_only_what_another_command_left_them(
+    tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    seqs = db.append([new_event(1), new_event(2)], ["a"], dedupe_window=0)
+    db.dead_letter("a", {seq: "refused" for seq in seqs if seq is not None}, now=1.0)
+    first, second = (letter.id for letter in db.dead_letters())
+    other = Database(tmp_path)
+    try:
+        before_each_transaction(monkeypatch, db, lambda: other.purge([second], None))
+        assert getattr(db, action)([first, second], None) == 1
+    finally:
+        other.close()
+    assert db.dead_letters() == []
+    assert db.stats().queued == ({"a": 1} if action == "replay" else {})
 
 
 def test_expired_finds_old_deliveries(db: Database) -> None:
