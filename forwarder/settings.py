@@ -41,6 +41,7 @@ __all__ = [
     "OutputSpec",
     "Settings",
     "StoreConfig",
+    "basic_auth_username",
     "default_settings",
     "load_settings",
     "parse_settings",
@@ -65,10 +66,28 @@ def _at_least_16(value: SecretStr) -> SecretStr:
     return value
 
 
+def basic_auth_username(value: str) -> str:
+    """`value`, if it can be the user name of HTTP basic credentials.
+
+    Raises:
+        ValueError: it holds a ':'.
+    """
+    if ":" in value:
+        # The credentials go as "user:password": the first ':' ends the user (RFC 7617 §2), so
+        # a listener never sees this name, and a client cannot even send it.
+        raise ValueError("a user name for HTTP basic auth cannot contain ':' (RFC 7617)")
+    return value
+
+
 class BasicAuthConfig(BaseModel):
     model_config = _STRICT
     username: str = Field(min_length=1)
     password: SecretStr
+
+    @field_validator("username")
+    @classmethod
+    def _sendable(cls, value: str) -> str:
+        return basic_auth_username(value)
 
     @field_validator("password")
     @classmethod
@@ -76,6 +95,12 @@ class BasicAuthConfig(BaseModel):
         # The same floor as a header secret: an empty `${VAR}` would otherwise let anyone who
         # knows the user name post (the failure limiter slows guessing; it cannot stop it).
         return _at_least_16(value)
+
+
+# What HTTP strips around a header value (RFC 9110 §5.5), and the line ends no header carries.
+_HTTP_WHITESPACE = " \t\r\n"
+# What the `{secret}` segment of the webhook route cannot match as the console sends it.
+_UNROUTABLE = frozenset("{}/")
 
 
 class AuthConfig(BaseModel):
@@ -96,6 +121,34 @@ class AuthConfig(BaseModel):
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None else _at_least_16(value)
+
+    @field_validator("secret")
+    @classmethod
+    def _no_surrounding_whitespace(cls, value: SecretStr | None) -> SecretStr | None:
+        # aiohttp strips a header value's leading and trailing whitespace before anything
+        # compares it, so such a secret never matches. Refused rather than stripped: the docs
+        # promise a ${file:} value keeps its spaces, and a silent strip would change a secret.
+        secret = None if value is None else value.get_secret_value()
+        if secret is not None and secret != secret.strip(_HTTP_WHITESPACE):
+            raise ValueError(
+                "begins or ends with whitespace, which HTTP strips from a header value, so no "
+                "post would ever match; remove it (a ${file:} or ${credential:} value keeps its "
+                "spaces: only one line ending is removed)"
+            )
+        return value
+
+    @field_validator("secret_path")
+    @classmethod
+    def _routable(cls, value: SecretStr | None) -> SecretStr | None:
+        # The secret is the `{secret}` segment of an aiohttp route: a segment never holds '{' or
+        # '}', even percent-encoded, and a '/' only as %2F, which a URL pasted into the console
+        # does not say.
+        if value is not None and _UNROUTABLE.intersection(value.get_secret_value()):
+            raise ValueError(
+                "cannot contain '{', '}' or '/': it is one segment of the webhook URL's path, "
+                "where a post with it would never match"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_method(self) -> Self:

@@ -183,6 +183,50 @@ def test_auth_shapes(auth: dict[str, Any], message: str) -> None:
     assert not any("Input should be 'none'" in p for p in found), found
 
 
+@pytest.mark.parametrize(
+    ("auth", "problem"),
+    [
+        (
+            {"basic": {"username": "can:ary", "password": SECRET}},
+            "listen.auth.basic.username: a user name for HTTP basic auth cannot contain ':'",
+        ),
+        *(
+            (
+                {"header": "X-A", "secret": secret},
+                "listen.auth.secret: begins or ends with whitespace, which HTTP strips",
+            )
+            for secret in (f" {SECRET}", f"{SECRET} ", f"{SECRET}\t", f"{SECRET}\n")
+        ),
+        *(
+            (
+                {"secret_path": f"{SECRET[:8]}{char}{SECRET[8:]}"},
+                "listen.auth.secret_path: cannot contain '{', '}' or '/'",
+            )
+            for char in "{}/"
+        ),
+    ],
+)
+def test_credentials_no_post_could_ever_match_are_refused(
+    auth: dict[str, Any], problem: str
+) -> None:
+    found = problems({"listen": {"auth": auth}, "outputs": [FILE_OUTPUT]})
+    assert len(found) == 1, found
+    assert found[0].startswith(problem), found
+    # The refusal says what is wrong, never the secret itself.
+    assert SECRET not in found[0]
+
+
+def test_credentials_with_inner_spaces_and_url_safe_punctuation_are_accepted() -> None:
+    auth = {
+        "header": "X-A",
+        "secret": f"{SECRET[:8]} {SECRET[8:]}",
+        "basic": {"username": "canary user", "password": f" {SECRET}: "},
+        "secret_path": f"{SECRET}-_.~+;",
+    }
+    settings = parse_settings({"listen": {"auth": auth}, "outputs": [FILE_OUTPUT]}, environ={})
+    assert isinstance(settings.listen.auth, AuthConfig)
+
+
 def test_bad_cidr_in_allow_list() -> None:
     found = problems({"listen": {"allow": ["10.0.0.0/33"]}, "outputs": [FILE_OUTPUT]})
     assert len(found) == 1

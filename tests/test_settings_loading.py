@@ -130,6 +130,21 @@ def test_a_secret_file_loses_exactly_one_line_ending(tmp_path: Path, ending: str
     assert webhook_secret(settings) == SECRET
 
 
+@pytest.mark.parametrize("content", [f"{SECRET} \n", f" {SECRET}\n", f"{SECRET}\t\r\n"])
+def test_a_secret_file_keeps_its_spaces_so_a_header_secret_with_them_is_refused(
+    tmp_path: Path, content: str
+) -> None:
+    """HTTP strips them from the header, so the secret could never match; stripping them here
+    would break the promise that a file's spaces are kept."""
+    (tmp_path / "secret").write_bytes(content.encode())
+    found = load_problems(tmp_path, with_secret(f"${{file:{tmp_path}/secret}}"))
+    assert found == [
+        "listen.auth.secret: begins or ends with whitespace, which HTTP strips from a header "
+        "value, so no post would ever match; remove it (a ${file:} or ${credential:} value "
+        "keeps its spaces: only one line ending is removed)"
+    ]
+
+
 @pytest.mark.parametrize(
     "content", [SECRET + "\n\n", SECRET + "\n" + SECRET + "\n", SECRET + "\r", SECRET + "\n\r\n"]
 )
