@@ -5,7 +5,8 @@
   balancer stickiness survives, redirects never followed) over `Endpoints` failover. A request
   returns an `HttpAnswer` or a `Retry` saying what went wrong on the wire; it never raises.
 - `classify_status`: the generic status table (2xx delivered; 408, 429 and 5xx but 501 retried
-  with Retry-After; 401 and 403 need an operator; 413 too large; other 4xx rejected).
+  with Retry-After; 401 and 403 need an operator; 413 too large; other 4xx rejected), and
+  `classify_refusal`, which keeps the events of a refusal that did not come from the server.
 - `encode_batch` / `spread_result`: a batch into one request body (refusing what cannot be
   encoded, checking the size), and the result for the records sent back onto the batch.
 """
@@ -55,6 +56,7 @@ __all__ = [
     "HttpClient",
     "HttpOutputConfig",
     "answer_error_text",
+    "classify_refusal",
     "classify_status",
     "encode_batch",
     "endpoint_name",
@@ -64,6 +66,7 @@ __all__ = [
     "parse_retry_after",
     "send_packed",
     "spread_result",
+    "wrong_url_hint",
 ]
 
 log = structlog.get_logger("forwarder.outputs.http")
@@ -177,6 +180,30 @@ def classify_status(
         location = headers.get("Location", "?")
         return Retry(f"{reason}; redirected to {location}: fix the URL", operator_action=True)
     return Reject(reason)
+
+
+def wrong_url_hint(server: str) -> str:
+    """What an operator is told when something other than `server` answered a request."""
+    return (
+        f"wrong URL, or something other than {server} answered: check `url` "
+        "(scheme, host, port and any reverse-proxy path prefix)"
+    )
+
+
+def classify_refusal(
+    answer: HttpAnswer, message: str, *, server: str, from_server: bool
+) -> SendResult:
+    """`classify_status` of a whole-request answer, except for a refusal (other 4xx, 501) that
+    `server` did not send itself (`from_server` false), which keeps the events for an operator.
+
+    A server refuses a bad request in its own format; a proxy's page or another service at the
+    URL refuses every request alike, so dead-lettering would lose every batch while it lasts.
+    """
+    where = endpoint_name(answer.endpoint)
+    result = classify_status(answer.status, answer.headers, message, where=where)
+    if isinstance(result, Reject) and not from_server:
+        return Retry(f"{result.reason}: {wrong_url_hint(server)}", operator_action=True)
+    return result
 
 
 def spread_result(

@@ -36,11 +36,12 @@ from forwarder.outputs._http import (
     HttpClient,
     HttpOutputConfig,
     answer_error_text,
-    classify_status,
+    classify_refusal,
     endpoint_name,
     parse_base_url,
     parse_retry_after,
     send_packed,
+    wrong_url_hint,
 )
 from forwarder.outputs.base import (
     Delivered,
@@ -89,6 +90,9 @@ _NO_WRITE_INDEX = re.compile(r"no write index is defined for alias \[.*\]")
 # An ingest `fail` processor throws a plain exception, which a bulk item reports as 500 although
 # the document is refused for good (every other processor failure is a 400 since 7.5).
 _DOCUMENT_REFUSALS_5XX = ("fail_processor_exception",)
+# Elasticsearch and OpenSearch answer a refused request alike, with `{"error": …, "status": N}`.
+_SERVER = "Elasticsearch or OpenSearch"
+_WRONG_URL_HINT = wrong_url_hint(_SERVER)
 
 
 class ElasticsearchConfig(HttpOutputConfig):
@@ -256,6 +260,12 @@ def bulk_item_result(
     return Reject(text)
 
 
+def _is_elasticsearch_error(answer: HttpAnswer) -> bool:
+    """True for a body in the form Elasticsearch refuses a request with: an object with "error"."""
+    data = answer.json()
+    return isinstance(data, dict) and "error" in data
+
+
 def _failure_store_used(item: Any) -> bool:
     """True for an item a data stream's failure store took instead of the data stream."""
     if not isinstance(item, Mapping) or len(item) != 1:
@@ -379,7 +389,13 @@ class ElasticsearchOutput(Output[ElasticsearchConfig]):
                 "this output does not send: upgrade to Elasticsearch 7 or later, or OpenSearch",
                 operator_action=True,
             )
-        return classify_status(answer.status, answer.headers, message, where=where)
+        # Elasticsearch refuses a bad request in its own JSON: that one is rejected. A refusal
+        # without it (nginx's "plain HTTP request was sent to HTTPS port", a 405 from another
+        # vhost, a proxy's 415) comes from something else at the URL, and would refuse every
+        # batch alike: the events wait for an operator instead of all going to dead letters.
+        return classify_refusal(
+            answer, message, server=_SERVER, from_server=_is_elasticsearch_error(answer)
+        )
 
     # Healthcheck
 
@@ -399,7 +415,7 @@ class ElasticsearchOutput(Output[ElasticsearchConfig]):
         await self._client.check_nodes(probe)
 
     async def liveness(self) -> None:
-        """Healthy when some node answers `GET /` and takes the credentials.
+        """Healthy when some node answers `GET /` as Elasticsearch and takes the credentials.
 
         The healthcheck's probe document would land in a data stream's failure store (9.1+),
         once every 30 s; a read writes nothing. 403 still proves the credentials: a key that
@@ -411,8 +427,12 @@ class ElasticsearchOutput(Output[ElasticsearchConfig]):
         answer = await self._client.request("GET", "/", endpoint=endpoint)
         if isinstance(answer, Retry):
             return answer.reason
+        problem = f"{endpoint_name(endpoint)}: HTTP {answer.status}"
         if answer.status == 401 or answer.status >= 500:
-            return f"{endpoint_name(endpoint)}: HTTP {answer.status}"
+            return problem
+        if 400 <= answer.status <= 499 and not _is_elasticsearch_error(answer):
+            # Something else answers at the URL, and every send would wait for an operator.
+            return f"{problem}: {answer.text()}: {_WRONG_URL_HINT}"
         return None
 
     def _probe_problem(self, answer: HttpAnswer | Retry) -> str | None:

@@ -43,9 +43,10 @@ from forwarder.outputs._http import (
     HttpAnswer,
     HttpClient,
     HttpOutputConfig,
-    classify_status,
+    classify_refusal,
     encode_batch,
     endpoint_name,
+    wrong_url_hint,
 )
 from forwarder.outputs.base import (
     Delivered,
@@ -93,10 +94,7 @@ _CONFIG_CODES: Mapping[int, str] = {
 }
 _SLOW_DOWN_CODES = frozenset({24, 25})
 _WRONG_URL_STATUSES = frozenset({404, 405})
-_WRONG_URL_HINT = (
-    "wrong URL, or something other than HEC answered: check `url` "
-    "(scheme, host, port and any reverse-proxy path prefix)"
-)
+_WRONG_URL_HINT = wrong_url_hint("HEC")
 _NO_DATA = 5
 
 
@@ -354,14 +352,14 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
         hint = _config_hint(reply.code)
         if answer.status == 400 and hint is not None:
             return Retry(f"{where}: {message}: {hint}", operator_action=True)
-        result = classify_status(answer.status, answer.headers, message, where=where)
-        if isinstance(result, Reject) and (
-            answer.status in _WRONG_URL_STATUSES or reply.code is None
-        ):
-            # HEC refuses bad events with its own JSON and a code; a missing route, or a page
-            # from a proxy, is the URL's fault and would refuse every event alike.
-            return Retry(f"{result.reason}: {_WRONG_URL_HINT}", operator_action=True)
-        return result
+        # HEC refuses bad events with its own JSON and a code; a missing route, or a page
+        # from a proxy, is the URL's fault and would refuse every event alike.
+        return classify_refusal(
+            answer,
+            message,
+            server="HEC",
+            from_server=answer.status not in _WRONG_URL_STATUSES and reply.code is not None,
+        )
 
     def _split_at(
         self,

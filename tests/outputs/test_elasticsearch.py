@@ -44,6 +44,21 @@ CLOUD_ID = (
 )
 REJECTED = ItemError(429, "es_rejected_execution_exception", "rejected execution of bulk")
 UNAVAILABLE = ItemError(503, "unavailable_shards_exception", "primary shard is not active")
+# What nginx answers a plain HTTP request to its TLS port (its internal 497, sent as a 400).
+NGINX_497 = (
+    "<html><head><title>400 The plain HTTP request was sent to HTTPS port</title>"
+    "</head><body><center><h1>400 Bad Request</h1></center><hr><center>nginx</center>"
+    "</body></html>"
+)
+# Refusals that did not come from Elasticsearch: a proxy's or another server's, not JSON with
+# "error" (a gateway's {"message": ...} included).
+NOT_ELASTICSEARCH_4XX = [
+    (400, NGINX_497),
+    (405, "<html><body><h1>405 Not Allowed</h1></body></html>"),
+    (411, "<html><body><h1>411 Length Required</h1></body></html>"),
+    (415, "Unsupported Media Type"),
+    (400, {"message": "Bad Request"}),
+]
 
 
 def es_config(url: str | list[str] | None = None, **options: Any) -> ElasticsearchConfig:
@@ -456,6 +471,22 @@ async def test_a_bad_request_is_rejected_with_the_message(
 
 
 @pytest.mark.parametrize(
+    ("status", "body"),
+    [*NOT_ELASTICSEARCH_4XX, (501, "<html><body><h1>501 Not Implemented</h1></body></html>")],
+)
+async def test_a_non_elasticsearch_4xx_keeps_the_events_for_an_operator(
+    fake_es: FakeEs, connect: Connect, status: int, body: Any
+) -> None:
+    # Dead-lettered, every batch would be lost while /readyz stayed green.
+    fake_es.faults.push(Respond(status, body))
+    retry = assert_retry(await (await connect()).send(make_records(3)), operator=True)
+    assert f"HTTP {status}" in retry.reason
+    assert "something other than Elasticsearch or OpenSearch answered: check `url`" in (
+        retry.reason
+    )
+
+
+@pytest.mark.parametrize(
     "body",
     [{"errors": False, "items": []}, {"errors": False}, "<html>proxy</html>"],
 )
@@ -566,6 +597,23 @@ async def test_liveness_tells_bad_credentials_and_a_dead_cluster(connect: Connec
         await (await connect(secured.url, api_key=API_KEY)).liveness()
     with pytest.raises(HealthcheckError, match="cannot connect"):
         await (await connect(closed_port_url())).liveness()
+
+
+@pytest.mark.parametrize(("status", "body"), NOT_ELASTICSEARCH_4XX)
+async def test_liveness_fails_when_something_else_answers_with_a_4xx(
+    fake_es: FakeEs, connect: Connect, status: int, body: Any
+) -> None:
+    # Every send would wait for an operator meanwhile: /readyz must not stay green.
+    fake_es.faults.push(Respond(status, body))
+    with pytest.raises(HealthcheckError, match=rf"HTTP {status}: .*something other than"):
+        await (await connect()).liveness()
+
+
+async def test_liveness_passes_on_elasticsearchs_own_403(fake_es: FakeEs, connect: Connect) -> None:
+    # A key that may only write documents is refused the cluster's info, in Elasticsearch's JSON.
+    body = {"error": {"type": "security_exception", "reason": "action unauthorized"}, "status": 403}
+    fake_es.faults.push(Respond(403, body))
+    await (await connect()).liveness()
 
 
 async def test_liveness_fails_while_the_cluster_is_busy(fake_es: FakeEs, connect: Connect) -> None:
