@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from forwarder.cli._common import add_config_argument, open_store_or_exit, settings_from_args
-from forwarder.store.database import Database, DeadLetter
+from forwarder.settings import Settings
+from forwarder.store.database import Database, DeadLetter, ReplayOverBound
 
 __all__ = ["configure", "main"]
 
@@ -30,6 +31,9 @@ REPLAY_DESCRIPTION = (
     " and it would wait until store.max_age_secs dead-letters it again under a new reason."
     " Add the output back, narrow the selection with --output, purge those, or pass"
     " --allow-unconfigured to queue them for an output you are about to configure again."
+    " Also refuses when the bytes of the events already queued and of the selection together"
+    " exceed store.max_bytes, where the daemon would answer new posts 503: replay fewer with"
+    " --id, or wait for the queue to drain."
 )
 
 
@@ -95,14 +99,13 @@ class _Refused(Exception):
 
 def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    configured = [spec.name for spec in settings.outputs]
     database = open_store_or_exit(settings, args)
     # Printed once the store is closed: output nobody reads yet (a pager left open) must not
     # hold the store, and with it the daemon's copy of a deleted store, and posts, back.
     output = io.StringIO()
     try:
         with contextlib.redirect_stdout(output):
-            return _ACTIONS[args.action](database, args, configured)
+            return _ACTIONS[args.action](database, args, settings)
     except _Refused as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -111,8 +114,8 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(output.getvalue())
 
 
-def _list(database: Database, args: argparse.Namespace, configured: Sequence[str]) -> int:
-    _check_output(database, args, configured)
+def _list(database: Database, args: argparse.Namespace, settings: Settings) -> int:
+    _check_output(database, args, _output_names(settings))
     for letter in database.dead_letters(args.output, args.limit):
         print(
             json.dumps(
@@ -132,7 +135,7 @@ def _list(database: Database, args: argparse.Namespace, configured: Sequence[str
     return 0
 
 
-def _show(database: Database, args: argparse.Namespace, configured: Sequence[str]) -> int:
+def _show(database: Database, args: argparse.Namespace, settings: Settings) -> int:
     missing: list[int] = []
     for letter_id in args.ids:
         body = database.dead_letter_body(letter_id)
@@ -145,35 +148,60 @@ def _show(database: Database, args: argparse.Namespace, configured: Sequence[str
     return 0
 
 
-def _replay(database: Database, args: argparse.Namespace, configured: Sequence[str]) -> int:
+def _replay(database: Database, args: argparse.Namespace, settings: Settings) -> int:
+    configured = _output_names(settings)
     letters = _selected(database, args, configured, "replayed")
-    unconfigured = sorted({letter.output for letter in letters} - set(configured))
-    if unconfigured and not args.allow_unconfigured:
-        count = sum(letter.output in unconfigured for letter in letters)
+    _check_configured(letters, args, configured)
+    ids = [letter.id for letter in letters]
+    try:
+        replayed = database.replay(ids, None, max_bytes=settings.store.max_bytes)
+    except ReplayOverBound as over:
         raise _Refused(
-            f"nothing replayed: {count} of the selected dead letters belong to output"
-            f" {_listed(unconfigured)}, which {_config_name(args)} does not have (its outputs:"
-            f" {_listed(configured)}), so nothing would ever send them. Add the output back"
-            " to the configuration, select the others with --output NAME, purge these"
-            " (dead-letters purge --output NAME --all), or pass --allow-unconfigured to queue"
-            " them anyway."
-        )
-    print(f"replayed {database.replay([letter.id for letter in letters], None)}")
+            f"nothing replayed: the store holds {over.queued} bytes of queued events and the"
+            f" selected dead letters {over.selected}, together more than store.max_bytes"
+            f" ({over.bound}), so the daemon would answer every new post 503 until the queue"
+            " drained. Replay fewer at a time with --id N, or wait for the queue to drain"
+            " (store stats) and run the command again."
+        ) from None
+    print(f"replayed {replayed}")
     return 0
 
 
-def _purge(database: Database, args: argparse.Namespace, configured: Sequence[str]) -> int:
-    letters = _selected(database, args, configured, "purged")
+def _check_configured(
+    letters: Sequence[DeadLetter], args: argparse.Namespace, configured: Sequence[str]
+) -> None:
+    """Refuse dead letters of outputs the configuration lacks, unless --allow-unconfigured:
+    nothing would send them, and they would only age into dead letters again."""
+    unconfigured = sorted({letter.output for letter in letters} - set(configured))
+    if not unconfigured or args.allow_unconfigured:
+        return
+    count = sum(letter.output in unconfigured for letter in letters)
+    raise _Refused(
+        f"nothing replayed: {count} of the selected dead letters belong to output"
+        f" {_listed(unconfigured)}, which {_config_name(args)} does not have (its outputs:"
+        f" {_listed(configured)}), so nothing would ever send them. Add the output back"
+        " to the configuration, select the others with --output NAME, purge these"
+        " (dead-letters purge --output NAME --all), or pass --allow-unconfigured to queue"
+        " them anyway."
+    )
+
+
+def _purge(database: Database, args: argparse.Namespace, settings: Settings) -> int:
+    letters = _selected(database, args, _output_names(settings), "purged")
     print(f"purged {database.purge([letter.id for letter in letters], None)}")
     return 0
 
 
-_ACTIONS: dict[str, Callable[[Database, argparse.Namespace, Sequence[str]], int]] = {
+_ACTIONS: dict[str, Callable[[Database, argparse.Namespace, Settings], int]] = {
     "list": _list,
     "show": _show,
     "replay": _replay,
     "purge": _purge,
 }
+
+
+def _output_names(settings: Settings) -> list[str]:
+    return [spec.name for spec in settings.outputs]
 
 
 def _when(epoch: float) -> str:

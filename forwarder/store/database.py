@@ -36,6 +36,7 @@ __all__ = [
     "Database",
     "DeadLetter",
     "NewEvent",
+    "ReplayOverBound",
     "StoreCorrupt",
     "StoreDamaged",
     "StoreDisplaced",
@@ -189,6 +190,19 @@ class StoreDisplaced(Exception):
     def __init__(self, message: str, *, replaced: bool) -> None:
         super().__init__(message)
         self.replaced = replaced
+
+
+class ReplayOverBound(Exception):
+    """A replay would take the store past `store.max_bytes`, so nothing was queued: the daemon
+    would answer every new post 503 until the backlog drained."""
+
+    def __init__(self, queued: int, selected: int, bound: int) -> None:
+        super().__init__(
+            f"{queued} bytes queued and {selected} selected would exceed the bound of {bound}"
+        )
+        self.queued = queued
+        self.selected = selected
+        self.bound = bound
 
 
 def is_damage(exc: BaseException) -> bool:
@@ -844,14 +858,20 @@ class Database:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def replay(self, ids: Iterable[int] | None, output: str | None) -> int:
+    def replay(
+        self, ids: Iterable[int] | None, output: str | None, *, max_bytes: int | None = None
+    ) -> int:
         """Queue dead letters again for the output that dead-lettered them; returns how many.
 
         The selection is made inside the write transaction: a dead letter another command
-        replayed or purged meanwhile is neither queued twice nor counted.
+        replayed or purged meanwhile is neither queued twice nor counted. With `max_bytes`,
+        raises `ReplayOverBound` and queues nothing when the events queued and the selection
+        together would exceed it; decided in the same transaction, so no post slips between.
         """
         with self._transaction() as db:
             selected = self._select_dead(db, ids, output)
+            if max_bytes is not None:
+                _check_replay_fits(db, selected, max_bytes)
             for letter_id in selected:
                 letter_output, event_id, fingerprint, kind, body = db.execute(
                     "SELECT output, event_id, fingerprint, kind, body FROM dead_letters"
@@ -930,6 +950,19 @@ class Database:
                 (limit,),
             )
         ]
+
+
+def _check_replay_fits(db: sqlite3.Connection, letter_ids: Sequence[int], bound: int) -> None:
+    """Raise `ReplayOverBound` when queueing these dead letters would take the events table's
+    bytes past `bound`: the figure the daemon checks each post against."""
+    queued, selected = db.execute(
+        "SELECT (SELECT COALESCE(SUM(size), 0) FROM events),"
+        " (SELECT COALESCE(SUM(length(body)), 0) FROM dead_letters"
+        " WHERE id IN (SELECT value FROM json_each(?)))",
+        (_json_list(letter_ids),),
+    ).fetchone()
+    if selected and queued + selected > bound:
+        raise ReplayOverBound(queued, selected, bound)
 
 
 class CommandLock:

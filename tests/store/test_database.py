@@ -14,6 +14,7 @@ from forwarder.store.database import (
     Checkpointer,
     Database,
     NewEvent,
+    ReplayOverBound,
     StoreCorrupt,
     move_aside,
 )
@@ -163,6 +164,39 @@ def test_replay_and_purge_count_only_what_another_command_left_them(
         other.close()
     assert db.dead_letters() == []
     assert db.stats().queued == ({"a": 1} if action == "replay" else {})
+
+
+def dead_letters_of(db: Database, *numbers: int) -> None:
+    """Dead letters of output "a" with event ids id`n` and bodies of 8 bytes each."""
+    seqs = db.append([new_event(n) for n in numbers], ["a"], dedupe_window=0)
+    db.dead_letter("a", {seq: "refused" for seq in seqs if seq is not None}, now=1.0)
+
+
+def test_replay_refuses_a_selection_the_store_bound_cannot_take(db: Database) -> None:
+    dead_letters_of(db, 1, 2)  # 8 bytes each
+    db.append([new_event(3, body=b"x" * 100)], ["a"], dedupe_window=0)
+    with pytest.raises(ReplayOverBound) as refused:
+        db.replay(None, None, max_bytes=115)
+    assert (refused.value.queued, refused.value.selected, refused.value.bound) == (100, 16, 115)
+    assert len(db.dead_letters()) == 2
+    assert db.stats().events == 1
+    # Exactly at the bound is within it, as for a post.
+    assert db.replay(None, None, max_bytes=116) == 2
+
+
+def test_replay_bound_counts_a_post_committed_just_before_its_transaction(
+    tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead_letters_of(db, 1)
+    other = Database(tmp_path)
+    try:
+        post = new_event(2, body=b"x" * 100)
+        before_each_transaction(monkeypatch, db, lambda: other.append([post], ["a"], 0))
+        with pytest.raises(ReplayOverBound):
+            db.replay(None, None, max_bytes=107)
+    finally:
+        other.close()
+    assert (db.stats().events, len(db.dead_letters())) == (1, 1)
 
 
 def test_expired_finds_old_deliveries(db: Database) -> None:
