@@ -10,10 +10,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, BinaryIO, Literal, Self
 
 import yaml
 from pydantic import (
@@ -27,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from forwarder.files import read_regular_file
+from forwarder.files import not_a_regular_file, open_regular_file, read_regular_file
 from forwarder.mappers.base import MapperConfig
 from forwarder.outputs.base import OutputConfig
 from forwarder.registry import PluginError, mapper_class, output_class
@@ -38,6 +39,7 @@ __all__ = [
     "AuthConfig",
     "ConfigError",
     "ListenConfig",
+    "NotRereadable",
     "OutputSpec",
     "Settings",
     "StoreConfig",
@@ -45,6 +47,7 @@ __all__ = [
     "default_settings",
     "load_settings",
     "parse_settings",
+    "reload_settings",
 ]
 
 EX_CONFIG = 78  # sysexits.h: configuration error
@@ -58,6 +61,15 @@ class ConfigError(Exception):
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = list(problems)
+
+
+class NotRereadable(ConfigError):
+    """At a reload, the configuration path is not a regular file: a pipe (`-c <(envsubst ...)`)
+    gave its content once, at the start, and a FIFO would block until someone writes to it."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        super().__init__([f"{path}: {not_a_regular_file(mode)}"])
+        self.path = path
 
 
 def _at_least_16(value: SecretStr) -> SecretStr:
@@ -319,7 +331,34 @@ def default_settings() -> Settings:
 
 def load_settings(path: Path | str, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, interpolate and validate a YAML file. Raises ConfigError."""
-    return parse_settings(_read_yaml(Path(path)), environ)
+    return parse_settings(_read_yaml(Path(path), _open_any_file), environ)
+
+
+def _open_any_file(path: Path) -> BinaryIO:
+    # Any kind of file, not only a regular one: `-c <(envsubst < template)` is a pipe.
+    return path.open("rb")
+
+
+def reload_settings(path: Path | str, environ: Mapping[str, str] | None = None) -> Settings:
+    """`load_settings` for a reload, which takes a regular file only.
+
+    A pipe was emptied at the start: read again it gives nothing, which would read as a
+    configuration without outputs. A FIFO's open would wait for a writer. So the path is looked
+    at first and, unless it is a regular file, never opened.
+
+    Raises:
+        NotRereadable: the path is not a regular file.
+        ConfigError: any other fault.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError([f"{path}: cannot read: {_reason(exc)}"]) from None
+    if not stat.S_ISREG(mode):
+        raise NotRereadable(path, mode)
+    # open_regular_file looks again, at what it opened: the path may have changed meanwhile.
+    return parse_settings(_read_yaml(path, open_regular_file), environ)
 
 
 def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
@@ -436,10 +475,9 @@ _MAX_VALUES = 100_000
 _MAX_DEPTH = 64
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, opener: Callable[[Path], BinaryIO]) -> dict[str, Any]:
     try:
-        # Any kind of file, not only a regular one: `-c <(envsubst < template)` is a pipe.
-        with path.open("rb") as handle:
+        with opener(path) as handle:
             raw = handle.read(_MAX_CONFIG_BYTES + 1)
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
         raise ConfigError([f"{path}: cannot read: {_reason(exc)}"]) from None

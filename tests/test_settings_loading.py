@@ -1,11 +1,13 @@
 """Loading a configuration file as careless and hostile operators write them: interpolation,
 secret files, YAML quirks, the size of what is read, and what error messages may show.
 
-The last tests run the real daemon: a SIGHUP with a broken file keeps the running config.
+The last tests run the real daemon: a SIGHUP with a broken file, or with a FIFO, keeps the
+running config.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -573,5 +575,62 @@ async def test_reload_refuses_every_kind_of_broken_file_and_still_reloads_after(
     daemon.send_signal(signal.SIGHUP)
     line = await daemon.wait_for_log("Configuration reloaded.")
     assert line["outputs"] == ["out", "second"]
+    assert await daemon.stop() == 0
+    assert "Traceback" not in daemon.stderr_text()
+
+
+def _write_into_fifo_once_opened(fifo: Path, data: bytes) -> bool:
+    """Write `data` into `fifo` and close it, if a reader has it open; False if none has yet.
+
+    Non-blocking, so that a test polling it never blocks its own event loop.
+    """
+    try:
+        descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # no reader yet
+            return False
+        raise
+    try:
+        assert os.write(descriptor, data) == len(data)  # less than the pipe's buffer
+    finally:
+        os.close(descriptor)
+    return True
+
+
+@pytest.mark.slow
+async def test_a_reload_refuses_a_fifo_without_opening_it_and_keeps_serving(
+    daemons: DaemonFactory, tmp_path: Path
+) -> None:
+    """The start reads a FIFO (what `-c <(envsubst ...)` gives); a reload must not. It opened the
+    FIFO on the event loop, which waited there for a writer: /healthz hung and SIGTERM went
+    unheard. An empty pipe read again gave "outputs: at least one output is needed"."""
+    daemon = daemons({"outputs": [file_output("out", tmp_path / "out.jsonl")]})
+    text = daemon.config_path.read_bytes()
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    daemon.config_path = fifo
+    daemon.spawn()
+    await wait_until(
+        lambda: _write_into_fifo_once_opened(fifo, text),
+        timeout=20,
+        what="the daemon to open its configuration FIFO",
+    )
+    await daemon.wait_ready()
+    daemon.send_signal(signal.SIGHUP)
+    line = await daemon.wait_for_log(
+        "The configuration came from a pipe or another file that is not a regular file, which "
+        "cannot be read again: a reload needs a regular file (restart to apply a new "
+        "configuration). The current configuration keeps running.",
+        level="error",
+    )
+    assert line["config"] == str(fifo)
+    assert line["problems"] == [f"{fifo}: not a regular file (a FIFO)"]
+    assert not daemon.find_logs("New configuration is invalid; the old one keeps running.")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with session.get(f"{daemon.base_url}/healthz") as response:
+            assert response.status == 200
+        results = PostResults()
+        event_id = await post_event(session, daemon.webhook_url, results)
+        assert results.stored == {event_id}, results.other
     assert await daemon.stop() == 0
     assert "Traceback" not in daemon.stderr_text()

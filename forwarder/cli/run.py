@@ -40,7 +40,14 @@ from forwarder.cli._common import add_config_argument, settings_from_args
 from forwarder.ingest.listener import HTTP_LOGGER, ListenSite, ListenSocket
 from forwarder.ingest.tls import reload_certificates, server_context
 from forwarder.pipeline import Pipeline, ReloadAbandoned, ReloadError, unless_set
-from forwarder.settings import EX_CONFIG, ConfigError, Settings, default_settings, load_settings
+from forwarder.settings import (
+    EX_CONFIG,
+    ConfigError,
+    NotRereadable,
+    Settings,
+    default_settings,
+    reload_settings,
+)
 from forwarder.telemetry.logging import configure_logging
 
 __all__ = ["configure", "main", "serve"]
@@ -443,7 +450,21 @@ async def _reload(pipeline: Pipeline, config_path: Path | None, graceful_secs: f
     """Load the configuration again and swap in new outputs; False if the old ones keep running."""
     log.info("Reloading configuration.", config=str(config_path) if config_path else None)
     try:
-        settings = load_settings(config_path) if config_path else default_settings()
+        # In a thread: the event loop answers /healthz and stop signals while the file is read.
+        settings = (
+            await asyncio.to_thread(reload_settings, config_path)
+            if config_path
+            else default_settings()
+        )
+    except NotRereadable as exc:
+        log.error(
+            "The configuration came from a pipe or another file that is not a regular file, "
+            "which cannot be read again: a reload needs a regular file (restart to apply a new "
+            "configuration). The current configuration keeps running.",
+            config=str(exc.path),
+            problems=exc.problems,
+        )
+        return False
     except ConfigError as exc:
         log.error("New configuration is invalid; the old one keeps running.", problems=exc.problems)
         return False
