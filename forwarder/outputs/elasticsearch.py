@@ -8,10 +8,10 @@ document without `@timestamp` gets the event's, as data streams require.
 
 The bulk answer is read item by item (docs/outputs-http.md has the table): 429 and 5xx items are
 sent again on their own, 400-class items (and an ingest `fail` processor's 500) go to dead
-letters with the error type and reason, and a missing, closed or unwritable target keeps the
-events and asks an operator. A document a data stream's failure store took (Elasticsearch 9.1+)
-is delivered, with a warning. The request uses plain `application/x-ndjson` and no compatibility
-media types, so OpenSearch takes it too; `refresh` is never set.
+letters with the error type and reason, and a missing, closed, unwritable or misnamed target
+keeps the events and asks an operator. A document a data stream's failure store took
+(Elasticsearch 9.1+) is delivered, with a warning. The request uses plain `application/x-ndjson`
+and no compatibility media types, so OpenSearch takes it too; `refresh` is never set.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ HEALTHCHECK_ID = "canary-forwarder-healthcheck"
 # A JSON string is valid NDJSON but can never be a document: Elasticsearch resolves the target,
 # checks the credentials and the privileges, then refuses the item with a 400. Nothing is written.
 _HEALTHCHECK_SOURCE = b'"canary-forwarder healthcheck: not a document"\n'
-_INDEX_FORBIDDEN = re.compile(r'[\\/*?"<>| ,#:A-Z]')
+_INDEX_FORBIDDEN = re.compile(r'[\\/*?"<>| ,#:]')
 # How a node refuses the probe's source once everything before indexing it has passed.
 _PROBE_REFUSALS = ("parse_exception", "parsing_exception", "x_content_exception")
 _MISSING_PIPELINE = re.compile(r"pipeline with id \[.*\] does not exist")
@@ -120,6 +120,13 @@ class ElasticsearchConfig(HttpOutputConfig):
     @field_validator("index")
     @classmethod
     def _index_name(cls, value: str) -> str:
+        if value.lower() != value:
+            # Elasticsearch wants `index.toLowerCase(Locale.ROOT).equals(index)`: capitals in any
+            # script, not only A-Z, fail every document with invalid_index_name_exception.
+            raise ValueError(
+                f"{value!r} is not an index or data stream name: it must be lowercase "
+                f"({value.lower()!r})"
+            )
         if (
             not value
             or value in (".", "..")
@@ -251,6 +258,11 @@ def bulk_item_result(
     # Every document would fail alike until the target is fixed: not the document's fault.
     if kind == "index_closed_exception":
         return Retry(f"index {index!r} is closed: config error: {text}", operator_action=True)
+    if kind == "invalid_index_name_exception":
+        return Retry(
+            f"Elasticsearch refuses the index name {index!r}: config error: {text}",
+            operator_action=True,
+        )
     if _NO_WRITE_INDEX.search(reason):
         return Retry(
             f"alias {index!r} has no write index: config error: {text}", operator_action=True

@@ -141,6 +141,15 @@ def test_index_names_follow_elasticsearch_rules(index: str) -> None:
         es_config("https://es:9200", index=index)
 
 
+@pytest.mark.parametrize("index", ["logs-thinkst_canary.alert-Émile", "logs-x-ΣΩ", "canary-Ωmega"])
+def test_an_index_name_with_capitals_in_any_script_is_a_config_error(index: str) -> None:
+    # Elasticsearch compares the name with its lowercase in every script, not only A-Z: such a
+    # name passed validation, then every document failed with invalid_index_name_exception.
+    with pytest.raises(ValidationError, match=r"index\n.*not an index or data stream name") as bad:
+        es_config("https://es:9200", index=index)
+    assert f"must be lowercase ({index.lower()!r})" in str(bad.value)
+
+
 def test_defaults_and_secrets() -> None:
     config = es_config("https://es:9200", api_key=API_KEY)
     assert config.index == DEFAULT_INDEX == "logs-thinkst_canary.alert-default"
@@ -345,6 +354,24 @@ async def test_a_missing_ingest_pipeline_needs_an_operator(
     result = await (await connect(pipeline="canary")).send(make_records(1))
     assert isinstance(result, Partial)
     assert "ingest pipeline missing" in assert_retry(result.results[0], operator=True).reason
+
+
+async def test_an_invalid_index_name_keeps_the_events_for_an_operator(
+    fake_es: FakeEs, connect: Connect
+) -> None:
+    # Every document fails alike until the name is fixed: not the documents' fault.
+    records = make_records(2)
+    invalid = ItemError(
+        400, "invalid_index_name_exception", f"Invalid index name [{DEFAULT_INDEX}], must be ..."
+    )
+    for record in records:
+        fake_es.fail_item(record.event.fingerprint, invalid)
+    result = await (await connect()).send(records)
+    assert isinstance(result, Partial) and sorted(result.results) == [0, 1]
+    for position in (0, 1):
+        retry = assert_retry(result.results[position], operator=True)
+        assert f"refuses the index name {DEFAULT_INDEX!r}: config error" in retry.reason
+        assert "400 invalid_index_name_exception" in retry.reason
 
 
 async def test_a_mixed_answer_is_classified_item_by_item(fake_es: FakeEs, connect: Connect) -> None:
