@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import io
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -109,9 +110,29 @@ def main(args: argparse.Namespace) -> int:
     except _Refused as exc:
         print(exc, file=sys.stderr)
         return 1
+    except sqlite3.Error as exc:
+        print(_store_failed(args.action, exc), file=sys.stderr)
+        return 1
     finally:
         database.close()
         sys.stdout.write(output.getvalue())
+
+
+# What each action that writes leaves undone when the store fails under it.
+_WRITES = {"replay": "replayed", "purge": "purged"}
+
+
+def _store_failed(action: str, exc: sqlite3.Error) -> str:
+    """One line for a store that failed under the command: another process held the write lock
+    past the busy timeout ("database is locked"), the disk is full. A replay or a purge is one
+    transaction, and a failed one never committed: nothing changed, so it can simply run again."""
+    done = _WRITES.get(action)
+    if done is None:
+        return f"cannot read the store: {exc}; nothing changed, run the command again"
+    return (
+        f"nothing {done}: the store failed ({exc}) before the transaction committed;"
+        " it is safe to run the command again"
+    )
 
 
 def _list(database: Database, args: argparse.Namespace, settings: Settings) -> int:

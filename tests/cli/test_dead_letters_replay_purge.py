@@ -3,13 +3,17 @@ have no room for what a replay would queue."""
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from forwarder.store.database import Database, NewEvent
+from forwarder.store import database as database_module
+from forwarder.store.database import DB_NAME, Database, NewEvent
 from tests.cli.test_commands import (
     dead_letter_stats,
+    file_config,
     run_cli,
     seed_dead_letters,
     write_config,
@@ -58,3 +62,33 @@ def test_replay_refuses_to_take_the_store_past_its_bound(
     replay_two = ["dead-letters", "replay", "-c", config, "--id", "1", "--id", "2"]
     assert run_cli(capsys, *replay_two) == (0, "replayed 2\n", "")
     assert dead_letter_stats(tmp_path) == ({"local": 3}, {"local": 1})
+
+
+@pytest.fixture
+def store_write_locked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Three dead letters in tmp_path/state, and another connection holding the store's write
+    lock (a sqlite3 shell inside a write transaction) until the test ends. The commands wait
+    50 ms for it instead of 5 s."""
+    seed_dead_letters(tmp_path)
+    monkeypatch.setattr(database_module, "BUSY_TIMEOUT_MS", 50)
+    holder = sqlite3.connect(tmp_path / "state" / DB_NAME, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        holder.close()  # rolls the empty transaction back, releasing the lock
+
+
+@pytest.mark.usefixtures("store_write_locked")
+@pytest.mark.parametrize(("action", "done"), [("replay", "replayed"), ("purge", "purged")])
+def test_a_store_locked_by_another_process_ends_the_command_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str, done: str
+) -> None:
+    config = str(file_config(tmp_path))
+    code, out, err = run_cli(capsys, "dead-letters", action, "-c", config, "--all")
+    assert (code, out) == (1, "")
+    assert err == (
+        f"nothing {done}: the store failed (database is locked) before the transaction"
+        " committed; it is safe to run the command again\n"
+    )
+    assert dead_letter_stats(tmp_path) == ({}, {"local": 3})
