@@ -23,7 +23,7 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
     "validate": ("forwarder.cli.validate", "check a configuration without starting anything"),
     "send-test": ("forwarder.cli.send_test", "post the console's test event to a running daemon"),
     "render": ("forwarder.cli.render", "print what a payload becomes in a format"),
-    "dead-letters": ("forwarder.cli.dead_letters", "list, replay or purge dead letters"),
+    "dead-letters": ("forwarder.cli.dead_letters", "list, show, replay or purge dead letters"),
     "store": ("forwarder.cli.store", "inspect the durable store"),
     "example-config": ("forwarder.cli.example_config", "print a complete, commented config"),
     "schema": ("forwarder.cli.schema", "print the JSON Schema of the configuration"),
