@@ -13,6 +13,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import trustme
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -110,6 +111,70 @@ def test_validate_healthcheck_creates_no_file(
     assert "output local: healthy" in capsys.readouterr().out
     assert not (tmp_path / "local.jsonl").exists()
     assert not (tmp_path / "state").exists()
+
+
+def tls_config(tmp_path: Path, cert: Path, key: Path) -> Path:
+    """A file-output config whose listener serves TLS with `cert` and `key`."""
+    return write_config(
+        tmp_path,
+        f"listen:\n  tls:\n    cert: {cert}\n    key: {key}\n"
+        f"store:\n  path: {tmp_path / 'state'}\n"
+        f"outputs:\n  - name: local\n    type: file\n    path: {tmp_path / 'local.jsonl'}\n",
+    )
+
+
+def issue_certificate(tmp_path: Path, name: str = "") -> tuple[Path, Path]:
+    """A certificate and its key (0600) in tmp_path: (cert, key)."""
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    cert, key = tmp_path / f"cert{name}.pem", tmp_path / f"key{name}.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    key.chmod(0o600)
+    return cert, key
+
+
+def test_validate_loads_the_listeners_certificate_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert, key = issue_certificate(tmp_path)
+    assert main(["validate", "-c", str(tls_config(tmp_path, cert, key))]) == 0
+    assert "configuration is valid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("healthcheck", [[], ["--healthcheck"]])
+@pytest.mark.parametrize(
+    ("broken", "problem"),
+    [
+        ("cert", "listen.tls.cert: cannot read {cert}: No such file or directory"),
+        ("key", "listen.tls.key: cannot read {key}: No such file or directory"),
+        ("cert-not-pem", "listen.tls: cannot load {cert} with {key}: [SSL] PEM lib"),
+        (
+            "key-of-another",
+            "listen.tls: cannot load {cert} with {key}: [X509: KEY_VALUES_MISMATCH]",
+        ),
+    ],
+)
+def test_validate_refuses_a_listener_certificate_run_could_not_load(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    broken: str,
+    problem: str,
+    healthcheck: list[str],
+) -> None:
+    """`run` failed such a config with "Cannot listen." and status 1, which systemd retries."""
+    cert, key = issue_certificate(tmp_path)
+    if broken in ("cert", "key"):
+        (cert if broken == "cert" else key).unlink()
+    elif broken == "cert-not-pem":
+        cert.write_text("not a certificate\n")
+    else:
+        _, key = issue_certificate(tmp_path, "-other")
+    config = tls_config(tmp_path, cert, key)
+    code, out, err = run_cli(capsys, "validate", "-c", str(config), *healthcheck)
+    assert code == EX_CONFIG
+    assert err.startswith(f"{config}: invalid configuration:\n  ")
+    assert problem.format(cert=cert, key=key) in err, err
+    assert "configuration is valid" not in out
 
 
 @dataclass(frozen=True)
