@@ -4,6 +4,7 @@ import contextlib
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -197,6 +198,16 @@ def test_replay_bound_counts_a_post_committed_just_before_its_transaction(
     finally:
         other.close()
     assert (db.stats().events, len(db.dead_letters())) == (1, 1)
+
+
+def test_a_replayed_event_is_received_at_the_replay_time(db: Database) -> None:
+    """The known limit docs/reliability.md describes: the first receipt time is not kept, so
+    that a restart, which ages the queue from `received_at`, cannot expire the event at once."""
+    dead_letters_of(db, 1)  # received at 1000.0
+    before = time.time()
+    assert db.replay(None, None) == 1
+    [event] = db.fetch("a", 10, 10_000)
+    assert before <= event.received_at <= time.time()
 
 
 def test_expired_finds_old_deliveries(db: Database) -> None:
