@@ -6,12 +6,20 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from forwarder.settings import EX_CONFIG, ConfigError, Settings, default_settings, load_settings
 from forwarder.store.database import DB_NAME, Database, StoreCorrupt
 
-__all__ = ["add_config_argument", "load_or_exit", "open_store_or_exit", "settings_from_args"]
+__all__ = [
+    "add_config_argument",
+    "exit_invalid",
+    "load_or_exit",
+    "open_store_or_exit",
+    "settings_from_args",
+]
 
 
 def add_config_argument(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -30,10 +38,15 @@ def load_or_exit(path: Path) -> Settings:
     try:
         return load_settings(path)
     except ConfigError as exc:
-        print(f"{path}: invalid configuration:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        raise SystemExit(EX_CONFIG) from None
+        exit_invalid(path, exc.problems)
+
+
+def exit_invalid(path: Path, problems: Sequence[str]) -> NoReturn:
+    """Every problem of the configuration at `path` on stderr, then exit status 78."""
+    print(f"{path}: invalid configuration:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    raise SystemExit(EX_CONFIG) from None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import Any
 
-from forwarder.cli._common import add_config_argument, load_or_exit
+from forwarder.cli._common import add_config_argument, exit_invalid, load_or_exit
 from forwarder.ingest.tls import server_context
 from forwarder.outputs.base import Output
 from forwarder.pipeline import healthcheck_problem
 from forwarder.registry import output_class
-from forwarder.settings import EX_CONFIG, ListenConfig, Settings
+from forwarder.settings import ListenConfig, Settings
 
 __all__ = ["configure", "main"]
 
@@ -32,9 +31,7 @@ def main(args: argparse.Namespace) -> int:
     settings = load_or_exit(args.config)
     tls_problem = _listener_tls_problem(settings.listen)
     if tls_problem is not None:
-        # As load_or_exit reports a configuration it refuses.
-        print(f"{args.config}: invalid configuration:\n  {tls_problem}", file=sys.stderr)
-        return EX_CONFIG
+        exit_invalid(args.config, [tls_problem])
     for spec in settings.outputs:
         print(f"output {spec.name}: type {spec.config.type}, format {spec.format.type}")
     print(f"{args.config}: configuration is valid")
