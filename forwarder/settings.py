@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from forwarder.credentials import basic_auth_username
 from forwarder.files import not_a_regular_file, open_regular_file, read_regular_file
 from forwarder.mappers.base import MapperConfig
 from forwarder.outputs.base import OutputConfig
@@ -43,7 +44,6 @@ __all__ = [
     "OutputSpec",
     "Settings",
     "StoreConfig",
-    "basic_auth_username",
     "default_settings",
     "load_settings",
     "parse_settings",
@@ -75,19 +75,6 @@ class NotRereadable(ConfigError):
 def _at_least_16(value: SecretStr) -> SecretStr:
     if len(value.get_secret_value()) < 16:
         raise ValueError("must be at least 16 characters")
-    return value
-
-
-def basic_auth_username(value: str) -> str:
-    """`value`, if it can be the user name of HTTP basic credentials.
-
-    Raises:
-        ValueError: it holds a ':'.
-    """
-    if ":" in value:
-        # The credentials go as "user:password": the first ':' ends the user (RFC 7617 §2), so
-        # a listener never sees this name, and a client cannot even send it.
-        raise ValueError("a user name for HTTP basic auth cannot contain ':' (RFC 7617)")
     return value
 
 

@@ -28,6 +28,7 @@ import structlog
 from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
+from forwarder.credentials import basic_auth_username
 from forwarder.events import iso_ms
 from forwarder.mappers.base import Record
 from forwarder.outputs._http import (
@@ -111,11 +112,8 @@ class ElasticsearchConfig(HttpOutputConfig):
     @field_validator("username")
     @classmethod
     def _basic_auth_user(cls, value: str | None) -> str | None:
-        if value is not None and ":" in value:
-            # The credentials go as "user:password": the first ':' ends the user (RFC 7617
-            # §2), and aiohttp refuses to build them, which stopped the daemon at its start.
-            raise ValueError("a user name for HTTP basic auth cannot contain ':' (RFC 7617)")
-        return value
+        # Refused here, or aiohttp refuses to build the credentials and the daemon stops at start.
+        return None if value is None else basic_auth_username(value)
 
     @field_validator("index")
     @classmethod
