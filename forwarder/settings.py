@@ -98,8 +98,10 @@ class BasicAuthConfig(BaseModel):
 
 # What HTTP strips around a header value (RFC 9110 §5.5), and the line ends no header carries.
 _HTTP_WHITESPACE = " \t\r\n"
-# What the `{secret}` segment of the webhook route cannot match as the console sends it.
-_UNROUTABLE = frozenset("{}/")
+# What the `{secret}` segment of the webhook route cannot match as the console sends it: '{'
+# and '}' never, '/' only as %2F; '?' and '#' end the path, and '%' starts an escape the
+# listener decodes, so the segment it matches is no longer the secret.
+_UNROUTABLE = frozenset("{}/?#%")
 
 
 class AuthConfig(BaseModel):
@@ -139,13 +141,12 @@ class AuthConfig(BaseModel):
     @field_validator("secret_path")
     @classmethod
     def _routable(cls, value: SecretStr | None) -> SecretStr | None:
-        # The secret is the `{secret}` segment of an aiohttp route: a segment never holds '{' or
-        # '}', even percent-encoded, and a '/' only as %2F, which a URL pasted into the console
-        # does not say.
+        # The secret is the `{secret}` segment of an aiohttp route, and a URL pasted into the
+        # console is sent as it stands (see _UNROUTABLE).
         if value is not None and _UNROUTABLE.intersection(value.get_secret_value()):
             raise ValueError(
-                "cannot contain '{', '}' or '/': it is one segment of the webhook URL's path, "
-                "where a post with it would never match"
+                "cannot contain '{', '}', '/', '?', '#' or '%': it is one segment of the webhook "
+                "URL's path, where a post with it would never match"
             )
         return value
 

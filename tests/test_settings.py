@@ -200,9 +200,9 @@ def test_auth_shapes(auth: dict[str, Any], message: str) -> None:
         *(
             (
                 {"secret_path": f"{SECRET[:8]}{char}{SECRET[8:]}"},
-                "listen.auth.secret_path: cannot contain '{', '}' or '/'",
+                "listen.auth.secret_path: cannot contain '{', '}', '/', '?', '#' or '%'",
             )
-            for char in "{}/"
+            for char in "{}/?#%"
         ),
     ],
 )
