@@ -346,7 +346,7 @@ class Outbox:
 
     async def _commit_groups(self) -> None:
         """Commit the posts waiting, and those that arrive meanwhile, up to `_CHAINED_GROUPS`
-        groups in one turn of the store thread.
+        groups in one turn of the store thread, or until other work is queued for it.
 
         Each group's answers go back to the event loop as soon as it is durable. Chained, the
         next group starts as the last one ends: not after a round trip through the busy event
@@ -357,7 +357,11 @@ class Outbox:
 
         def commit_groups(db: Database) -> None:
             nonlocal taken
-            for _ in range(_CHAINED_GROUPS):
+            for chained in range(_CHAINED_GROUPS):
+                if chained and self._store_work_waiting():
+                    # A read, an ack or a probe goes first: a dispatcher's next batch must not
+                    # wait for commits that came after it was asked for.
+                    return
                 group = self._take_group()
                 if not group:
                     return
@@ -378,6 +382,15 @@ class Outbox:
                 # answer a failed commit gives, or the committer would try again at once.
                 self._commit_failed(self._take_group(), exc)
             # Otherwise the group that failed was answered by `_commit_failed` already.
+
+    def _store_work_waiting(self) -> bool:
+        """Whether other work is queued for the store thread; on the store thread.
+
+        ThreadPoolExecutor has no public way to ask; its queue has been `_work_queue` since
+        Python 3.2. An executor without one is taken to have nothing waiting.
+        """
+        queue = getattr(self._executor, "_work_queue", None)
+        return queue is not None and not queue.empty()
 
     def _take_group(self) -> list[_Pending]:
         """Up to `_MAX_GROUP` posts waiting; on the store thread, while the event loop may be

@@ -206,6 +206,37 @@ async def test_each_chained_group_is_answered_once_durable_not_when_the_chain_en
     await outbox.aclose()
 
 
+async def test_a_read_queued_during_a_commit_goes_before_the_chained_commits(
+    tmp_path: Path,
+) -> None:
+    outbox = await open_outbox(tmp_path)
+    order: list[str] = []
+    stats = Database.stats
+
+    def recorded_stats(database: Database) -> Any:
+        order.append("read")
+        return stats(database)
+
+    with pytest.MonkeyPatch.context() as patch:
+        commits = _ChainedCommits(patch)
+        for number in (1, 2, 3):
+            commits.on_commit[number] = lambda n=number: order.append(f"commit {n}")
+        patch.setattr(Database, "stats", recorded_stats)
+        first = await commits.first_commit_held(outbox)
+        later = [asyncio.ensure_future(outbox.append(event(n))) for n in (2, 3)]
+        await asyncio.sleep(0)  # both posts wait for the commit under way
+        # A dispatcher's read, asked for while the first commit runs.
+        read = asyncio.ensure_future(outbox.stats())
+        await asyncio.sleep(0)
+        commits.release.set()
+        async with asyncio.timeout(10):
+            assert await first is True
+            assert await asyncio.gather(*later) == [True, True]
+            await read
+    assert order == ["commit 1", "read", "commit 2", "commit 3"], order
+    await outbox.aclose()
+
+
 async def test_a_chained_commit_that_fails_answers_its_posts_and_the_next_ones_commit(
     tmp_path: Path,
 ) -> None:
