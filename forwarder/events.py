@@ -30,6 +30,7 @@ __all__ = [
     "Detail",
     "EventKind",
     "PayloadError",
+    "canonical_ip",
     "decode_json_object",
     "is_ip",
     "is_ipv6",
@@ -763,13 +764,25 @@ def is_ip(value: str | None) -> bool:
     SIEM address types (Elasticsearch's `ip`) reject the document that has one. Such a value
     is carried as text, like a hostname.
     """
+    return canonical_ip(value) is not None
+
+
+def canonical_ip(value: str | None) -> str | None:
+    """The address `value` holds in RFC 5952's text form, or None if it holds none (see `is_ip`).
+
+    A SIEM's address field gets the form its own parser is surest of: `::1:2:3:4:5:6:7`, which
+    Python takes, is refused by some Elasticsearch 9.2 releases, and `0:1:2:3:4:5:6:7` is not.
+    """
     if not value or "%" in value:
-        return False
+        return None
     try:
-        ipaddress.ip_address(value)
+        address = ipaddress.ip_address(value)
     except ValueError:
-        return False
-    return True
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # RFC 5952 §5: the IPv4 part stays dotted (Python 3.11 writes ::ffff:a00:1).
+        return f"::ffff:{address.ipv4_mapped}"
+    return address.compressed
 
 
 def is_ipv6(value: str | None) -> bool:

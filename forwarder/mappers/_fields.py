@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
 
-from forwarder.events import CanaryEvent, Detail, EventKind, is_ip, iso_ms
+from forwarder.events import CanaryEvent, Detail, EventKind, canonical_ip, iso_ms
 
 __all__ = [
     "Fields",
@@ -176,7 +176,8 @@ def port(text: str | None) -> int | None:
 
 @lru_cache(maxsize=4096)
 def host_or_ip(value: str | None) -> tuple[str | None, str | None]:
-    """`(ip, None)` for an IP address, `(None, host)` for anything else, `(None, None)` for none.
+    """`(ip, None)` for an IP address (in RFC 5952's form), `(None, host)` for anything else,
+    `(None, None)` for none.
 
     Canary IP fields sometimes hold a hostname (`abc123.canary.tools`), so they are validated
     before they go into a field typed as an address. The same few addresses (Canaries, repeat
@@ -185,9 +186,8 @@ def host_or_ip(value: str | None) -> tuple[str | None, str | None]:
     """
     if not value:
         return None, None
-    if is_ip(value):
-        return value, None
-    return None, value
+    ip = canonical_ip(value)
+    return (ip, None) if ip is not None else (None, value)
 
 
 def is_ipv6_address(ip: str | None) -> bool:

@@ -350,6 +350,24 @@ def test_addresses_that_are_not_addresses_stay_text() -> None:
     assert dynamic_mapping_problems(audit) == []
 
 
+def test_ip_fields_hold_the_rfc_5952_form_and_address_fields_the_text_as_sent() -> None:
+    event = event_from(
+        {
+            "Description": "SSH Login Attempt",
+            "AlertType": "CanaryIncident",
+            "CanaryID": "c",
+            "LogType": "4002",
+            "CanaryIP": "::A:B:C:D:E:F:1",
+            "SourceIP": "::1:2:3:4:5:6:7",
+        }
+    )
+    doc = ecs(event)
+    assert doc["source"]["ip"] == "0:1:2:3:4:5:6:7"
+    assert doc["source"]["address"] == "::1:2:3:4:5:6:7"
+    assert doc["destination"]["ip"] == "0:a:b:c:d:e:f:1"
+    assert doc["related"]["ip"] == ["0:1:2:3:4:5:6:7", "0:a:b:c:d:e:f:1"]
+
+
 HUGE = "\U0001f600" * 9000  # 36,000 UTF-8 bytes
 
 

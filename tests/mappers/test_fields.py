@@ -130,6 +130,23 @@ def test_host_or_ip() -> None:
     assert host_or_ip("fe80::1%evil host x=y") == (None, "fe80::1%evil host x=y")
 
 
+@pytest.mark.parametrize(
+    ("written", "canonical"),
+    [
+        # Some Elasticsearch 9.2 releases refuse '::' followed by seven groups.
+        ("::1:2:3:4:5:6:7", "0:1:2:3:4:5:6:7"),
+        ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
+        ("2001:db8:0000:0::01", "2001:db8::1"),
+        # RFC 5952 §5: an IPv4-mapped address keeps its IPv4 part dotted.
+        ("::FFFF:10.0.0.1", "::ffff:10.0.0.1"),
+        ("::ffff:a00:1", "::ffff:10.0.0.1"),
+        ("10.0.0.1", "10.0.0.1"),
+    ],
+)
+def test_addresses_go_into_address_fields_in_rfc_5952_form(written: str, canonical: str) -> None:
+    assert host_or_ip(written) == (canonical, None)
+
+
 def test_signature_id_is_the_log_type_or_a_stable_slug() -> None:
     assert signature_id(sample_event("incident_ssh_login")) == "4002"
     assert signature_id(sample_event("operational_disconnected")) == "canary-disconnected"
