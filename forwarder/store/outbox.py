@@ -358,9 +358,11 @@ class Outbox:
         def commit_groups(db: Database) -> None:
             nonlocal taken
             for chained in range(_CHAINED_GROUPS):
-                if chained and self._store_work_waiting():
-                    # A read, an ack or a probe goes first: a dispatcher's next batch must not
-                    # wait for commits that came after it was asked for.
+                if chained and (self._db is not db or self._store_work_waiting()):
+                    # A connection a probe has let go of (damaged, to be closed and salvaged)
+                    # takes no more: the next group gets the store's refusal. And a read, an
+                    # ack or a probe goes first: a dispatcher's next batch must not wait for
+                    # commits that came after it was asked for.
                     return
                 group = self._take_group()
                 if not group:

@@ -206,6 +206,58 @@ async def test_each_chained_group_is_answered_once_durable_not_when_the_chain_en
     await outbox.aclose()
 
 
+async def test_a_chain_commits_nothing_more_into_a_connection_let_go_of(tmp_path: Path) -> None:
+    outbox = await open_outbox(tmp_path)
+    connection: list[Database | None] = []
+
+    def let_go() -> None:
+        # What a probe's `_close_connection` does first with a damaged store's connection.
+        connection.append(outbox._db)
+        outbox._db = None
+
+    with pytest.MonkeyPatch.context() as patch:
+        commits = _ChainedCommits(patch)
+        commits.after_commit[1] = let_go
+        first = await commits.first_commit_held(outbox)
+        second = asyncio.ensure_future(outbox.append(event(2)))
+        await asyncio.sleep(0)
+        commits.release.set()
+        async with asyncio.timeout(10):
+            assert await first is True
+            with pytest.raises(StoreUnavailable):
+                await second
+    assert commits.calls == 1
+    outbox._db = connection[0]
+    await outbox.aclose()
+
+
+async def test_damage_met_later_in_a_chain_marks_the_store_and_refuses_new_posts(
+    tmp_path: Path,
+) -> None:
+    outbox = await open_outbox(tmp_path)
+
+    def damaged() -> None:
+        damage = sqlite3.DatabaseError("database disk image is malformed")
+        damage.sqlite_errorcode = 11  # SQLITE_CORRUPT, as SQLite sets it
+        raise damage
+
+    with pytest.MonkeyPatch.context() as patch:
+        commits = _ChainedCommits(patch)
+        commits.on_commit[2] = damaged
+        first = await commits.first_commit_held(outbox)
+        second = asyncio.ensure_future(outbox.append(event(2)))
+        await asyncio.sleep(0)
+        commits.release.set()
+        async with asyncio.timeout(10):
+            assert await first is True
+            with pytest.raises(StoreUnavailable, match="malformed"):
+                await second
+        assert outbox.healthy is False
+        with pytest.raises(StoreUnavailable):
+            await outbox.append(event(3))
+    await outbox.aclose()
+
+
 async def test_a_read_queued_during_a_commit_goes_before_the_chained_commits(
     tmp_path: Path,
 ) -> None:
