@@ -189,16 +189,24 @@ def sd_name(text: str) -> str:
 def unique(names: Iterable[str], limit: int = 32, separator: str = "_") -> Iterator[str]:
     """`names` with repeats made distinct (`key`, `key_2`, `key_3`, ...), each at most `limit`."""
     seen: set[str] = set()
-    # Where to go on counting for each name: an attacker repeating one key ten thousand times
-    # must not make each repeat count up from 2 again (quadratic, minutes per event).
-    last_number: dict[str, int] = {}
+    # The number to try next for each stem (a name cut to leave room for its suffix). By stem,
+    # not by name: an attacker's ten thousand keys that share their first `limit` characters
+    # share every candidate, and each would count up past all the others' (quadratic: seconds
+    # of the event loop per event).
+    next_number: dict[str, int] = {}
     for name in names:
-        candidate, number = name, last_number.get(name, 1)
+        candidate, number, stem = name, 1, name
         while candidate in seen:
             number += 1
             suffix = f"{separator}{number}"
-            candidate = name[: limit - len(suffix)] + suffix
-        last_number[name] = number
+            stem = name[: limit - len(suffix)]
+            known = next_number.get(stem, number)
+            if known > number:
+                number = known - 1  # candidates of this stem below `known` are all taken
+                continue
+            candidate = stem + suffix
+        if number > 1:
+            next_number[stem] = number + 1
         seen.add(candidate)
         yield candidate
 

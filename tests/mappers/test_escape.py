@@ -104,6 +104,30 @@ def test_unique_stays_linear_in_repeats_of_one_name() -> None:
     assert names[-1] == "Header_20000" and len(set(names)) == 20_000
 
 
+def test_unique_stays_linear_in_long_names_that_share_their_start() -> None:
+    # Distinct keys that differ only past the limit, each sent twice: they share every suffixed
+    # candidate, and counting each one up past all the others' took 13 s for 12,780 of them.
+    keys = [f"{'A' * 26}{n:06d}" for n in range(12_000)] * 2
+    started = time.perf_counter()
+    names = list(unique(keys))
+    assert time.perf_counter() - started < 2.0
+    assert len(set(names)) == len(keys)
+    assert all(len(name) <= 32 for name in names)
+
+
+def test_unique_hands_out_each_stem_s_numbers_in_order() -> None:
+    full, stem = "B" * 32, "B" * 30
+    # Two names of the limit's length that share the stem their suffixes leave room for.
+    assert list(unique([full, full, stem + "CC", stem + "CC", stem + "_2"])) == [
+        full,
+        stem + "_2",
+        stem + "CC",
+        stem + "_3",
+        stem + "_4",
+    ]
+    assert list(unique(["k"] * 12, separator="")) == ["k", *(f"k{n}" for n in range(2, 13))]
+
+
 def test_only_short_key_layouts_are_cached() -> None:
     computed: list[tuple[str, ...]] = []
 
