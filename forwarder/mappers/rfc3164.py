@@ -91,7 +91,9 @@ def _value(text: str) -> str:
 
 
 def _label(key: str) -> str:
-    return key.translate(_LABEL_CLEAN).strip() or "_"
+    # On one line before it is stripped and made unique: a control character around a key
+    # becomes a space on the wire, so "\x01Source" would pass for the forwarder's "Source".
+    return one_line(key.translate(_LABEL_CLEAN)).strip() or "_"
 
 
 def _cut(text: str, limit: int) -> str:

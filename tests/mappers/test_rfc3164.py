@@ -65,10 +65,11 @@ def test_a_long_message_is_cut_at_1024_bytes_inside_no_character() -> None:
 
 
 def _labelled(body: str) -> list[tuple[str, str]]:
-    """The message's `Label: value` parts as a reader splits them, values unescaped."""
+    """The message's `Label: value` parts as a reader splits them (labels trimmed), values
+    unescaped."""
     _, *parts = parse_rfc3164(body).message.split(" | ")
     pairs = [part.partition(": ") for part in parts]
-    return [(label, re.sub(r"\\(.)", r"\1", value)) for label, _, value in pairs]
+    return [(label.strip(), re.sub(r"\\(.)", r"\1", value)) for label, _, value in pairs]
 
 
 HOSTILE_DETAILS = [
@@ -77,6 +78,10 @@ HOSTILE_DETAILS = [
     ["Source: 198.51.100.9 | Canary", "dc01"],
     ["Canary", "dc01"],
     ["Password", "back\\slash \\| and \\"],
+    # Controls around a key go out as spaces, which a reader trims.
+    ["\x01Source", "6.6.6.6"],
+    ["\x7fCanary", "fake-bird"],
+    ["ID\x85", "forged-id"],
 ]
 
 
@@ -108,6 +113,9 @@ def test_attacker_text_cannot_add_a_part_or_pass_for_a_label_of_ours() -> None:
         ("Source_ 198.51.100.9 _ Canary", "dc01"),
         ("Canary_2", "dc01"),
         ("Password", HOSTILE_DETAILS[4][1]),
+        ("Source_2", "6.6.6.6"),
+        ("Canary_3", "fake-bird"),
+        ("ID_3", "forged-id"),
     ]
 
 
