@@ -99,62 +99,157 @@ def octet_counted(message: bytes) -> bytes:
 
 
 def protected_prefix_length(message: bytes) -> int:
-    """Bytes at the start of `message` that truncation must keep: RFC 5424 header, SD and SP.
+    """Bytes at the start of `message` that cutting MSG must keep: RFC 5424 header, SD and SP.
 
     For an RFC 3164 message nothing is protected: its header is at most some 310 bytes (host
     255, tag 32), well inside the smallest limit allowed (480), so a cut never reaches it.
     """
-    if not _RFC5424_START.match(message):
+    start = _structured_data_start(message)
+    if start is None:
         return 0
+    elements = _structured_data(message, start)
+    if elements is None:
+        return len(message)
+    end = elements[-1].end if elements else start + 1
+    return end + 1 if message[end : end + 1] == b" " else end
+
+
+def _structured_data_start(message: bytes) -> int | None:
+    """Where STRUCTURED-DATA starts in an RFC 5424 message; None for any other message."""
+    if not _RFC5424_START.match(message):
+        return None
     position = message.index(b" ") + 1
     for _ in range(_HEADER_FIELDS_AFTER_VERSION):
         space = message.find(b" ", position)
         if space < 0:
             return len(message)
         position = space + 1
-    end = _structured_data_end(message, position)
-    if end is None:
-        return len(message)
-    return end + 1 if message[end : end + 1] == b" " else end
+    return position
 
 
-def _structured_data_end(message: bytes, start: int) -> int | None:
-    """Index just past STRUCTURED-DATA starting at `start`, or None if it is malformed."""
+@dataclass(frozen=True, slots=True)
+class _Param:
+    start: int
+    """The SP before PARAM-NAME."""
+    value_start: int
+    """Just past the opening quote."""
+    value_end: int
+    """The closing quote."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Element:
+    start: int
+    """The `[`."""
+    end: int
+    """Just past the `]`."""
+    params: tuple[_Param, ...]
+
+
+def _structured_data(message: bytes, start: int) -> list[_Element] | None:
+    """The SD-ELEMENTs from `start` ([] for `-`), or None if what is there is malformed."""
     if message[start : start + 1] == b"-":
-        return start + 1
+        return []
+    elements: list[_Element] = []
     position = start
     while message[position : position + 1] == b"[":
+        element_start, params = position, []
         position += 1
-        quoted = False
-        while position < len(message):
-            byte = message[position]
-            if quoted and byte == 0x5C:  # backslash: the next byte is escaped
-                position += 2
-                continue
-            if byte == 0x22:  # quote
-                quoted = not quoted
-            elif byte == 0x5D and not quoted:  # ] closes the element
-                break
+        while position < len(message) and message[position] != 0x5D:  # ] ends the element
+            if message[position] == 0x22:  # the quote that opens a PARAM-VALUE
+                value_start = position = position + 1
+                while position < len(message) and message[position] != 0x22:
+                    position += 2 if message[position] == 0x5C else 1  # \ escapes the next
+                if position >= len(message):
+                    return None
+                # PARAM-NAME has no space: the last one before the value is the one before it.
+                name_space = message.rfind(b" ", element_start, value_start)
+                params.append(_Param(name_space, value_start, position))
             position += 1
-        else:
+        if position >= len(message):
             return None
         position += 1
-    return position if position > start else None
+        elements.append(_Element(element_start, position, tuple(params)))
+    return elements or None
+
+
+# What ends a PARAM-VALUE that was cut: the marker, with the `]` RFC 5424 says to escape there.
+_VALUE_MARKER = TRUNCATION_MARKER.replace(b"]", b"\\]")
 
 
 def truncate(message: bytes, limit: int) -> bytes:
-    """Shorten MSG so the message is at most `limit` bytes and ends with the marker.
+    """Shorten the message to at most `limit` bytes, with the marker where it was cut.
 
-    The cut never splits a UTF-8 character or a backslash escape. The header and structured
-    data are kept whole; if they leave no room, `MessageTooLarge`.
+    MSG is cut first. When the header and structured data alone leave no room (an attacker's
+    2,000-character password in an SD-PARAM), the longest PARAM-VALUEs are cut instead, each
+    ending with the marker (its `]` escaped), MSG becomes the marker alone, and if even that is
+    not enough the last SD-PARAMs are left out. A cut never splits a UTF-8 character or a
+    backslash escape; the header is never cut. `MessageTooLarge` if it cannot fit at all.
     """
     if len(message) <= limit:
         return message
     protected = protected_prefix_length(message)
     cut = cut_point(message, limit - len(TRUNCATION_MARKER))
-    if cut < protected:
+    if cut >= protected:
+        return message[:cut] + TRUNCATION_MARKER
+    start = _structured_data_start(message)
+    elements = None if start is None else _structured_data(message, start)
+    if start is None or not elements:
         raise MessageTooLarge(
             f"header and structured data alone take {protected} bytes, no room to truncate "
             f"within {limit}"
         )
-    return message[:cut] + TRUNCATION_MARKER
+    tail = b" " + TRUNCATION_MARKER if len(message) > protected else b""
+    structured = _fit_structured_data(message, elements, limit - start - len(tail))
+    if structured is None:
+        raise MessageTooLarge(
+            f"the header and the names of the structured data alone take more than {limit} bytes"
+        )
+    return message[:start] + structured + tail
+
+
+def _fit_structured_data(message: bytes, elements: list[_Element], budget: int) -> bytes | None:
+    """The SD-ELEMENTs rewritten in at most `budget` bytes, or None if they cannot be."""
+    params = [param for element in elements for param in element.params]
+    lengths = [param.value_end - param.value_start for param in params]
+    floor = len(_VALUE_MARKER)
+    # Everything but the values, then the values as short as a cut leaves them.
+    fixed = elements[-1].end - elements[0].start - sum(lengths)
+    least = sum(min(length, floor) for length in lengths)
+    kept = len(params)
+    while kept and fixed + least > budget:
+        # Left out from the end: the forwarder's own fields come first, an attacker's after.
+        kept -= 1
+        fixed -= params[kept].value_end + 1 - params[kept].start - lengths[kept]
+        least -= min(lengths[kept], floor)
+    if fixed + least > budget:
+        return None
+    cap = _value_cap(lengths[:kept], budget - fixed, floor)
+    pieces: list[bytes] = []
+    number = 0  # of the param in `params`
+    for element in elements:
+        first = element.params[0].start if element.params else element.end - 1
+        pieces.append(message[element.start : first])
+        for param in element.params:
+            number += 1
+            if number > kept:
+                continue
+            value = message[param.value_start : param.value_end]
+            if len(value) > cap:
+                value = value[: cut_point(value, cap - floor)] + _VALUE_MARKER
+            pieces.append(message[param.start : param.value_start] + value + b'"')
+        pieces.append(b"]")
+    return b"".join(pieces)
+
+
+def _value_cap(lengths: list[int], room: int, floor: int) -> int:
+    """The largest length values may keep so that together they take at most `room` bytes (a
+    value over it is cut to it, marker included); at least `floor`."""
+    low, high = floor, max(lengths, default=floor)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if sum(min(length, middle) for length in lengths) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return low

@@ -25,7 +25,8 @@ listens, only a batch sent in the moment the receiver went down is lost.
 
 Oversize records (`max_message_bytes`, 2048 by default for UDP, 8096 over TCP/TLS) are never
 dropped silently: `oversize: truncate` cuts MSG between UTF-8 characters and never inside a
-backslash escape, keeps the header and structured data whole and appends `...[truncated]`,
+backslash escape, keeps the header and structured data whole and appends `...[truncated]` (when
+they alone leave no room, the longest SD values are cut instead, each with the marker),
 counted in `canary_forwarder_output_truncated_records_total` once sent (not per attempt);
 `oversize: reject` dead-letters the record. Over TCP/TLS, `max_message_bytes` must not exceed
 the receiver's own limit: rsyslog (`maxMessageSize`, 8096 bytes by default) cuts a longer

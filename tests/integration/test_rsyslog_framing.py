@@ -151,3 +151,26 @@ async def test_by_default_a_record_over_the_receivers_limit_forges_nothing(
     assert await output.send([*batch, sentinel(event, 3)]) == Delivered()
     records = await server.wait_until(saw_sentinel(3))
     assert "forged-host" not in [record["hostname"] for record in records]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_a_value_too_long_for_the_limit_is_cut_not_the_alert_kept_from_the_siem(
+    rsyslog_factory: RsyslogFactory,
+    outputs: list[SyslogOutput],
+    transport: Literal["udp", "tcp"],
+) -> None:
+    """An attacker typing a password longer than the message limit into a honeypot must not
+    keep the alert out of the SIEM: the value is cut, with the marker, and the rest arrives."""
+    server = rsyslog_factory(transport)
+    output = output_for(outputs, server, max_message_bytes=2048)
+    password = "A" * 9000
+    event = incident("root", details=[["Password", password]])
+    assert await output.send([rfc5424(event), sentinel(event, 4)]) == Delivered()
+    records = await server.wait_until(saw_sentinel(4))
+    [record] = [r for r in records if r["hostname"] == "web-dmz-02"]
+    details = record["sd"]["canaryDetails@32473"]
+    assert details["Username"] == "root"
+    assert details["Password"].startswith("AAAA")
+    assert details["Password"].endswith("...[truncated]")
+    assert len(record["raw"].encode()) <= 2048
+    assert record["sd"]["canary@32473"]["source_ip"] == "10.99.0.7"
