@@ -111,7 +111,9 @@ class SplunkHecConfig(HttpOutputConfig):
     host: str | None = Field(default=None, min_length=1)
     """The `host` of every event. Default: the Canary's name, else left to HEC."""
     channel: UUID | None = None
-    """The X-Splunk-Request-Channel GUID. Default: a new random one each time the output starts."""
+    """The X-Splunk-Request-Channel GUID. Default: a new random one each time the output starts.
+    One per sender: with indexer acknowledgement, another sender's ack on the same channel would
+    confirm a request of this one's that was lost."""
     indexer_ack: bool = False
     """Count a batch as delivered only once the indexers acknowledge it (Splunk Enterprise)."""
     ack_timeout_secs: float = Field(default=60.0, gt=0, le=3600)
@@ -132,6 +134,9 @@ class SplunkHecConfig(HttpOutputConfig):
                     "without /services/collector"
                 )
         return self
+
+    def own_values(self) -> dict[str, str]:
+        return {} if self.channel is None else {"channel": str(self.channel)}
 
 
 def indexed_fields(event: CanaryEvent) -> dict[str, str]:
@@ -379,7 +384,16 @@ class SplunkHecOutput(Output[SplunkHecConfig]):
             results[bad] = Reject(f"{where}: {reply.describe()} (HEC refused this event)")
         skipped = Retry(f"{where}: not indexed: HEC stopped at an invalid event before this one")
         results.update(dict.fromkeys(range(bad + 1, len(request.sent)), skipped))
-        if bad > 0:
+        if bad > 0 and self.config.indexer_ack and reply.ack_id is None:
+            # Nothing will acknowledge them, and a 400 says less than a 200 does: they are sent
+            # again (a duplicate, told apart by canary_fingerprint) rather than taken on trust.
+            # Not the token's ack being off either, which `_warn_ack_off` would say for good.
+            unconfirmed = Retry(
+                f"{where}: HEC split the batch without an ackId, so nothing acknowledges the "
+                "events before the refused one: sending them again"
+            )
+            results.update(dict.fromkeys(range(bad), unconfirmed))
+        elif bad > 0:
             self._expect_ack(endpoint, reply.ack_id, request.sent[:bad], pending)
         return Partial(results)
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import structlog
 from pydantic import ValidationError
 
 from forwarder.events import EventKind, parse_event
@@ -670,6 +671,27 @@ async def test_a_split_batch_waits_for_the_ack_of_the_events_before_the_bad_one(
     result = await output.send(records)
     assert isinstance(result, Partial) and sorted(result.results) == [0, 1, 2]
     assert "not acknowledged" in result.results[0].reason
+
+
+async def test_a_split_without_an_ack_id_sends_the_events_before_the_bad_one_again(
+    fake_hec: FakeHec, connect: Connect
+) -> None:
+    fake_hec.acks = True
+    split = {"text": "Invalid data format", "code": 6, "invalid-event-number": 2}
+    fake_hec.faults.push(Respond(400, split))
+    output = await connect(indexer_ack=True)
+    with structlog.testing.capture_logs() as logs:
+        result = await output.send(make_records(4))
+    # Nothing acknowledges 0 and 1: taken on trust, a lost one would be gone.
+    assert isinstance(result, Partial) and sorted(result.results) == [0, 1, 2, 3]
+    assert isinstance(result.results[0], Retry) and "without an ackId" in result.results[0].reason
+    assert isinstance(result.results[2], Reject)
+    assert not any("acknowledgement off" in entry["event"] for entry in logs)
+    # And a token whose acknowledgement really is off is still reported.
+    fake_hec.acks = False
+    with structlog.testing.capture_logs() as logs:
+        assert await output.send(make_records(2, start=4)) == Delivered()
+    assert any("acknowledgement off" in entry["event"] for entry in logs)
 
 
 # Healthcheck
