@@ -362,6 +362,8 @@ def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = 
     problems: list[str] = []
     outputs: list[OutputSpec] = []
     names: set[str] = set()
+    # (option, value) -> the index of the output that gave it first (see `own_values`).
+    owners: dict[tuple[str, str], int] = {}
     for index, raw in enumerate(envelope.outputs):
         spec = _output(raw, f"outputs[{index}]", problems)
         if spec is None:
@@ -369,6 +371,13 @@ def parse_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = 
         if spec.name in names:
             problems.append(f"outputs[{index}].name: {spec.name!r} is used twice")
         names.add(spec.name)
+        for option, value in spec.config.own_values().items():
+            first = owners.setdefault((option, value), index)
+            if first != index:
+                problems.append(
+                    f"outputs[{index}].{option}: the same as outputs[{first}].{option}; "
+                    "each output needs its own"
+                )
         outputs.append(spec)
     if not envelope.outputs:
         problems.append("outputs: at least one output is needed")

@@ -244,3 +244,20 @@ def test_yaml_errors_and_shapes(tmp_path: Path) -> None:
         load_settings(listing)
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "absent.yaml")
+
+
+def test_two_outputs_may_not_share_a_splunk_channel() -> None:
+    channel = "0b9a1c57-3f9e-4d0c-9a55-6a0b3c2d1e0f"
+    hec = {"type": "splunk_hec", "url": "https://splunk:8088", "token": SECRET}
+    found = problems(
+        {
+            "outputs": [
+                {**hec, "name": "a", "channel": channel},
+                {**hec, "name": "b"},
+                {**hec, "name": "c", "channel": channel.upper()},
+            ]
+        }
+    )
+    assert found == [
+        "outputs[2].channel: the same as outputs[0].channel; each output needs its own"
+    ], found

@@ -90,6 +90,14 @@ class OutputConfig(BaseModel):
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
 
+    def own_values(self) -> dict[str, str]:
+        """Options whose value no other output of the configuration may share, by name.
+
+        The configuration refuses a value two outputs give (a Splunk HEC channel: its ack ids
+        count per channel, so one sender's acknowledgement would confirm another's request).
+        """
+        return {}
+
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
