@@ -1,8 +1,8 @@
 """`file`: one record per line in a local file, for audit copies and the built-in default.
 
 Documents are written as compact JSON, text records as they are. With `fsync: batch` (the
-default) a batch is only reported delivered once it is on disk, and so is the directory entry of
-a file the output created. A write that fails half-way is cut back to where it started, so a
+default) a batch is only reported delivered once it is on disk, and so, after the first batch of
+each open, is the file's directory entry. A write that fails half-way is cut back to where it started, so a
 retry never leaves a torn record behind; a torn last line left by a crash or a failed cut-back
 is ended before the next record, never glued to it.
 
@@ -143,8 +143,14 @@ def _ends_a_line(fd: int, end: int) -> bool:
         return True  # opened write-only (no read permission): cannot tell, so add nothing
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _fsync_directory(directory: str) -> bool:
+    """Sync the directory's entries; False when the service may not open it to do so."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except PermissionError:
+        # A directory the service may write but not list (-wx): the file is written all the
+        # same, and refusing every batch for it would hold every event back.
+        return False
     try:
         os.fsync(fd)
     except OSError as exc:
@@ -153,6 +159,7 @@ def _fsync_directory(directory: str) -> None:
             raise
     finally:
         os.close(fd)
+    return True
 
 
 def _retry(path: Path, exc: OSError) -> Retry:
@@ -185,6 +192,10 @@ class FileOutput(Output[FileConfig]):
             created = False
             fd = self._open_fd(path, os.O_CREAT)
         try:
+            if created:
+                # 0600 whatever the umask: one of 0277 would leave the file read-only, and the
+                # next reopen (a SIGHUP, a rotation) could not open it for writing.
+                os.fchmod(fd, 0o600)
             info = os.fstat(fd)
             if not _writable_kind(info.st_mode):
                 raise OSError(errno.EINVAL, not_a_regular_file(info.st_mode), str(path))
@@ -204,7 +215,10 @@ class FileOutput(Output[FileConfig]):
             info.st_dev,
             info.st_ino,
             _inode_lock(info),
-            os.path.dirname(os.path.realpath(path)) if created else None,
+            # Synced after the first batch of every handle, not only of one that created the
+            # file: a reopen, a reload's new output or a second output on the path finds the
+            # file there without knowing whether its entry was ever synced.
+            os.path.dirname(os.path.realpath(path)),
         )
 
     @staticmethod
@@ -330,7 +344,13 @@ class FileOutput(Output[FileConfig]):
             if self.config.fsync == "batch":
                 os.fsync(fd)
                 if handle.unsynced_directory is not None:
-                    _fsync_directory(handle.unsynced_directory)
+                    if not _fsync_directory(handle.unsynced_directory):
+                        log.warning(
+                            "Cannot open the output file's directory to sync its entries; a "
+                            "power cut may lose a file just created in it.",
+                            output=self.name,
+                            directory=handle.unsynced_directory,
+                        )
                     handle.unsynced_directory = None
         except OSError:
             # Cut a half-written batch back to where it began so the retry leaves no torn

@@ -332,7 +332,7 @@ async def test_a_full_file_system_fails_the_healthcheck(
 # Modes
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o002, 0o000])
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o000, 0o277, 0o377])
 async def test_a_new_file_is_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
     target = tmp_path / "events.jsonl"
     previous = os.umask(umask)
@@ -389,6 +389,69 @@ async def test_a_file_created_after_a_rotation_has_its_directory_synced_too(
     await out.aclose()
     # Without the directory's fsync, a power cut could lose the new file and all it was sent.
     assert synced == ["file", "directory", "file", "file", "directory"]
+
+
+def recording_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What each fsync from now on syncs: "file" or "directory"."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    return synced
+
+
+async def test_a_file_reopened_before_its_first_batch_still_has_its_directory_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "events.jsonl"
+    synced = recording_fsyncs(monkeypatch)
+    out = output(target)
+    await out.start()  # creates the file
+    await out.reopen()  # a SIGHUP before the first event finds it there
+    await out.send([line("one")])
+    await out.aclose()
+    assert synced == ["file", "directory"]
+
+
+async def test_a_second_output_on_a_file_just_made_syncs_its_directory_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a reload does: the new output opens the file the old one created.
+    target = tmp_path / "events.jsonl"
+    synced = recording_fsyncs(monkeypatch)
+    first, second = output(target), output(target)
+    await first.start()
+    await second.start()
+    await second.send([line("one")])
+    await first.aclose()
+    await second.aclose()
+    assert synced == ["file", "directory"]
+
+
+async def test_a_directory_the_service_cannot_list_is_warned_about_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def unlistable(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_DIRECTORY:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", unlistable)
+    out = output(tmp_path / "events.jsonl")
+    await out.start()
+    with structlog.testing.capture_logs() as logs:
+        assert await out.send([line("one")]) == Delivered()
+        assert await out.send([line("two")]) == Delivered()
+    await out.aclose()
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert len(warnings) == 1 and "directory" in warnings[0]["event"]
+    assert (tmp_path / "events.jsonl").read_text().splitlines() == ["one", "two"]
 
 
 # Reopens, closes and other writers during a write
