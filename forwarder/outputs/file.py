@@ -1,10 +1,10 @@
 """`file`: one record per line in a local file, for audit copies and the built-in default.
 
 Documents are written as compact JSON, text records as they are. With `fsync: batch` (the
-default) a batch is only reported delivered once it is on disk, and so, after the first batch of
-each open, is the file's directory entry. A write that fails half-way is cut back to where it started, so a
-retry never leaves a torn record behind; a torn last line left by a crash or a failed cut-back
-is ended before the next record, never glued to it.
+default) a batch is only reported delivered once it is on disk, and so, after the first batch
+of each open, is the file's directory entry. A write that fails half-way is cut back to where
+it started, so a retry never leaves a torn record behind; a torn last line left by a crash or a
+failed cut-back is ended before the next record, never glued to it.
 
 Before and after each write the output checks that its path still names the file it has open:
 one that was renamed (logrotate without a SIGHUP) or deleted is reopened, and a batch that went
