@@ -22,6 +22,7 @@ import stat
 import threading
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -180,6 +181,8 @@ class FileOutput(Output[FileConfig]):
         self._handle: _Handle | None = None
         self._closed = False
         self._send_lock = asyncio.Lock()
+        self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="file-check")
+        self._check: asyncio.Future[str | None] | None = None
 
     # Opening and closing; these run in worker threads.
 
@@ -388,7 +391,18 @@ class FileOutput(Output[FileConfig]):
         return Partial(refused) if refused else Delivered()
 
     async def healthcheck(self) -> None:
-        problem = await asyncio.to_thread(self._problem)
+        # On a thread of its own, and one check at a time: on a hung file system (a dead NFS
+        # server) each 30 s check would otherwise leave one more of the process's shared worker
+        # threads stuck, until name lookups, gzip and reloads, which need them, stopped for
+        # every output.
+        check = self._check
+        if check is None or check.done():
+            try:
+                check = asyncio.get_running_loop().run_in_executor(self._checker, self._problem)
+            except RuntimeError:  # closed: its thread is gone
+                raise HealthcheckError("the output is closed") from None
+            self._check = check
+        problem = await asyncio.shield(check)
         if problem is not None:
             raise HealthcheckError(problem)
 
@@ -424,4 +438,5 @@ class FileOutput(Output[FileConfig]):
         await asyncio.to_thread(self._reopen)
 
     async def aclose(self) -> None:
+        self._checker.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._detach, closing=True)

@@ -454,6 +454,36 @@ async def test_a_directory_the_service_cannot_list_is_warned_about_not_fatal(
     assert (tmp_path / "events.jsonl").read_text().splitlines() == ["one", "two"]
 
 
+async def test_a_check_stuck_on_a_hung_file_system_is_waited_on_not_started_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = output(tmp_path / "events.jsonl")
+    await out.start()
+    entered, released, calls = threading.Event(), threading.Event(), []
+    real_problem = out._problem
+
+    def hung() -> str | None:
+        calls.append(threading.current_thread().name)
+        entered.set()
+        released.wait(10)
+        return real_problem()
+
+    monkeypatch.setattr(out, "_problem", hung)
+    for _ in range(3):  # three rounds of the pipeline's checks, each given up after a while
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await out.healthcheck()
+    await asyncio.to_thread(entered.wait, 10)
+    # One thread stuck, of the output's own, not one more of the shared pool every round.
+    assert len(calls) == 1 and calls[0].startswith("file-check")
+    released.set()
+    async with asyncio.timeout(10):
+        await out.healthcheck()
+    await out.aclose()
+    with pytest.raises(HealthcheckError, match="closed"):
+        await out.healthcheck()
+
+
 # Reopens, closes and other writers during a write
 
 
