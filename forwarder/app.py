@@ -15,6 +15,7 @@ from forwarder.ingest.handlers import (
     REFUSAL_LOG,
     expect_body,
     healthz,
+    ignore_expectation,
     metrics_endpoint,
     readyz,
     webhook,
@@ -106,9 +107,11 @@ def build_app(pipeline: Pipeline) -> web.Application:
     if isinstance(listen.auth, AuthConfig) and listen.auth.secret_path is not None:
         secret_route = f"{listen.path.rstrip('/')}/{{secret}}"
         app.router.add_post(secret_route, webhook, expect_handler=expect_body)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
+    # An Expect on these is ignored (RFC 9110 allows it): aiohttp's own handler answered one it
+    # did not know with a plain-text 417 quoting it, or failed with a 500 on bytes not UTF-8.
+    app.router.add_get("/healthz", healthz, expect_handler=ignore_expectation)
+    app.router.add_get("/readyz", readyz, expect_handler=ignore_expectation)
+    app.router.add_get("/metrics", metrics_endpoint, expect_handler=ignore_expectation)
     app[metrics.STORE_READER] = metrics.StoreReader()
     app.on_startup.append(_read_store)
     app.on_cleanup.append(_stop_reading_store)

@@ -55,9 +55,10 @@ def _hop_address(hop: str) -> str:
     or `192.0.2.7:4711`. Read as written, such a hop matched no list, a trusted proxy written
     so was taken for the client, and the source port, new on each connection, made every
     request a client of its own to the failure limiter. A hop that is not an address is kept
-    as it came: no list matches it.
+    as it came, in ASCII with backslash escapes: no list matches it, and it goes into log lines
+    and the quarantine as the client (bytes not UTF-8 would fail both).
     """
-    text = hop
+    text = hop = hop.encode("ascii", "backslashreplace").decode("ascii")
     if text.startswith("["):
         inside, bracket, port = text[1:].partition("]")
         if not bracket or (port and not (port[:1] == ":" and port[1:].isdigit())):

@@ -41,6 +41,7 @@ __all__ = [
     "REFUSAL_LOG",
     "expect_body",
     "healthz",
+    "ignore_expectation",
     "metrics_endpoint",
     "readyz",
     "webhook",
@@ -137,6 +138,10 @@ async def expect_body(request: web.Request) -> None:
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     # As aiohttp's own handler does: the answer proper has not started.
     request.writer.output_size = 0
+
+
+async def ignore_expectation(request: web.Request) -> None:
+    """The Expect handler of the status routes: none is needed to answer them."""
 
 
 async def webhook(request: web.Request) -> web.Response:

@@ -54,6 +54,9 @@ log = structlog.get_logger("forwarder.ingest")
 # How long the daemon waits for a TLS client's close_notify once it has closed the connection
 # (asyncio's default is 30 s): a client that never answers holds the connection that long.
 TLS_SHUTDOWN_TIMEOUT_SECS = 5.0
+# How long a client may leave answers unread, with the daemon's send buffers full, before its
+# connection is closed.
+WRITE_STALL_TIMEOUT_SECS = 30.0
 # The share of the open-file limit kept free of connections: the store, the outputs' own
 # connections and the files they write must still open when clients hold all the rest.
 FD_RESERVE_SHARE = 8
@@ -333,21 +336,71 @@ class ListenSite(web.SockSite):
         runner = self._runner
         if isinstance(self._sock, ListenSocket) and isinstance(runner, web.AppRunner):
             self._sock.clients = runner.app.get(CLIENT_CONNECTIONS)
-        if self._ssl_context is None:
-            await super().start()
-            return
         await web.BaseSite.start(self)  # registers the site with the runner
         server = self._runner.server
         if server is None:
             raise RuntimeError("the runner is not set up")
+        tls: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            tls = {
+                "ssl": self._ssl_context,
+                "ssl_handshake_timeout": self._handshake_timeout,
+                "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT_SECS,
+            }
         self._server = await asyncio.get_running_loop().create_server(
-            server,
+            partial(WriteStallLimit, server, WRITE_STALL_TIMEOUT_SECS),
             sock=self._sock,
-            ssl=self._ssl_context,
             backlog=self._backlog,
-            ssl_handshake_timeout=self._handshake_timeout,
-            ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_SECS,
+            **tls,
         )
+
+
+class WriteStallLimit(asyncio.Protocol):
+    """aiohttp's protocol for one connection, closed once the client has left its answers
+    unread for `timeout` seconds with the send buffers full.
+
+    aiohttp's header and keep-alive timers do not run while an answer waits to be written: a
+    client that pipelines requests and never reads held each connection, and megabytes of
+    kernel buffers with it, for as long as it liked.
+    """
+
+    __slots__ = ("_inner", "_stalled", "_timeout", "_transport")
+
+    def __init__(self, protocol_factory: Callable[[], asyncio.Protocol], timeout: float) -> None:
+        self._inner = protocol_factory()
+        self._timeout = timeout
+        self._transport: asyncio.BaseTransport | None = None
+        self._stalled: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+        if self._stalled is None and isinstance(self._transport, asyncio.WriteTransport):
+            self._stalled = asyncio.get_running_loop().call_later(
+                self._timeout, self._transport.abort
+            )
+
+    def resume_writing(self) -> None:
+        self._end_stall()
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end_stall()
+        self._inner.connection_lost(exc)
+
+    def _end_stall(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
 
 
 def malformed_reason(error: HttpProcessingError) -> str:
@@ -389,10 +442,16 @@ class _MalformedRequests(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.budget = LogBudget(what="malformed requests")
+        self.failures = LogBudget(what="requests that failed in aiohttp")
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if not isinstance(error, HttpProcessingError):
+            if error is not None and record.levelno >= logging.ERROR:
+                # A request that fails before the app's own handling (aiohttp's Expect
+                # handler on a header that is not UTF-8): any client can repeat it, so its
+                # traceback is logged within a budget too.
+                return self.failures.take() is not None
             return _LEVEL_OF.isEnabledFor(record.levelno)
         metrics.malformed_requests.labels(malformed_reason(error)).inc()
         if record.levelno < logging.ERROR:

@@ -49,6 +49,8 @@ PROXY6 = {"trusted_proxies": ("::1/128", "2001:db8:ffff::/48")}
         # Not an address: kept as sent (no list matches it).
         ("unknown", "unknown"),
         ("[2001:db8::7", "[2001:db8::7"),
+        # Not ASCII: in backslash escapes (see test_listener_limits for bytes not UTF-8).
+        ("proxy-\u00e9", "proxy-\\xe9"),
     ],
 )
 def test_a_forwarded_hop_is_read_in_any_form_proxies_write(hop: str, client: str) -> None:

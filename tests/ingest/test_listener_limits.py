@@ -631,3 +631,135 @@ def _no_flush_left_over() -> Iterator[None]:
     yield
     # The budgets of this module's tests must not report into the next test's log.
     listener.flush_log_budgets(force=True)
+
+
+# Clients that leave their answers unread
+
+
+class _Recorded(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.calls.append("made")
+
+    def pause_writing(self) -> None:
+        self.calls.append("pause")
+
+    def resume_writing(self) -> None:
+        self.calls.append("resume")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.calls.append("lost")
+
+
+class _Transport(asyncio.WriteTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = asyncio.Event()
+
+    def abort(self) -> None:
+        self.aborted.set()
+
+
+async def test_a_connection_whose_answers_stay_unread_is_closed_after_the_limit() -> None:
+    inner, transport = _Recorded(), _Transport()
+    guarded = listener.WriteStallLimit(lambda: inner, QUICK_SECS)
+    guarded.connection_made(transport)
+    guarded.pause_writing()  # the send buffers are full: the client does not read
+    async with asyncio.timeout(READ_SECS):
+        await transport.aborted.wait()
+    assert inner.calls == ["made", "pause"]
+
+
+async def test_a_client_that_reads_again_in_time_keeps_its_connection() -> None:
+    inner, transport = _Recorded(), _Transport()
+    guarded = listener.WriteStallLimit(lambda: inner, QUICK_SECS)
+    guarded.connection_made(transport)
+    guarded.pause_writing()
+    guarded.resume_writing()
+    guarded.pause_writing()
+    guarded.connection_lost(None)
+    # Past the limit counted from the first pause, and from the second: neither closes it.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(QUICK_SECS * 3):
+            await transport.aborted.wait()
+    assert inner.calls == ["made", "pause", "resume", "pause", "lost"]
+
+
+async def test_a_pipelining_client_that_never_reads_is_closed(
+    listen: Listen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listener, "WRITE_STALL_TIMEOUT_SECS", QUICK_SECS)
+    async with listen() as listening:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", listening.port))
+        client.setblocking(False)
+        metrics_request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+        loop = asyncio.get_running_loop()
+        try:
+            # Requests until the daemon stops taking them, its answers piling up unread;
+            # then it must close the connection (a reset once this side's data is unread).
+            async with asyncio.timeout(30):
+                with contextlib.suppress(ConnectionError):
+                    while True:
+                        await loop.sock_sendall(client, metrics_request * 50)
+            assert listening.open_from_loopback() == 0
+        finally:
+            client.close()
+
+
+# Expect headers
+
+
+async def raw_answer(listening: Listening, request: bytes) -> bytes:
+    reader, writer = await listening.connect(tls=False)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(READ_SECS):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_an_expect_header_on_a_status_route_is_ignored(listen: Listen) -> None:
+    async with listen() as listening:
+        for expect in (b"\xff", b"<b>hi</b>"):
+            answer = await raw_answer(
+                listening,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: %b\r\nConnection: close\r\n\r\n"
+                % expect,
+            )
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            assert expect not in answer
+
+
+async def test_requests_that_fail_in_aiohttp_are_logged_within_a_budget(listen: Listen) -> None:
+    failures: list[logging.LogRecord] = []
+    counting = logging.Handler()
+    counting.emit = failures.append  # type: ignore[method-assign]
+    HTTP_LOGGER.addHandler(counting)
+    try:
+        async with listen() as listening:
+            request = (
+                b"GET /nowhere HTTP/1.1\r\nHost: x\r\nExpect: \xff\r\nConnection: close\r\n\r\n"
+            )
+            for _ in range(60):
+                await raw_answer(listening, request)
+    finally:
+        HTTP_LOGGER.removeHandler(counting)
+    errors = [record for record in failures if record.levelno >= logging.ERROR]
+    assert 1 <= len(errors) <= 20, len(errors)
+
+
+async def test_a_forwarded_hop_that_is_not_utf8_is_a_client_like_any_other(listen: Listen) -> None:
+    async with listen(trusted_proxies=["127.0.0.1/32"]) as listening:
+        answer = await raw_answer(
+            listening,
+            b"POST /canary HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: \xff\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\n{}",
+        )
+    # Taken and stored like any other post (these listeners need no credentials), not a 500.
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
