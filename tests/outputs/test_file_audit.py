@@ -368,29 +368,6 @@ async def test_an_existing_file_others_can_read_is_warned_about_and_left_as_it_i
 # fsync: batch
 
 
-async def test_a_file_created_after_a_rotation_has_its_directory_synced_too(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = tmp_path / "events.jsonl"
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def recording(fd: int) -> None:
-        synced.append("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording)
-    out = output(target)
-    await out.start()
-    await out.send([line("one")])
-    await out.send([line("two")])
-    target.rename(tmp_path / "events.jsonl.1")
-    await out.send([line("three")])
-    await out.aclose()
-    # Without the directory's fsync, a power cut could lose the new file and all it was sent.
-    assert synced == ["file", "directory", "file", "file", "directory"]
-
-
 def recording_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What each fsync from now on syncs: "file" or "directory"."""
     synced: list[str] = []
@@ -402,6 +379,22 @@ def recording_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(os, "fsync", recording)
     return synced
+
+
+async def test_a_file_created_after_a_rotation_has_its_directory_synced_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "events.jsonl"
+    synced = recording_fsyncs(monkeypatch)
+    out = output(target)
+    await out.start()
+    await out.send([line("one")])
+    await out.send([line("two")])
+    target.rename(tmp_path / "events.jsonl.1")
+    await out.send([line("three")])
+    await out.aclose()
+    # Without the directory's fsync, a power cut could lose the new file and all it was sent.
+    assert synced == ["file", "directory", "file", "file", "directory"]
 
 
 async def test_a_file_reopened_before_its_first_batch_still_has_its_directory_synced(

@@ -153,6 +153,16 @@ class _ChainedCommits:
         await asyncio.to_thread(self.in_first.wait, 10)  # the committer is inside a commit
         return first
 
+    async def posted_during_the_first_commit(
+        self, outbox: Outbox, *numbers: int
+    ) -> tuple[asyncio.Future[bool], list[asyncio.Future[bool]]]:
+        """Post event 1, then events `numbers` while its commit is held; then let it go on."""
+        first = await self.first_commit_held(outbox)
+        later = [asyncio.ensure_future(outbox.append(event(n))) for n in numbers]
+        await asyncio.sleep(0)  # they wait for the commit under way
+        self.release.set()
+        return first, later
+
 
 async def test_posts_waiting_during_a_commit_are_committed_next_without_the_event_loop(
     tmp_path: Path,
@@ -171,10 +181,7 @@ async def test_posts_waiting_during_a_commit_are_committed_next_without_the_even
         commits = _ChainedCommits(patch)
         commits.after_commit[1] = lambda: loop.call_soon_threadsafe(hold_the_loop)
         commits.on_commit[2] = second_started.set
-        first = await commits.first_commit_held(outbox)
-        second = asyncio.ensure_future(outbox.append(event(2)))
-        await asyncio.sleep(0)  # the second post waits for the commit under way
-        commits.release.set()
+        first, [second] = await commits.posted_during_the_first_commit(outbox, 2)
         async with asyncio.timeout(10):
             assert await first is True
             assert await second is True
@@ -194,11 +201,8 @@ async def test_each_chained_group_is_answered_once_durable_not_when_the_chain_en
         commits.on_commit[2] = lambda: answered_before_the_second_commit.append(
             first_answered.wait(5)
         )
-        first = await commits.first_commit_held(outbox)
+        first, [second] = await commits.posted_during_the_first_commit(outbox, 2)
         first.add_done_callback(lambda _: first_answered.set())
-        second = asyncio.ensure_future(outbox.append(event(2)))
-        await asyncio.sleep(0)
-        commits.release.set()
         async with asyncio.timeout(10):
             assert await first is True
             assert await second is True
@@ -218,10 +222,7 @@ async def test_a_chain_commits_nothing_more_into_a_connection_let_go_of(tmp_path
     with pytest.MonkeyPatch.context() as patch:
         commits = _ChainedCommits(patch)
         commits.after_commit[1] = let_go
-        first = await commits.first_commit_held(outbox)
-        second = asyncio.ensure_future(outbox.append(event(2)))
-        await asyncio.sleep(0)
-        commits.release.set()
+        first, [second] = await commits.posted_during_the_first_commit(outbox, 2)
         async with asyncio.timeout(10):
             assert await first is True
             with pytest.raises(StoreUnavailable):
@@ -244,10 +245,7 @@ async def test_damage_met_later_in_a_chain_marks_the_store_and_refuses_new_posts
     with pytest.MonkeyPatch.context() as patch:
         commits = _ChainedCommits(patch)
         commits.on_commit[2] = damaged
-        first = await commits.first_commit_held(outbox)
-        second = asyncio.ensure_future(outbox.append(event(2)))
-        await asyncio.sleep(0)
-        commits.release.set()
+        first, [second] = await commits.posted_during_the_first_commit(outbox, 2)
         async with asyncio.timeout(10):
             assert await first is True
             with pytest.raises(StoreUnavailable, match="malformed"):
@@ -300,11 +298,7 @@ async def test_a_chained_commit_that_fails_answers_its_posts_and_the_next_ones_c
     with pytest.MonkeyPatch.context() as patch:
         commits = _ChainedCommits(patch)
         commits.on_commit[2] = disk_full
-        first = await commits.first_commit_held(outbox)
-        second = asyncio.ensure_future(outbox.append(event(2)))
-        third = asyncio.ensure_future(outbox.append(event(3)))
-        await asyncio.sleep(0)
-        commits.release.set()
+        first, [second, third] = await commits.posted_during_the_first_commit(outbox, 2, 3)
         async with asyncio.timeout(10):
             assert await first is True
             with pytest.raises(StoreUnavailable, match="disk is full"):
