@@ -187,7 +187,8 @@ def sd_name(text: str) -> str:
 
 
 def unique(names: Iterable[str], limit: int = 32, separator: str = "_") -> Iterator[str]:
-    """`names` with repeats made distinct (`key`, `key_2`, `key_3`, ...), each at most `limit`."""
+    """`names` with repeats made distinct (`key`, `key_2`, `key_3`, ...): a name is kept as it
+    is the first time, and a repeat renamed within `limit` characters."""
     seen: set[str] = set()
     # The number to try next for each stem (a name cut to leave room for its suffix). By stem,
     # not by name: an attacker's ten thousand keys that share their first `limit` characters
@@ -195,17 +196,18 @@ def unique(names: Iterable[str], limit: int = 32, separator: str = "_") -> Itera
     # of the event loop per event).
     next_number: dict[str, int] = {}
     for name in names:
-        candidate, number, stem = name, 1, name
+        candidate, number = name, 1
         while candidate in seen:
             number += 1
             suffix = f"{separator}{number}"
             stem = name[: limit - len(suffix)]
             known = next_number.get(stem, number)
             if known > number:
-                number = known - 1  # candidates of this stem below `known` are all taken
+                number = known - 1  # this stem's candidates below `known` were all tried
                 continue
             candidate = stem + suffix
-        if number > 1:
+            # Taken or about to be: every stem a search passes through, not only the last,
+            # or each repeat would walk again through the stems of the shorter numbers.
             next_number[stem] = number + 1
         seen.add(candidate)
         yield candidate

@@ -115,6 +115,22 @@ def test_unique_stays_linear_in_long_names_that_share_their_start() -> None:
     assert all(len(name) <= 32 for name in names)
 
 
+def test_unique_stays_linear_when_names_already_hold_the_short_suffixes() -> None:
+    # Every suffixed form of one name taken as it stands, then that name repeated: each repeat
+    # passed again through the stems of all the shorter numbers (20 s for these).
+    names = [
+        "k" * (32 - len(f"_{number}")) + f"_{number}"
+        for digits in range(1, 5)
+        for number in range(2 if digits == 1 else 10 ** (digits - 1), 10**digits)
+    ]
+    names += ["k" * 32] * 10_001
+    started = time.perf_counter()
+    out = list(unique(names))
+    assert time.perf_counter() - started < 2.0
+    assert len(set(out)) == len(out)
+    assert all(len(name) <= 32 for name in out)
+
+
 def test_unique_hands_out_each_stem_s_numbers_in_order() -> None:
     full, stem = "B" * 32, "B" * 30
     # Two names of the limit's length that share the stem their suffixes leave room for.
