@@ -199,7 +199,9 @@ def truncate(message: bytes, limit: int) -> bytes:
             f"header and structured data alone take {protected} bytes, no room to truncate "
             f"within {limit}"
         )
-    tail = b" " + TRUNCATION_MARKER if len(message) > protected else b""
+    # As MSG, even where there was none: the cut values carry a marker, but left-out params
+    # would leave no trace.
+    tail = b" " + TRUNCATION_MARKER
     structured = _fit_structured_data(message, elements, limit - start - len(tail))
     if structured is None:
         raise MessageTooLarge(

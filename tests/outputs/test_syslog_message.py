@@ -175,7 +175,7 @@ class TestTruncate:
         assert len(cut) <= 480
         assert b'id="abc"' in cut and b'q="short"' in cut
         assert cut.count(b"...[truncated\\]") == 2
-        assert not cut.endswith(TRUNCATION_MARKER)  # there was no MSG to mark
+        assert cut.endswith(b'"] ' + TRUNCATION_MARKER)  # marked as MSG, though it had none
 
     def test_params_past_what_fits_are_left_out_from_the_end(self) -> None:
         many = b" ".join(b'k%d="v"' % n for n in range(200))
@@ -185,6 +185,14 @@ class TestTruncate:
         assert cut.startswith(HEADER + b'[a@32473 id="abc"][d@32473 k0="v" k1="v"')
         assert cut.endswith(b'"] ' + TRUNCATION_MARKER)
         assert b"k199" not in cut
+
+    def test_params_left_out_of_a_message_without_msg_leave_a_marker(self) -> None:
+        params = b" ".join(b'k%d=""' % n for n in range(30))
+        message = HEADER + b'[a@32473 id="abc"][d@32473 ' + params + b"]"
+        cut = truncate(message, len(message) - 1)
+        assert len(cut) <= len(message) - 1
+        assert b"k29" not in cut  # left out, and said so
+        assert cut.endswith(b'"] ' + TRUNCATION_MARKER), cut
 
     def test_a_header_too_long_for_the_limit_is_refused(self) -> None:
         message = b"<13>1 - " + b"h" * 500 + b' - - - [a@32473 k="v"] msg'
