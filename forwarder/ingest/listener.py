@@ -356,8 +356,8 @@ class ListenSite(web.SockSite):
 
 
 class WriteStallLimit(asyncio.Protocol):
-    """aiohttp's protocol for one connection, closed once the client has left its answers
-    unread for `timeout` seconds with the send buffers full.
+    """aiohttp's protocol for one connection, closed once the client has read nothing of its
+    answers for `timeout` seconds with the send buffers full.
 
     aiohttp's header and keep-alive timers do not run while an answer waits to be written: a
     client that pipelines requests and never reads held each connection, and megabytes of
@@ -385,9 +385,21 @@ class WriteStallLimit(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._inner.pause_writing()
         if self._stalled is None and isinstance(self._transport, asyncio.WriteTransport):
-            self._stalled = asyncio.get_running_loop().call_later(
-                self._timeout, self._transport.abort
-            )
+            self._watch(self._transport, self._transport.get_write_buffer_size())
+
+    def _watch(self, transport: asyncio.WriteTransport, pending: int) -> None:
+        self._stalled = asyncio.get_running_loop().call_later(
+            self._timeout, self._check_progress, transport, pending
+        )
+
+    def _check_progress(self, transport: asyncio.WriteTransport, pending: int) -> None:
+        # A client that reads, however slowly, drains some of what waits: it is given another
+        # period. One that has read nothing in a whole period is cut off.
+        now = transport.get_write_buffer_size()
+        if now < pending:
+            self._watch(transport, now)
+        else:
+            transport.abort()
 
     def resume_writing(self) -> None:
         self._end_stall()
@@ -448,10 +460,18 @@ class _MalformedRequests(logging.Filter):
         error = record.exc_info[1] if record.exc_info else None
         if not isinstance(error, HttpProcessingError):
             if error is not None and record.levelno >= logging.ERROR:
-                # A request that fails before the app's own handling (aiohttp's Expect
-                # handler on a header that is not UTF-8): any client can repeat it, so its
-                # traceback is logged within a budget too.
-                return self.failures.take() is not None
+                # A request that fails outside the app's own handling (aiohttp's Expect handler
+                # on a header that is not UTF-8): any client can repeat it, so its traceback is
+                # logged within a budget too, with the count of those left out.
+                held = self.failures.take()
+                if held is not None:
+                    log.error(
+                        "Request failed inside aiohttp.",
+                        error=f"{error.__class__.__name__}: {error}"[:200],
+                        exc_info=record.exc_info,
+                        **held_back(held),
+                    )
+                return False
             return _LEVEL_OF.isEnabledFor(record.levelno)
         metrics.malformed_requests.labels(malformed_reason(error)).inc()
         if record.levelno < logging.ERROR:
