@@ -104,14 +104,25 @@ def protected_prefix_length(message: bytes) -> int:
     For an RFC 3164 message nothing is protected: its header is at most some 310 bytes (host
     255, tag 32), well inside the smallest limit allowed (480), so a cut never reaches it.
     """
-    start = _structured_data_start(message)
-    if start is None:
+    return _protected_length(message, _rfc5424_structure(message))
+
+
+def _protected_length(message: bytes, structure: tuple[int, list[_Element] | None] | None) -> int:
+    """`protected_prefix_length` from what `_rfc5424_structure` found in `message`."""
+    if structure is None:
         return 0
-    elements = _structured_data(message, start)
+    start, elements = structure
     if elements is None:
         return len(message)
     end = elements[-1].end if elements else start + 1
     return end + 1 if message[end : end + 1] == b" " else end
+
+
+def _rfc5424_structure(message: bytes) -> tuple[int, list[_Element] | None] | None:
+    """Where STRUCTURED-DATA starts and its SD-ELEMENTs (None if malformed); None for a
+    message that is not RFC 5424."""
+    start = _structured_data_start(message)
+    return None if start is None else (start, _structured_data(message, start))
 
 
 def _structured_data_start(message: bytes) -> int | None:
@@ -188,13 +199,13 @@ def truncate(message: bytes, limit: int) -> bytes:
     """
     if len(message) <= limit:
         return message
-    protected = protected_prefix_length(message)
+    structure = _rfc5424_structure(message)
+    protected = _protected_length(message, structure)
     cut = cut_point(message, limit - len(TRUNCATION_MARKER))
     if cut >= protected:
         return message[:cut] + TRUNCATION_MARKER
-    start = _structured_data_start(message)
-    elements = None if start is None else _structured_data(message, start)
-    if start is None or not elements:
+    start, elements = structure if structure is not None else (0, None)
+    if not elements:
         raise MessageTooLarge(
             f"header and structured data alone take {protected} bytes, no room to truncate "
             f"within {limit}"
