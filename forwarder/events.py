@@ -787,9 +787,5 @@ def canonical_ip(value: str | None) -> str | None:
 
 def is_ipv6(value: str | None) -> bool:
     """True for a literal IPv6 address without a zone (see `is_ip`)."""
-    if not value or "%" in value:
-        return False
-    try:
-        return ipaddress.ip_address(value).version == 6
-    except ValueError:
-        return False
+    address = canonical_ip(value)
+    return address is not None and ":" in address  # only IPv6 has one
