@@ -264,7 +264,9 @@ class StoreConfig(BaseModel):
     """An event not delivered by then goes to dead letters, logged at ERROR. Measured on the
     monotonic clock while the daemon runs, so a stepped wall clock does not age the queue."""
     dedupe_window_secs: float = Field(default=600, ge=0)
-    """Identical posts within this window are stored once (global and flock webhooks)."""
+    """Identical posts within this window are stored once (global and flock webhooks). The
+    latest 100,000 stored posts are remembered: a flood past that shortens the window, with a
+    warning."""
     sync: Literal["full", "normal"] = "full"
     """`full`: fsync each commit (survives power loss). `normal`: survives a daemon crash."""
     quarantine: QuarantineConfig = QuarantineConfig()

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Literal, NamedTuple, cast
 
 import orjson
+import structlog
+
+from forwarder.store.dedupe import DedupeMemory
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -49,6 +52,8 @@ __all__ = [
 ]
 
 DB_NAME = "outbox.sqlite3"
+
+log = structlog.get_logger("forwarder.store")
 
 # How long a write waits for another process's write lock (a `dead-letters replay`, a sqlite3
 # shell inside a transaction) before it fails with "database is locked".
@@ -91,6 +96,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (output, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries (seq);
+CREATE TABLE IF NOT EXISTS seen (
+    id INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    seen_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS recent (
     fingerprint TEXT PRIMARY KEY,
     seen_at REAL NOT NULL
@@ -141,18 +151,26 @@ def _json_list(values: Sequence[object]) -> str:
     return orjson.dumps(values).decode()
 
 
-def _seen_since(
-    db: sqlite3.Connection, fingerprints: Sequence[str], dedupe_window: float
-) -> dict[str, float]:
-    """When each of `fingerprints` was last stored, for those the dedupe memory holds."""
-    if dedupe_window <= 0 or not fingerprints:
-        return {}
+def _load_dedupe_memory(db: sqlite3.Connection) -> DedupeMemory:
+    """The dedupe memory as the `seen` log holds it, inside a write transaction.
+
+    Fingerprints in `recent`, the keyed table of earlier versions (kept, empty, so that one can
+    still open the store), move to the log first.
+    """
+    db.execute(
+        "INSERT INTO seen (id, fingerprint, seen_at)"
+        " SELECT (SELECT COALESCE(MAX(id), 0) FROM seen) + row_number() OVER (ORDER BY seen_at),"
+        " fingerprint, seen_at FROM recent"
+    )
+    db.execute("DELETE FROM recent")
+    (high,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM seen").fetchone()
+    memory = DedupeMemory(next_id=high + 1)
     rows = db.execute(
-        "SELECT fingerprint, seen_at FROM recent"
-        " WHERE fingerprint IN (SELECT value FROM json_each(?))",
-        (_json_list(fingerprints),),
+        "SELECT id, fingerprint, seen_at FROM seen ORDER BY id DESC LIMIT ?", (memory.limit,)
     ).fetchall()
-    return {fingerprint: seen_at for fingerprint, seen_at in rows}
+    for row_id, fingerprint, seen_at in reversed(rows):
+        memory.add(row_id, fingerprint, seen_at)
+    return memory
 
 
 class StoreCorrupt(Exception):
@@ -322,6 +340,9 @@ class Database:
         self._counted_through: int | None = None
         self._added_elsewhere = (0, 0)
         self._contended = False
+        # Read from the `seen` log when first needed: a store command never needs it.
+        self._dedupe: DedupeMemory | None = None
+        self._window_cut_warned = False
         location: str | Path = self.path
         if create:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -582,57 +603,95 @@ class Database:
         wait for the busy event loop to hand the GIL back. So rows go in as one multi-row
         INSERT or a `json_each` list, never one statement per event.
         """
-        with self._transaction() as db:
-            seen = _seen_since(db, [e.fingerprint for e in events], dedupe_window)
-            results: list[int | None] = []
-            fresh: list[tuple[int, NewEvent]] = []
-            # Explicit seqs, so one INSERT serves the group.
-            (high,) = db.execute(_HIGHEST_SEQ).fetchone()
-            self._note_added_elsewhere(db, high)
-            for event in events:
-                if dedupe_window > 0:
-                    # Also catches the same event twice in one group (two webhooks at once).
-                    last = seen.get(event.fingerprint)
-                    # Both sides: a fingerprint seen "later" than this post was seen before the
-                    # wall clock went back, and would otherwise drop every identical post for as
-                    # long as the clock took to get back to it (a year, for a year's step).
-                    if last is not None and abs(event.received_at - last) <= dedupe_window:
-                        results.append(None)
-                        continue
-                    seen[event.fingerprint] = event.received_at
-                high += 1
-                fresh.append((high, event))
-                results.append(high)
-            for start in range(0, len(fresh), _ROWS_PER_INSERT):
-                chunk = fresh[start : start + _ROWS_PER_INSERT]
-                db.execute(
-                    _INSERT_EVENTS + ",".join([_EVENT_ROW] * len(chunk)),
-                    [
-                        value
-                        for seq, e in chunk
-                        for value in (
-                            seq, e.event_id, e.fingerprint, e.kind, e.received_at, len(e.body),
-                            e.body,
-                        )
-                    ],
-                )  # fmt: skip
-            if fresh and outputs:
-                db.execute(
-                    "INSERT INTO deliveries (output, seq)"
-                    " SELECT o.value, s.value FROM json_each(?) o, json_each(?) s",
-                    (_json_list(outputs), _json_list([seq for seq, _ in fresh])),
-                )
-            if fresh and dedupe_window > 0:
-                db.execute(
-                    "INSERT OR REPLACE INTO recent (fingerprint, seen_at)"
-                    " SELECT f.value, t.value FROM json_each(?) f JOIN json_each(?) t"
-                    " ON t.key = f.key",
-                    (_json_list([e.fingerprint for _, e in fresh]),
-                     _json_list([e.received_at for _, e in fresh])),
-                )  # fmt: skip
+        try:
+            with self._transaction() as db:
+                memory = self._dedupe_memory(db) if dedupe_window > 0 else None
+                # This group's own fingerprints: the same event twice in one group (two webhooks
+                # at once) is a duplicate too.
+                in_group: dict[str, float] = {}
+                results: list[int | None] = []
+                fresh: list[tuple[int, NewEvent]] = []
+                # Explicit seqs, so one INSERT serves the group.
+                (high,) = db.execute(_HIGHEST_SEQ).fetchone()
+                self._note_added_elsewhere(db, high)
+                for event in events:
+                    if memory is not None:
+                        last = in_group.get(event.fingerprint)
+                        if last is None:
+                            last = memory.last_seen(event.fingerprint)
+                        # Both sides: a fingerprint seen "later" than this post was seen before
+                        # the wall clock went back, and would otherwise drop every identical
+                        # post for as long as the clock took to get back to it (a year, for a
+                        # year's step).
+                        if last is not None and abs(event.received_at - last) <= dedupe_window:
+                            results.append(None)
+                            continue
+                        in_group[event.fingerprint] = event.received_at
+                    high += 1
+                    fresh.append((high, event))
+                    results.append(high)
+                for start in range(0, len(fresh), _ROWS_PER_INSERT):
+                    chunk = fresh[start : start + _ROWS_PER_INSERT]
+                    db.execute(
+                        _INSERT_EVENTS + ",".join([_EVENT_ROW] * len(chunk)),
+                        [
+                            value
+                            for seq, e in chunk
+                            for value in (
+                                seq, e.event_id, e.fingerprint, e.kind, e.received_at,
+                                len(e.body), e.body,
+                            )
+                        ],
+                    )  # fmt: skip
+                if fresh and outputs:
+                    db.execute(
+                        "INSERT INTO deliveries (output, seq)"
+                        " SELECT o.value, s.value FROM json_each(?) o, json_each(?) s",
+                        (_json_list(outputs), _json_list([seq for seq, _ in fresh])),
+                    )
+                first_id = memory.next_id if memory is not None else 0
+                if fresh and memory is not None:
+                    # At the end of the log, in order: a page or two per group, where a table
+                    # keyed by fingerprint took a page per event (see forwarder.store.dedupe).
+                    db.execute(
+                        "INSERT OR REPLACE INTO seen (id, fingerprint, seen_at)"
+                        " SELECT ? + key, json_extract(value, '$[0]'), json_extract(value, '$[1]')"
+                        " FROM json_each(?)",
+                        (first_id, _json_list([(e.fingerprint, e.received_at) for _, e in fresh])),
+                    )
+        except BaseException:
+            # Read again from the log at the next append: whatever this transaction moved into
+            # it (fingerprints of an earlier version's table) was rolled back with it.
+            self._dedupe = None
+            raise
+        if memory is not None:
+            # Only once committed: a fingerprint remembered from a failed commit would have the
+            # client's retry answered as a duplicate of an event that was never stored.
+            for offset, (_, event) in enumerate(fresh):
+                memory.add(first_id + offset, event.fingerprint, event.received_at)
+            self._warn_if_window_cut(memory, dedupe_window)
         if self._counted_through is not None:
             self._counted_through = high  # the caller counts its own events from `results`
         return results
+
+    def _dedupe_memory(self, db: sqlite3.Connection) -> DedupeMemory:
+        if self._dedupe is None:
+            self._dedupe = _load_dedupe_memory(db)
+        return self._dedupe
+
+    def _warn_if_window_cut(self, memory: DedupeMemory, dedupe_window: float) -> None:
+        dropped = memory.dropped_at
+        if dropped is None or self._window_cut_warned:
+            return
+        newest = memory.newest_seen_at
+        if newest is not None and newest - dropped < dedupe_window:
+            self._window_cut_warned = True
+            log.warning(
+                "Dedupe memory is full; the window is shorter until the flood of posts ends.",
+                remembered=len(memory),
+                window_secs=dedupe_window,
+                covered_secs=round(newest - dropped, 3),
+            )
 
     def check_writable(self, size: int) -> None:
         """Commit `size` bytes and remove them again; raises what a post of that size would.
@@ -663,13 +722,17 @@ class Database:
 
     def forget_outside(self, now: float, dedupe_window: float) -> None:
         """Drop dedupe memory that is not within `dedupe_window` of `now`, on either side."""
-        with self._transaction() as db:
-            # Ahead of `now` means the wall clock was set back since: kept, such a fingerprint
-            # would match again when the clock reads its time once more, a jump's length later.
-            db.execute(
-                "DELETE FROM recent WHERE seen_at < ? OR seen_at > ?",
-                (now - dedupe_window, now + dedupe_window),
-            )
+        try:
+            with self._transaction() as db:
+                memory = self._dedupe_memory(db)
+                # Ahead of `now` means the wall clock was set back since: kept, such a
+                # fingerprint would match again when the clock reads its time once more, a
+                # jump's length later.
+                memory.forget_outside(now, dedupe_window)
+                db.execute("DELETE FROM seen WHERE id < ?", (memory.floor,))
+        except BaseException:
+            self._dedupe = None
+            raise
 
     # Delivery
 
@@ -1257,9 +1320,13 @@ def _expected_tables() -> dict[str, _Layout]:
 _EXPECTED_TABLES = _expected_tables()
 
 
+# Tables a store made by an earlier version lacks; opening it creates them.
+_ADDED_LATER = frozenset({"seen"})
+
+
 def _schema_problems(tables: dict[str, _Layout]) -> list[str]:
     """How `tables` differ from what this version creates; tables it does not know are fine."""
-    missing = [table for table in _EXPECTED_TABLES if table not in tables]
+    missing = [t for t in _EXPECTED_TABLES if t not in tables and t not in _ADDED_LATER]
     problems = [f"missing tables {', '.join(missing)}"] if missing else []
     for table, expected in _EXPECTED_TABLES.items():
         found = tables.get(table)
