@@ -158,18 +158,16 @@ def _load_dedupe_memory(db: sqlite3.Connection) -> DedupeMemory:
     still open the store), move to the log first.
     """
     db.execute(
-        "INSERT INTO seen (id, fingerprint, seen_at)"
-        " SELECT (SELECT COALESCE(MAX(id), 0) FROM seen) + row_number() OVER (ORDER BY seen_at),"
-        " fingerprint, seen_at FROM recent"
+        "INSERT INTO seen (fingerprint, seen_at) SELECT fingerprint, seen_at FROM recent"
+        " ORDER BY seen_at"
     )
     db.execute("DELETE FROM recent")
-    (high,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM seen").fetchone()
-    memory = DedupeMemory(next_id=high + 1)
+    memory = DedupeMemory()
     rows = db.execute(
-        "SELECT id, fingerprint, seen_at FROM seen ORDER BY id DESC LIMIT ?", (memory.limit,)
+        "SELECT fingerprint, seen_at FROM seen ORDER BY id DESC LIMIT ?", (memory.limit,)
     ).fetchall()
-    for row_id, fingerprint, seen_at in reversed(rows):
-        memory.add(row_id, fingerprint, seen_at)
+    for fingerprint, seen_at in reversed(rows):
+        memory.add(fingerprint, seen_at)
     return memory
 
 
@@ -649,15 +647,14 @@ class Database:
                         " SELECT o.value, s.value FROM json_each(?) o, json_each(?) s",
                         (_json_list(outputs), _json_list([seq for seq, _ in fresh])),
                     )
-                first_id = memory.next_id if memory is not None else 0
                 if fresh and memory is not None:
                     # At the end of the log, in order: a page or two per group, where a table
                     # keyed by fingerprint took a page per event (see forwarder.store.dedupe).
                     db.execute(
-                        "INSERT OR REPLACE INTO seen (id, fingerprint, seen_at)"
-                        " SELECT ? + key, json_extract(value, '$[0]'), json_extract(value, '$[1]')"
+                        "INSERT INTO seen (fingerprint, seen_at) SELECT"
+                        " json_extract(value, '$[0]'), json_extract(value, '$[1]')"
                         " FROM json_each(?)",
-                        (first_id, _json_list([(e.fingerprint, e.received_at) for _, e in fresh])),
+                        (_json_list([(e.fingerprint, e.received_at) for _, e in fresh]),),
                     )
         except BaseException:
             # Read again from the log at the next append: whatever this transaction moved into
@@ -667,8 +664,8 @@ class Database:
         if memory is not None:
             # Only once committed: a fingerprint remembered from a failed commit would have the
             # client's retry answered as a duplicate of an event that was never stored.
-            for offset, (_, event) in enumerate(fresh):
-                memory.add(first_id + offset, event.fingerprint, event.received_at)
+            for _, event in fresh:
+                memory.add(event.fingerprint, event.received_at)
             self._warn_if_window_cut(memory, dedupe_window)
         if self._counted_through is not None:
             self._counted_through = high  # the caller counts its own events from `results`
@@ -729,7 +726,16 @@ class Database:
                 # fingerprint would match again when the clock reads its time once more, a
                 # jump's length later.
                 memory.forget_outside(now, dedupe_window)
-                db.execute("DELETE FROM seen WHERE id < ?", (memory.floor,))
+                # From the old end of the log: up to the first fingerprint within the window, and
+                # every one older than the newest `limit`, which the next open would not read.
+                # (The first search reads only the rows it then deletes.)
+                db.execute(
+                    "DELETE FROM seen WHERE id < MAX("
+                    " COALESCE((SELECT id FROM seen WHERE seen_at BETWEEN ? AND ? ORDER BY id"
+                    " LIMIT 1), (SELECT COALESCE(MAX(id), 0) + 1 FROM seen)),"
+                    " (SELECT COALESCE(MAX(id), 0) FROM seen) - ? + 1)",
+                    (now - dedupe_window, now + dedupe_window, memory.limit),
+                )
         except BaseException:
             self._dedupe = None
             raise

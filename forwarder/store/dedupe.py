@@ -21,57 +21,52 @@ from collections import deque
 
 __all__ = ["DEDUPE_MEMORY_MAX", "DedupeMemory"]
 
-# About 270 bytes each (the key, its time, its place in the order): 100,000 is 27 MB, and
-# covers a 600 s window at 160 stored posts a second, far above what any console sends.
+# About 170 bytes each (the key, its time, its place in the order): 100,000 take 17 MB, and
+# cover a 600 s window at 160 stored posts a second, far above what any console sends.
 DEDUPE_MEMORY_MAX = 100_000
 
 
 class DedupeMemory:
-    """The fingerprints stored lately, oldest first, each with when it was stored and the id
-    of its row in the `seen` log; at most `limit` of them."""
+    """The fingerprints stored lately, oldest first, each with when it was stored; at most
+    `limit` of them."""
 
-    def __init__(self, next_id: int, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.limit = DEDUPE_MEMORY_MAX if limit is None else limit
-        self.next_id = next_id
-        """The id the next fingerprint's row gets."""
         self._last_seen: dict[str, float] = {}
-        # (row id, fingerprint, when); a fingerprint stored again later appears twice, and only
-        # its latest entry is in `_last_seen`.
-        self._order: deque[tuple[int, str, float]] = deque()
+        # In the order they were stored, as two deques rather than one of pairs: a pair would
+        # add a third to the memory each fingerprint takes. A fingerprint stored again later
+        # appears twice; only its latest time is in `_last_seen`.
+        self._fingerprints: deque[str] = deque()
+        self._times: deque[float] = deque()
         self.dropped_at: float | None = None
         """When the youngest fingerprint dropped for room (not for age) was stored, if any."""
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._times)
 
     def last_seen(self, fingerprint: str) -> float | None:
         return self._last_seen.get(fingerprint)
 
-    def add(self, row_id: int, fingerprint: str, seen_at: float) -> None:
-        """Remember a fingerprint the store has committed, under its row in the `seen` log."""
+    @property
+    def newest_seen_at(self) -> float | None:
+        return self._times[-1] if self._times else None
+
+    def add(self, fingerprint: str, seen_at: float) -> None:
+        """Remember a fingerprint the store has committed."""
         self._last_seen[fingerprint] = seen_at
-        self._order.append((row_id, fingerprint, seen_at))
-        self.next_id = max(self.next_id, row_id + 1)
-        while len(self._order) > self.limit:
+        self._fingerprints.append(fingerprint)
+        self._times.append(seen_at)
+        while len(self._times) > self.limit:
             self.dropped_at = self._drop_oldest()
 
     def forget_outside(self, now: float, window: float) -> None:
         """Forget the oldest fingerprints while they are more than `window` from `now`, on
         either side (ahead of `now`: the wall clock was set back since they were stored)."""
-        while self._order and abs(self._order[0][2] - now) > window:
+        while self._times and abs(self._times[0] - now) > window:
             self._drop_oldest()
 
-    @property
-    def newest_seen_at(self) -> float | None:
-        return self._order[-1][2] if self._order else None
-
-    @property
-    def floor(self) -> int:
-        """The lowest row id still remembered: the rows below it can go from the log."""
-        return self._order[0][0] if self._order else self.next_id
-
     def _drop_oldest(self) -> float:
-        _, fingerprint, seen_at = self._order.popleft()
+        fingerprint, seen_at = self._fingerprints.popleft(), self._times.popleft()
         if self._last_seen.get(fingerprint) == seen_at:
             del self._last_seen[fingerprint]
         return seen_at

@@ -53,47 +53,45 @@ def stored(database: Database, n: int, at: float) -> bool:
 
 
 def test_the_memory_answers_with_the_latest_time_of_a_fingerprint() -> None:
-    memory = DedupeMemory(next_id=1)
-    memory.add(1, "a", 10.0)
-    memory.add(2, "a", 700.0)
+    memory = DedupeMemory()
+    memory.add("a", 10.0)
+    memory.add("a", 700.0)
     assert memory.last_seen("a") == 700.0
     assert memory.last_seen("b") is None
-    assert memory.next_id == 3
+    assert memory.newest_seen_at == 700.0
 
 
 def test_a_full_memory_drops_its_oldest_fingerprint_and_says_when_that_was_stored() -> None:
-    memory = DedupeMemory(next_id=1, limit=2)
-    for row_id, name in enumerate("abc", start=1):
-        memory.add(row_id, name, float(row_id))
+    memory = DedupeMemory(limit=2)
+    for at, name in enumerate("abc", start=1):
+        memory.add(name, float(at))
     assert len(memory) == 2
     assert memory.last_seen("a") is None
     assert memory.last_seen("c") == 3.0
     assert memory.dropped_at == 1.0
-    assert memory.floor == 2
 
 
 def test_dropping_an_old_entry_keeps_the_same_fingerprint_stored_again_since() -> None:
-    memory = DedupeMemory(next_id=1, limit=2)
-    memory.add(1, "a", 1.0)
-    memory.add(2, "a", 900.0)
-    memory.add(3, "b", 901.0)  # drops row 1, the first "a"
+    memory = DedupeMemory(limit=2)
+    memory.add("a", 1.0)
+    memory.add("a", 900.0)
+    memory.add("b", 901.0)  # drops the first "a"
     assert memory.last_seen("a") == 900.0
 
 
 def test_forgetting_drops_fingerprints_too_old_or_ahead_of_the_clock_from_the_front() -> None:
-    memory = DedupeMemory(next_id=1)
-    memory.add(1, "old", 100.0)
-    memory.add(2, "ahead", 5000.0)  # stored before the wall clock was set back
-    memory.add(3, "recent", 950.0)
+    memory = DedupeMemory()
+    memory.add("old", 100.0)
+    memory.add("ahead", 5000.0)  # stored before the wall clock was set back
+    memory.add("recent", 950.0)
     memory.forget_outside(now=1000.0, window=WINDOW)
     assert [memory.last_seen(name) for name in ("old", "ahead", "recent")] == [None, None, 950.0]
-    assert memory.floor == 3
+    assert len(memory) == 1
+    assert memory.dropped_at is None  # dropped for age, not for room
 
 
-def test_an_empty_memory_keeps_nothing_below_the_next_row() -> None:
-    memory = DedupeMemory(next_id=7)
-    assert memory.floor == 7
-    assert memory.newest_seen_at is None
+def test_an_empty_memory_has_no_newest_time() -> None:
+    assert DedupeMemory().newest_seen_at is None
 
 
 # The memory in the store
@@ -127,10 +125,10 @@ def test_a_store_of_an_earlier_version_opens_and_keeps_its_fingerprints(tmp_path
         assert not stored(database, 3, 1030.0)
         assert stored(database, 4, 1030.0)
     assert table_rows(tmp_path / DB_NAME, "SELECT count(*) FROM recent") == [(0,)]
-    assert table_rows(tmp_path / DB_NAME, "SELECT id, fingerprint FROM seen ORDER BY id") == [
-        (1, fingerprint(3)),  # in the order they were stored
-        (2, fingerprint(2)),
-        (3, fingerprint(4)),
+    assert table_rows(tmp_path / DB_NAME, "SELECT fingerprint FROM seen ORDER BY id") == [
+        (fingerprint(3),),  # in the order they were stored
+        (fingerprint(2),),
+        (fingerprint(4),),
     ]
 
 
@@ -188,3 +186,15 @@ def test_a_flood_past_the_memory_shortens_the_window_with_one_warning(
     ]
     assert warnings[0]["remembered"] == 3
     assert warnings[0]["window_secs"] == WINDOW
+
+
+def test_the_log_on_disk_keeps_no_more_than_the_memory_can_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dedupe_module, "DEDUPE_MEMORY_MAX", 3)
+    with opened(tmp_path) as database:
+        for n in range(5):
+            assert stored(database, n, 1000.0 + n)
+        database.forget_outside(now=1010.0, dedupe_window=WINDOW)
+        rows = table_rows(tmp_path / DB_NAME, "SELECT fingerprint FROM seen ORDER BY id")
+    assert rows == [(fingerprint(n),) for n in (2, 3, 4)]
