@@ -55,8 +55,9 @@ LIMITER = web.AppKey("limiter", FailureLimiter)
 REFUSAL_LOG = web.AppKey("refusal_log", LogBudget)
 # What the Expect handler found (`_gate`'s answer), for the webhook to answer without asking again.
 _GATE: web.RequestKey[web.Response | None] = web.RequestKey("gate")
-# Set when the client asked whether to send the body and was not told to.
-_BODY_NOT_ASKED = web.RequestKey("body_not_asked", bool)
+# Set when the rest of the connection cannot be read as requests: the client asked whether to
+# send the body and was not told to, or its body was cut off, refused midway or too slow.
+_END_CONNECTION = web.RequestKey("end_connection", bool)
 
 STORE_FULL_RETRY_AFTER_SECS = 30
 # The whole body must arrive within this long once the headers are in.
@@ -133,7 +134,7 @@ async def expect_body(request: web.Request) -> None:
     gate = request[_GATE] = _gate(request, client_address(request, listen))
     length = request.content_length
     if gate is not None or (length is not None and length > listen.max_body_bytes):
-        request[_BODY_NOT_ASKED] = True
+        request[_END_CONNECTION] = True
         return
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     # As aiohttp's own handler does: the answer proper has not started.
@@ -146,10 +147,11 @@ async def ignore_expectation(request: web.Request) -> None:
 
 async def webhook(request: web.Request) -> web.Response:
     response = await _webhook(request)
-    if request.get(_BODY_NOT_ASKED):
-        # The client waits to be asked for the body, or sends it after a while: a body that
-        # may follow cannot be told from a next request, so the connection ends with the answer,
-        # without aiohttp's wait (up to 10 s) for the rest of a body it did not ask for.
+    if request.get(_END_CONNECTION):
+        # A body not asked for that may follow, or the rest of one that was cut short, cannot
+        # be told from a next request: the connection ends with the answer, without aiohttp's
+        # wait (up to 10 s) for the rest of a body, which read the refusal of a body refused
+        # midway a second time, as an unhandled exception.
         response.force_close()
         with contextlib.suppress(ConnectionError):  # the client went first: aiohttp's concern
             await response.prepare(request)
@@ -257,11 +259,11 @@ async def _refuse_unread(
         # Refused for its encoding whatever its size or pace, as it is when it arrives whole.
         status, error, reason = 415, _NOT_IDENTITY, f"{_NOT_IDENTITY}; {reason}"
     await _quarantine(request, client, error, unread.received, reason)
-    response = _error(status, error)
-    if unread.status == 408:
-        # A client trickling its body must not hold the connection (slowloris).
-        response.force_close()
-    return response
+    if unread.status in (400, 408):
+        # A client trickling its body must not hold the connection (slowloris); and after a
+        # body cut off, or refused midway by the parser, nothing more on it is a request.
+        request[_END_CONNECTION] = True
+    return _error(status, error)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -19,12 +19,13 @@ import ssl
 import sys
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import StreamReader, web, web_protocol
 from aiohttp.http_exceptions import (
     BadStatusLine,
     HttpProcessingError,
@@ -377,7 +378,11 @@ class WriteStallLimit(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        queued: deque[tuple[object, StreamReader]] | None = getattr(self._inner, "_messages", None)
+        before = len(queued) if queued is not None else 0
         self._inner.data_received(data)
+        if queued is not None and len(queued) > before:
+            _refusal_to_its_body(self._inner, queued)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
@@ -413,6 +418,35 @@ class WriteStallLimit(asyncio.Protocol):
         if self._stalled is not None:
             self._stalled.cancel()
             self._stalled = None
+
+
+def _refusal_to_its_body(handler: object, queued: deque[tuple[object, StreamReader]]) -> None:
+    """Hand the parser's refusal of a body to that body, if it is one being read.
+
+    aiohttp queues every refusal of llhttp's as if it were the next request, even one in the
+    middle of a body (a chunk size that is not hex, arriving after the body began). The post
+    whose body it was then waited for the rest until the body timeout, 30 s, and got a 408;
+    with the refusal in its body, the webhook answers 400 at once and keeps what had arrived.
+    A refusal after a body that was complete stays where it is: it is about the next request.
+    """
+    refusal = queued[-1][0]
+    # aiohttp's own (private) type for a queued refusal; were it gone, aiohttp answers as before.
+    refusal_type = getattr(web_protocol, "_ErrInfo", None)
+    if refusal_type is None or not isinstance(refusal, refusal_type):
+        return
+    if not isinstance(refusal.exc, HttpProcessingError):
+        return
+    if len(queued) > 1:
+        body = queued[-2][1]  # a post queued behind the one being answered
+    else:
+        current = getattr(handler, "_current_request", None)
+        if current is None or getattr(handler, "_waiter", None) is not None:
+            return  # nothing is being read; aiohttp answers its refusal itself
+        body = current.content
+    if body.is_eof():
+        return
+    queued.pop()
+    body.set_exception(refusal.exc)
 
 
 def malformed_reason(error: HttpProcessingError) -> str:

@@ -13,20 +13,26 @@ import signal
 import socket
 import ssl
 import struct
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest.mock import Mock
 
 import aiohttp
 import pytest
 import structlog
 import trustme
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import _ErrInfo
 
-from forwarder.app import build_app
+from forwarder.app import IN_FLIGHT, build_app
 from forwarder.ingest import listener
+from forwarder.ingest.handlers import PIPELINE
 from forwarder.ingest.listener import (
     CLIENT_CONNECTIONS,
     HTTP_LOGGER,
@@ -40,6 +46,7 @@ from forwarder.pipeline import Pipeline
 from forwarder.settings import ConfigError, ListenConfig, Settings, parse_settings
 from forwarder.telemetry import metrics
 from tests.daemon.harness import wait_until, wait_until_async
+from tests.ingest.test_handlers import quarantined
 from tests.ingest.test_listener_audit import READ_SECS, TlsDaemon, closed_after
 from tests.ingest.test_tls import client_context, issue
 
@@ -451,6 +458,42 @@ async def test_malformed_requests_are_counted_by_reason(listen: Listen) -> None:
         )
 
 
+CHUNKED_POST = (
+    b"POST /canary HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b'Transfer-Encoding: chunked\r\n\r\n6\r\n{"Desc\r\n'
+)
+
+
+async def test_a_chunked_body_the_parser_refuses_midway_is_answered_at_once(
+    listen: Listen,
+) -> None:
+    """A chunk size that is not hex, arriving after the body began, was queued by aiohttp as a
+    next request: the post waited for the rest of its body until the body timeout, 30 s, and
+    got a 408. It is a malformed post: 400 at once, what had arrived kept, counted once."""
+    async with listen() as listening:
+        before = sample_value(MALFORMED, reason="body")
+        in_flight = listening.app[IN_FLIGHT]
+        with structlog.testing.capture_logs() as logs:
+            reader, writer = await listening.connect(tls=False)
+            try:
+                writer.write(CHUNKED_POST)
+                await wait_until(lambda: in_flight.count == 1, timeout=5, what="the handler")
+                writer.write(b"zz\r\n")
+                answer, took = await closed_after(reader)
+            finally:
+                writer.close()
+            await wait_until(lambda: in_flight.count == 0, timeout=5, what="the handler's end")
+        [(reason, body)] = quarantined(listening.app[PIPELINE])
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+    assert answer.endswith(b'{"error":"invalid_payload"}'), answer
+    assert took < 5
+    assert reason.startswith("invalid_payload: cut off after 6 bytes"), reason
+    assert body == b'{"Desc'
+    assert sample_value(MALFORMED, reason="body") == before + 1
+    warnings = [line["event"] for line in logs if line["log_level"] in ("warning", "error")]
+    assert warnings == ["Post refused; its body is kept in quarantine."], logs
+
+
 def test_every_malformed_reason_starts_at_zero_and_is_a_fixed_set() -> None:
     for reason in metrics.MALFORMED_REASONS:
         assert metrics.REGISTRY.get_sample_value(MALFORMED, {"reason": reason}) is not None
@@ -788,3 +831,51 @@ async def test_a_forwarded_hop_that_is_not_utf8_is_a_client_like_any_other(liste
         )
     # Taken and stored like any other post (these listeners need no credentials), not a 500.
     assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+class _Handler:
+    """What `_refusal_to_its_body` reads of aiohttp's RequestHandler."""
+
+    def __init__(self, current: Any = None, waiter: Any = None) -> None:
+        self._current_request = current
+        self._waiter = waiter
+
+
+def _body(*, complete: bool) -> aiohttp.StreamReader:
+    body = aiohttp.StreamReader(Mock(), 2**16, loop=asyncio.get_running_loop())
+    body.feed_data(b'{"Desc')
+    if complete:
+        body.feed_eof()
+    return body
+
+
+REFUSAL = _ErrInfo(status=400, exc=BadHttpMessage("Invalid chunk size"), message="x")
+
+
+async def test_a_refusal_reaches_the_body_of_a_post_not_yet_handled() -> None:
+    """Both packets read before aiohttp's loop took the post: it waits in the queue."""
+    body = _body(complete=False)
+    queued: deque[tuple[object, Any]] = deque([(object(), body), (REFUSAL, EMPTY_PAYLOAD)])
+    listener._refusal_to_its_body(_Handler(), queued)
+    assert len(queued) == 1
+    with pytest.raises(BadHttpMessage):
+        await body.readany()
+
+
+async def test_a_refusal_after_a_complete_body_is_about_the_next_request() -> None:
+    for queued in (
+        deque([(object(), _body(complete=True)), (REFUSAL, EMPTY_PAYLOAD)]),
+        deque([(REFUSAL, EMPTY_PAYLOAD)]),
+    ):
+        current = Mock(content=_body(complete=True))
+        listener._refusal_to_its_body(_Handler(current), queued)
+        assert queued[-1][0] is REFUSAL
+
+
+async def test_a_refusal_with_no_post_being_read_is_left_to_aiohttp() -> None:
+    """No post in hand (aiohttp waits for the next one), or none at all: aiohttp answers it."""
+    waiting = asyncio.get_running_loop().create_future()
+    for handler in (_Handler(), _Handler(Mock(content=_body(complete=False)), waiting)):
+        queued: deque[tuple[object, Any]] = deque([(REFUSAL, EMPTY_PAYLOAD)])
+        listener._refusal_to_its_body(handler, queued)
+        assert list(queued) == [(REFUSAL, EMPTY_PAYLOAD)]

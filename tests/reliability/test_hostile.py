@@ -189,6 +189,8 @@ async def test_slow_body_gets_408(daemon: FaultyDaemon, client: aiohttp.ClientSe
         writer.write(head + body[:10])
         await writer.drain()
         answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_SECS)
+        # And closed with it: aiohttp went on reading the rest of the body for 10 s more.
+        await asyncio.wait_for(reader.read(), READ_SECS)
     finally:
         writer.close()
     assert status_of(answer) == 408, answer
