@@ -164,11 +164,26 @@ def _load_dedupe_memory(db: sqlite3.Connection) -> DedupeMemory:
     db.execute("DELETE FROM recent")
     memory = DedupeMemory()
     rows = db.execute(
-        "SELECT fingerprint, seen_at FROM seen ORDER BY id DESC LIMIT ?", (memory.limit,)
+        "SELECT id, fingerprint, seen_at FROM seen ORDER BY id DESC LIMIT ?", (memory.limit,)
     ).fetchall()
-    for fingerprint, seen_at in reversed(rows):
-        memory.add(fingerprint, seen_at)
+    _remember(memory, reversed(rows))
     return memory
+
+
+def _log(db: sqlite3.Connection, entries: Sequence[tuple[str, float]]) -> int | None:
+    """Append (fingerprint, time) entries to the `seen` log, in order; the last row's id."""
+    return db.execute(
+        "INSERT INTO seen (fingerprint, seen_at) SELECT"
+        " json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)",
+        (_json_list(entries),),
+    ).lastrowid
+
+
+def _remember(memory: DedupeMemory, rows: Iterable[tuple[int, str, float]]) -> None:
+    """Add rows of the `seen` log, in id order, to `memory`."""
+    for row_id, fingerprint, seen_at in rows:
+        memory.add(fingerprint, seen_at)
+        memory.last_id = row_id
 
 
 class StoreCorrupt(Exception):
@@ -340,6 +355,8 @@ class Database:
         self._contended = False
         # Read from the `seen` log when first needed: a store command never needs it.
         self._dedupe: DedupeMemory | None = None
+        # A commit that used it failed, and may have landed all the same.
+        self._dedupe_behind = False
         self._window_cut_warned = False
         location: str | Path = self.path
         if create:
@@ -601,6 +618,7 @@ class Database:
         wait for the busy event loop to hand the GIL back. So rows go in as one multi-row
         INSERT or a `json_each` list, never one statement per event.
         """
+        loaded = self._dedupe is None
         try:
             with self._transaction() as db:
                 memory = self._dedupe_memory(db) if dedupe_window > 0 else None
@@ -650,38 +668,53 @@ class Database:
                 if fresh and memory is not None:
                     # At the end of the log, in order: a page or two per group, where a table
                     # keyed by fingerprint took a page per event (see forwarder.store.dedupe).
-                    db.execute(
-                        "INSERT INTO seen (fingerprint, seen_at) SELECT"
-                        " json_extract(value, '$[0]'), json_extract(value, '$[1]')"
-                        " FROM json_each(?)",
-                        (_json_list([(e.fingerprint, e.received_at) for _, e in fresh]),),
-                    )
+                    last_id = _log(db, [(e.fingerprint, e.received_at) for _, e in fresh])
         except BaseException:
-            # Read again from the log at the next append: whatever this transaction moved into
-            # it (fingerprints of an earlier version's table) was rolled back with it.
-            self._dedupe = None
+            self._dedupe_failed(loaded)
             raise
-        if memory is not None:
+        if memory is not None and fresh:
             # Only once committed: a fingerprint remembered from a failed commit would have the
             # client's retry answered as a duplicate of an event that was never stored.
             for _, event in fresh:
                 memory.add(event.fingerprint, event.received_at)
+            memory.last_id = last_id or memory.last_id
             self._warn_if_window_cut(memory, dedupe_window)
         if self._counted_through is not None:
             self._counted_through = high  # the caller counts its own events from `results`
         return results
 
     def _dedupe_memory(self, db: sqlite3.Connection) -> DedupeMemory:
+        """The dedupe memory, inside a write transaction: read from the log the first time, and
+        brought up to it after a commit that failed (it may have landed all the same)."""
         if self._dedupe is None:
             self._dedupe = _load_dedupe_memory(db)
+        elif self._dedupe_behind:
+            rows = db.execute(
+                "SELECT id, fingerprint, seen_at FROM seen WHERE id > ? ORDER BY id",
+                (self._dedupe.last_id,),
+            )
+            _remember(self._dedupe, rows)
+        self._dedupe_behind = False
         return self._dedupe
+
+    def _dedupe_failed(self, loaded: bool) -> None:
+        """After a transaction that used the dedupe memory failed."""
+        if loaded:
+            # Read from the log again: the earlier version's fingerprints this transaction
+            # moved into it went back with the rollback.
+            self._dedupe = None
+        else:
+            # Only the rows after the last one known are read again, if the commit landed: a
+            # full read of 100,000 rows per failed commit made a full disk slower still.
+            self._dedupe_behind = True
 
     def _warn_if_window_cut(self, memory: DedupeMemory, dedupe_window: float) -> None:
         dropped = memory.dropped_at
-        if dropped is None or self._window_cut_warned:
+        if dropped is None or self._window_cut_warned or not memory.full:
             return
         newest = memory.newest_seen_at
-        if newest is not None and newest - dropped < dedupe_window:
+        # A difference below zero is a clock set back, not a flood.
+        if newest is not None and 0 <= newest - dropped < dedupe_window:
             self._window_cut_warned = True
             log.warning(
                 "Dedupe memory is full; the window is shorter until the flood of posts ends.",
@@ -718,27 +751,38 @@ class Database:
                 db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (floor,))
 
     def forget_outside(self, now: float, dedupe_window: float) -> None:
-        """Drop dedupe memory that is not within `dedupe_window` of `now`, on either side."""
+        """Drop dedupe memory that is not within `dedupe_window` of `now`, on either side.
+
+        Ahead of `now` means the wall clock was set back since: kept, such a fingerprint would
+        match again when the clock reads its time once more, a jump's length later.
+        """
+        loaded = self._dedupe is None
+        rewritten: int | None = None
         try:
             with self._transaction() as db:
                 memory = self._dedupe_memory(db)
-                # Ahead of `now` means the wall clock was set back since: kept, such a
-                # fingerprint would match again when the clock reads its time once more, a
-                # jump's length later.
-                memory.forget_outside(now, dedupe_window)
-                # From the old end of the log: up to the first fingerprint within the window, and
-                # every one older than the newest `limit`, which the next open would not read.
-                # (The first search reads only the rows it then deletes.)
-                db.execute(
-                    "DELETE FROM seen WHERE id < MAX("
-                    " COALESCE((SELECT id FROM seen WHERE seen_at BETWEEN ? AND ? ORDER BY id"
-                    " LIMIT 1), (SELECT COALESCE(MAX(id), 0) + 1 FROM seen)),"
-                    " (SELECT COALESCE(MAX(id), 0) FROM seen) - ? + 1)",
-                    (now - dedupe_window, now + dedupe_window, memory.limit),
-                )
+                if memory.forget_outside(now, dedupe_window):
+                    # Out of order since a clock step, the log is written again from the memory,
+                    # which is exact: deleting by time alone would leave the earlier entries of
+                    # fingerprints stored again since, and the next open would take them back.
+                    db.execute("DELETE FROM seen")
+                    rewritten = _log(db, memory.entries()) or 0
+                else:
+                    # From the old end of the log: up to the first fingerprint within the window,
+                    # and every one older than the newest `limit`, which an open would not read.
+                    # (The first search reads only the rows it then deletes.)
+                    db.execute(
+                        "DELETE FROM seen WHERE id < MAX("
+                        " COALESCE((SELECT id FROM seen WHERE seen_at BETWEEN ? AND ? ORDER BY id"
+                        " LIMIT 1), (SELECT COALESCE(MAX(id), 0) + 1 FROM seen)),"
+                        " (SELECT COALESCE(MAX(id), 0) FROM seen) - ? + 1)",
+                        (now - dedupe_window, now + dedupe_window, memory.limit),
+                    )
         except BaseException:
-            self._dedupe = None
+            self._dedupe_failed(loaded)
             raise
+        if rewritten is not None:
+            memory.last_id = rewritten
 
     # Delivery
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from forwarder.store import database as database_module
 from forwarder.store import dedupe as dedupe_module
 from forwarder.store.database import DB_NAME, Database, NewEvent
 from forwarder.store.dedupe import DedupeMemory
@@ -198,3 +200,143 @@ def test_the_log_on_disk_keeps_no_more_than_the_memory_can_read_back(
         database.forget_outside(now=1010.0, dedupe_window=WINDOW)
         rows = table_rows(tmp_path / DB_NAME, "SELECT fingerprint FROM seen ORDER BY id")
     assert rows == [(fingerprint(n),) for n in (2, 3, 4)]
+
+
+def test_a_failed_commit_reads_back_only_what_landed_not_the_whole_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each failed commit threw the memory away, and the next read 100,000 rows back inside
+    its transaction: on a full disk under load, 60-120 ms per group."""
+    loads: list[int] = []
+    load = database_module._load_dedupe_memory
+
+    def counted(db: sqlite3.Connection) -> DedupeMemory:
+        loads.append(1)
+        return load(db)
+
+    monkeypatch.setattr(database_module, "_load_dedupe_memory", counted)
+    with opened(tmp_path) as database:
+        assert stored(database, 1, 1000.0)
+        (pages,) = database._db.execute("PRAGMA page_count").fetchone()
+        database._db.execute(f"PRAGMA max_page_count={pages}")  # a full disk
+        big = NewEvent("big", fingerprint(2), "incident", 1001.0, b"x" * 100_000)
+        for _ in range(3):
+            with pytest.raises(sqlite3.OperationalError, match="full"):
+                database.append([big], ["a"], dedupe_window=WINDOW)
+        database._db.execute("PRAGMA max_page_count=1073741823")
+        assert stored(database, 2, 1002.0)  # the failed posts were never stored
+        assert not stored(database, 1, 1003.0)
+    assert len(loads) == 1
+
+
+def test_a_commit_that_landed_before_it_failed_is_remembered(tmp_path: Path) -> None:
+    """A commit may fail after SQLite made it durable (a check after it, an I/O error on the
+    way back): the client retries, and its retry is the duplicate it is."""
+    with opened(tmp_path) as database:
+        assert stored(database, 1, 1000.0)
+        check = database.check_in_place
+        database.check_in_place = lambda: None  # type: ignore[method-assign]
+        original = database._transaction
+
+        @contextlib.contextmanager
+        def fails_after_commit() -> Iterator[sqlite3.Connection]:
+            with original() as db:
+                yield db
+            raise sqlite3.OperationalError("disk I/O error")
+
+        database._transaction = fails_after_commit  # type: ignore[method-assign]
+        with pytest.raises(sqlite3.OperationalError):
+            stored(database, 2, 1001.0)
+        database._transaction = original  # type: ignore[method-assign]
+        database.check_in_place = check  # type: ignore[method-assign]
+        assert not stored(database, 2, 1002.0)
+        assert database.stats().events == 2
+
+
+def test_no_flood_warning_after_a_clock_step_when_the_memory_is_not_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dedupe_module, "DEDUPE_MEMORY_MAX", 3)
+    with opened(tmp_path) as database, capture_logs() as logs:
+        for n, at in enumerate((5000.0, 5001.0, 5002.0, 6000.0)):
+            assert stored(database, n, at)  # drops the first for room, outside the window
+        database.forget_outside(now=6000.0, dedupe_window=WINDOW)
+        assert stored(database, 9, 1000.0)  # the wall clock was set back
+    assert [entry for entry in logs if entry["log_level"] == "warning"] == []
+
+
+def test_after_a_clock_step_the_sweep_forgets_everything_outside_the_window(
+    tmp_path: Path,
+) -> None:
+    with opened(tmp_path) as database:
+        assert stored(database, 1, 2000.0)  # the clock was ahead
+        assert stored(database, 2, 1000.0)  # ... and was set back
+        database.forget_outside(now=1700.0, dedupe_window=WINDOW)  # 2 is 700 s old
+        assert stored(database, 2, 1050.0)  # set back once more
+        assert not stored(database, 1, 1700.0)
+    with opened(tmp_path) as database:  # the log on disk holds the same
+        assert not stored(database, 2, 1060.0)
+        assert not stored(database, 1, 1700.0)
+
+
+def _recent_append(recent: dict[str, float], events: list[NewEvent], window: float) -> list[bool]:
+    """The dedupe of the table keyed by fingerprint this replaced, as a dict."""
+    seen = dict(recent) if window > 0 else {}
+    stored_now = []
+    for event in events:
+        last = seen.get(event.fingerprint)
+        fresh = window <= 0 or last is None or abs(event.received_at - last) > window
+        if fresh and window > 0:
+            seen[event.fingerprint] = event.received_at
+        stored_now.append(fresh)
+    if window > 0:
+        recent.clear()
+        recent.update(seen)
+    return stored_now
+
+
+@pytest.mark.parametrize("seed", range(24, 48))
+def test_answers_as_the_table_keyed_by_fingerprint_did(tmp_path: Path, seed: int) -> None:
+    """Appends, sweeps, clock steps both ways, window changes and reopens at random: every
+    post is stored or refused as before, and the memory always equals what an open reads."""
+    rng = random.Random(seed)
+    recent: dict[str, float] = {}
+    now, window, number = 1_000_000.0, WINDOW, 0
+    database = Database(tmp_path)
+    try:
+        for _ in range(300):
+            step = rng.random()
+            if step < 0.5:
+                events = []
+                for _ in range(rng.randint(1, 4)):
+                    number += 1
+                    name = f"fp{rng.randint(0, 6)}"
+                    at = now + rng.random()
+                    events.append(NewEvent(str(number), name, "incident", at, b"{}"))
+                got = [seq is not None for seq in database.append(events, ["a"], window)]
+                assert got == _recent_append(recent, events, window)
+            elif step < 0.7:
+                now += rng.choice([1, 30, 61, 300, 599, 601, 1200])
+            elif step < 0.78:
+                now += rng.choice([-86_400, -3600, -700, -100, 700, 3600, 86_400])
+            elif step < 0.9:
+                database.forget_outside(now, window)
+                for name in [n for n, at in recent.items() if abs(at - now) > window]:
+                    del recent[name]
+            elif step < 0.95:
+                window = rng.choice([0.0, 60.0, 600.0, 3600.0])
+            else:
+                database.close()
+                database = Database(tmp_path)
+            if database._dedupe is not None:
+                with contextlib.closing(sqlite3.connect(tmp_path / DB_NAME)) as reader:
+                    reader.execute("BEGIN IMMEDIATE")
+                    read_back = database_module._load_dedupe_memory(reader)
+                    reader.rollback()
+                memory = database._dedupe
+                names = [f"fp{n}" for n in range(7)]
+                assert [memory.last_seen(n) for n in names] == [
+                    read_back.last_seen(n) for n in names
+                ]
+    finally:
+        database.close()
