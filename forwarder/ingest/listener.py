@@ -363,15 +363,19 @@ class WriteStallLimit(asyncio.Protocol):
     aiohttp's header and keep-alive timers do not run while an answer waits to be written: a
     client that pipelines requests and never reads held each connection, and megabytes of
     kernel buffers with it, for as long as it liked.
+
+    It also sees every read first, so the parser's refusal of a body midway goes to that body
+    (see `BodyRefusals`).
     """
 
-    __slots__ = ("_inner", "_stalled", "_timeout", "_transport")
+    __slots__ = ("_inner", "_refusals", "_stalled", "_timeout", "_transport")
 
     def __init__(self, protocol_factory: Callable[[], asyncio.Protocol], timeout: float) -> None:
         self._inner = protocol_factory()
         self._timeout = timeout
         self._transport: asyncio.BaseTransport | None = None
         self._stalled: asyncio.TimerHandle | None = None
+        self._refusals = BodyRefusals()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -382,7 +386,7 @@ class WriteStallLimit(asyncio.Protocol):
         before = len(queued) if queued is not None else 0
         self._inner.data_received(data)
         if queued is not None and len(queued) > before:
-            _refusal_to_its_body(self._inner, queued)
+            self._refusals.route(queued)
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
@@ -420,33 +424,48 @@ class WriteStallLimit(asyncio.Protocol):
             self._stalled = None
 
 
-def _refusal_to_its_body(handler: object, queued: deque[tuple[object, StreamReader]]) -> None:
-    """Hand the parser's refusal of a body to that body, if it is one being read.
+class BodyRefusals:
+    """Ends a body the parser refused midway, with the refusal, for whoever reads it.
 
     aiohttp queues every refusal of llhttp's as if it were the next request, even one in the
     middle of a body (a chunk size that is not hex, arriving after the body began). The post
-    whose body it was then waited for the rest until the body timeout, 30 s, and got a 408;
-    with the refusal in its body, the webhook answers 400 at once and keeps what had arrived.
-    A refusal after a body that was complete stays where it is: it is about the next request.
+    whose body it was then waited for the rest until the body timeout, 30 s, and got a 408.
+
+    The body is that of the last request queued on the connection, wherever aiohttp has got
+    with it: still queued, taken but not yet handled, or being read. Ended with the refusal,
+    the webhook reads the refusal and answers 400 at once, keeping what had arrived, and ends
+    the connection. A handler that does not read bodies answers as it would, and aiohttp, with
+    no rest of the body to wait for, then answers the refusal, still queued, with its own 400;
+    if the answer has gone already, aiohttp was reading on through the rest of the body and
+    meets the refusal there, which ends the connection (logged without the client's address:
+    aiohttp gives none). A refusal after a body that was complete is about the next request:
+    left as it is.
     """
-    refusal = queued[-1][0]
-    # aiohttp's own (private) type for a queued refusal; were it gone, aiohttp answers as before.
-    refusal_type = getattr(web_protocol, "_ErrInfo", None)
-    if refusal_type is None or not isinstance(refusal, refusal_type):
-        return
-    if not isinstance(refusal.exc, HttpProcessingError):
-        return
-    if len(queued) > 1:
-        body = queued[-2][1]  # a post queued behind the one being answered
-    else:
-        current = getattr(handler, "_current_request", None)
-        if current is None or getattr(handler, "_waiter", None) is not None:
-            return  # nothing is being read; aiohttp answers its refusal itself
-        body = current.content
-    if body.is_eof():
-        return
-    queued.pop()
-    body.set_exception(refusal.exc)
+
+    __slots__ = ("_last_body",)
+
+    def __init__(self) -> None:
+        self._last_body: StreamReader | None = None
+
+    def route(self, queued: deque[tuple[object, StreamReader]]) -> None:
+        """After aiohttp queued what one read held: a refusal comes alone (the parser raises
+        at it); anything else is requests."""
+        try:
+            message, body = queued[-1]
+            # aiohttp's own (private) type for a queued refusal; were it gone, or changed,
+            # aiohttp answers as before.
+            refusal_type = getattr(web_protocol, "_ErrInfo", None)
+            if refusal_type is None or not isinstance(message, refusal_type):
+                self._last_body = body
+                return
+            refused = getattr(message, "exc", None)
+            last = self._last_body
+            if not isinstance(refused, HttpProcessingError) or last is None or last.is_eof():
+                return
+            last.set_exception(refused)
+            last.feed_eof()
+        except (AttributeError, IndexError, TypeError, ValueError):
+            return
 
 
 def malformed_reason(error: HttpProcessingError) -> str:
@@ -514,12 +533,14 @@ class _MalformedRequests(logging.Filter):
         held = self.budget.take()
         if held is not None:
             # aiohttp's message is "Error handling request from %s", with the client's address.
+            # A refusal read after the answer (the rest of a body no handler read; see
+            # `BodyRefusals`) comes as "Unhandled exception", without it.
             client = record.args[0] if isinstance(record.args, tuple) and record.args else None
             # Its first line names the problem; the lines after it quote the request.
             problem = error.message.splitlines()[0] if error.message else ""
             log.warning(
                 "Malformed request refused.",
-                client=str(client),
+                **({} if client is None else {"client": str(client)}),
                 status=error.code,
                 error=problem[:200].rstrip(":"),
                 **held_back(held),

@@ -494,6 +494,34 @@ async def test_a_chunked_body_the_parser_refuses_midway_is_answered_at_once(
     assert warnings == ["Post refused; its body is kept in quarantine."], logs
 
 
+async def test_a_body_no_handler_reads_refused_midway_ends_the_connection_at_once(
+    listen: Listen,
+) -> None:
+    """GET /healthz with a chunked body: answered without reading it, then aiohttp read on
+    through the rest for 10 s; the refusal met there ends the connection, counted once."""
+    async with listen() as listening:
+        before = sample_value(MALFORMED, reason="body")
+        with structlog.testing.capture_logs() as logs:
+            reader, writer = await listening.connect(tls=False)
+            try:
+                writer.write(
+                    b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"2\r\nab\r\n"
+                )
+                async with asyncio.timeout(READ_SECS):
+                    head = await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"zz\r\n")
+                _, took = await closed_after(reader)
+            finally:
+                writer.close()
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    assert took < 5
+    assert sample_value(MALFORMED, reason="body") == before + 1
+    assert [(line["event"], line["log_level"]) for line in logs] == [
+        ("Malformed request refused.", "warning")
+    ], logs
+
+
 def test_every_malformed_reason_starts_at_zero_and_is_a_fixed_set() -> None:
     for reason in metrics.MALFORMED_REASONS:
         assert metrics.REGISTRY.get_sample_value(MALFORMED, {"reason": reason}) is not None
@@ -833,14 +861,6 @@ async def test_a_forwarded_hop_that_is_not_utf8_is_a_client_like_any_other(liste
     assert answer.startswith(b"HTTP/1.1 200 "), answer
 
 
-class _Handler:
-    """What `_refusal_to_its_body` reads of aiohttp's RequestHandler."""
-
-    def __init__(self, current: Any = None, waiter: Any = None) -> None:
-        self._current_request = current
-        self._waiter = waiter
-
-
 def _body(*, complete: bool) -> aiohttp.StreamReader:
     body = aiohttp.StreamReader(Mock(), 2**16, loop=asyncio.get_running_loop())
     body.feed_data(b'{"Desc')
@@ -852,30 +872,38 @@ def _body(*, complete: bool) -> aiohttp.StreamReader:
 REFUSAL = _ErrInfo(status=400, exc=BadHttpMessage("Invalid chunk size"), message="x")
 
 
-async def test_a_refusal_reaches_the_body_of_a_post_not_yet_handled() -> None:
-    """Both packets read before aiohttp's loop took the post: it waits in the queue."""
-    body = _body(complete=False)
-    queued: deque[tuple[object, Any]] = deque([(object(), body), (REFUSAL, EMPTY_PAYLOAD)])
-    listener._refusal_to_its_body(_Handler(), queued)
-    assert len(queued) == 1
-    with pytest.raises(BadHttpMessage):
-        await body.readany()
+async def test_a_refusal_ends_the_last_body_wherever_aiohttp_has_got_with_it() -> None:
+    """Still queued; or taken off the queue, its handler not started yet (Python 3.11 starts
+    the task a turn of the loop later), where it got a 408 after 30 s all the same. Ended, so
+    that aiohttp does not wait for the rest after a handler that does not read it."""
+    for taken in (False, True):
+        refusals, body = listener.BodyRefusals(), _body(complete=False)
+        queued: deque[tuple[object, Any]] = deque([(Mock(), body)])
+        refusals.route(queued)
+        if taken:
+            queued.popleft()
+        queued.append((REFUSAL, EMPTY_PAYLOAD))
+        refusals.route(queued)
+        assert body.is_eof()
+        with pytest.raises(BadHttpMessage):
+            await body.readany()
 
 
-async def test_a_refusal_after_a_complete_body_is_about_the_next_request() -> None:
-    for queued in (
-        deque([(object(), _body(complete=True)), (REFUSAL, EMPTY_PAYLOAD)]),
-        deque([(REFUSAL, EMPTY_PAYLOAD)]),
-    ):
-        current = Mock(content=_body(complete=True))
-        listener._refusal_to_its_body(_Handler(current), queued)
-        assert queued[-1][0] is REFUSAL
+async def test_a_refusal_after_a_complete_body_is_left_to_aiohttp() -> None:
+    """It is about the next request."""
+    refusals, body = listener.BodyRefusals(), _body(complete=True)
+    queued: deque[tuple[object, Any]] = deque([(Mock(), body)])
+    refusals.route(queued)
+    queued.append((REFUSAL, EMPTY_PAYLOAD))
+    refusals.route(queued)
+    assert await body.readany() == b'{"Desc'
+    lone: deque[tuple[object, Any]] = deque([(REFUSAL, EMPTY_PAYLOAD)])
+    listener.BodyRefusals().route(lone)  # no request before it at all
 
 
-async def test_a_refusal_with_no_post_being_read_is_left_to_aiohttp() -> None:
-    """No post in hand (aiohttp waits for the next one), or none at all: aiohttp answers it."""
-    waiting = asyncio.get_running_loop().create_future()
-    for handler in (_Handler(), _Handler(Mock(content=_body(complete=False)), waiting)):
-        queued: deque[tuple[object, Any]] = deque([(REFUSAL, EMPTY_PAYLOAD)])
-        listener._refusal_to_its_body(handler, queued)
-        assert list(queued) == [(REFUSAL, EMPTY_PAYLOAD)]
+def test_what_aiohttp_queues_in_another_shape_is_left_alone() -> None:
+    """aiohttp's queue is private: a future release may change it, and then the refusal is
+    answered as aiohttp answers it, not a failed read of the connection."""
+    for queued in (deque([object()]), deque([(REFUSAL,)]), deque([(REFUSAL, None, None)])):
+        listener.BodyRefusals().route(queued)  # type: ignore[arg-type]
+        assert len(queued) == 1
