@@ -368,10 +368,15 @@ class WriteStallLimit(asyncio.Protocol):
     (see `BodyRefusals`).
     """
 
-    __slots__ = ("_inner", "_refusals", "_stalled", "_timeout", "_transport")
+    __slots__ = ("_inner", "_queued", "_refusals", "_stalled", "_timeout", "_transport")
 
     def __init__(self, protocol_factory: Callable[[], asyncio.Protocol], timeout: float) -> None:
         self._inner = protocol_factory()
+        # aiohttp's (private) queue of parsed requests, made once with its protocol; without
+        # it, refusals are left to aiohttp.
+        self._queued: deque[tuple[object, StreamReader]] | None = getattr(
+            self._inner, "_messages", None
+        )
         self._timeout = timeout
         self._transport: asyncio.BaseTransport | None = None
         self._stalled: asyncio.TimerHandle | None = None
@@ -382,7 +387,7 @@ class WriteStallLimit(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        queued: deque[tuple[object, StreamReader]] | None = getattr(self._inner, "_messages", None)
+        queued = self._queued
         before = len(queued) if queued is not None else 0
         self._inner.data_received(data)
         if queued is not None and len(queued) > before:
@@ -424,6 +429,10 @@ class WriteStallLimit(asyncio.Protocol):
             self._stalled = None
 
 
+# aiohttp's own (private) type for a queued refusal; were it gone, aiohttp answers as before.
+_REFUSAL: type | None = getattr(web_protocol, "_ErrInfo", None)
+
+
 class BodyRefusals:
     """Ends a body the parser refused midway, with the refusal, for whoever reads it.
 
@@ -452,10 +461,7 @@ class BodyRefusals:
         at it); anything else is requests."""
         try:
             message, body = queued[-1]
-            # aiohttp's own (private) type for a queued refusal; were it gone, or changed,
-            # aiohttp answers as before.
-            refusal_type = getattr(web_protocol, "_ErrInfo", None)
-            if refusal_type is None or not isinstance(message, refusal_type):
+            if _REFUSAL is None or not isinstance(message, _REFUSAL):
                 self._last_body = body
                 return
             refused = getattr(message, "exc", None)

@@ -127,7 +127,7 @@ class _Handle:
     ino: int
     inode_lock: _InodeLock
     unsynced_directory: str | None
-    """The directory of a file this output created, until its entry is known to be on disk."""
+    """The file's directory, until the first batch through this handle has synced it."""
     users: int = 0
     retired: bool = False
 
