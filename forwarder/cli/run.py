@@ -24,7 +24,6 @@ import resource
 import signal
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -48,7 +47,7 @@ from forwarder.settings import (
     default_settings,
     reload_settings,
 )
-from forwarder.telemetry.logging import configure_logging
+from forwarder.telemetry.logging import configure_logging, flush_logs
 
 __all__ = ["configure", "main", "serve"]
 
@@ -418,7 +417,7 @@ async def _exit_at_once(pipeline: Pipeline | None) -> NoReturn:
         except Exception as exc:
             log.error("The store did not close cleanly.", error=str(exc))
     log.warning("Stopped at once; sends that were under way are repeated at the next start.")
-    sys.stderr.flush()
+    flush_logs()
     os._exit(EXIT_FORCED)
 
 

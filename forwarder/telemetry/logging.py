@@ -4,16 +4,22 @@ lines when it is. The standard library's loggers (aiohttp's) go through the same
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import re
 import sys
-from typing import Any
+import threading
+from typing import Any, TextIO
 
 import structlog
 
 from forwarder.mappers._escape import TERMINAL_CONTROLS_ABOVE_C0, json_log_line
 
-__all__ = ["configure_logging"]
+__all__ = ["LineWriter", "configure_logging", "flush_logs"]
+
+# A turn of the event loop that logs more than this writes at once rather than at its end.
+_HELD_CHARS_MAX = 64 * 1024
 
 
 def _orjson_text(value: Any, **_: Any) -> str:
@@ -23,17 +29,115 @@ def _orjson_text(value: Any, **_: Any) -> str:
     return json_log_line(value)
 
 
-class _StderrLogger(structlog.WriteLogger):
-    """structlog's WriteLogger on stderr, with the `name` that `add_logger_name` reports."""
+class LineWriter:
+    """Writes log lines to one stream: those logged on an event loop's thread in one turn of the
+    loop go out together, in one write at the start of its next turn.
+
+    A write and a flush per line cost a system call each, and each lets the store thread take
+    the GIL from the busy event loop: one "Event accepted." line per post. Lines from other
+    threads, or with no loop running, are written at once, after any that are held, so the
+    order stays the order they were logged in. A SIGKILL loses at most the lines of the turn
+    it cuts short; an exit writes what is held.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._held: list[str] = []
+        self._held_chars = 0
+        # The loop a flush is scheduled on: one that stops before running it leaves the lines
+        # to the next loop's flush (a test's loop, a reload's), not to the exit.
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def write(self, line: str) -> None:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            self._held.append(line)
+            self._held_chars += len(line)
+            if loop is None or self._held_chars > _HELD_CHARS_MAX:
+                self._write_held()
+                return
+            if self._flush_loop is loop:
+                return
+            self._flush_loop = loop
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._write_held()
+
+    def _write_held(self) -> None:
+        self._flush_loop = None
+        if not self._held:
+            return
+        text = "".join(self._held)
+        self._held.clear()
+        self._held_chars = 0
+        # A log line that cannot be written (stderr closed) must not fail the work it logs.
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+_WRITERS: dict[int, LineWriter] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_for(stream: TextIO) -> LineWriter:
+    with _WRITERS_LOCK:
+        writer = _WRITERS.get(id(stream))
+        if writer is None or writer.stream is not stream:
+            if writer is not None:
+                writer.flush()
+            writer = _WRITERS[id(stream)] = LineWriter(stream)
+        return writer
+
+
+def flush_logs() -> None:
+    """Write every log line still held; before an exit that skips `atexit` (`os._exit`)."""
+    with _WRITERS_LOCK:
+        writers = list(_WRITERS.values())
+    for writer in writers:
+        writer.flush()
+
+
+atexit.register(flush_logs)
+
+
+class _StderrLogger:
+    """A structlog logger writing to stderr, with the `name` that `add_logger_name` reports."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(sys.stderr)
         self.name = name
+        self._writer = _writer_for(sys.stderr)
+
+    def msg(self, message: str) -> None:
+        self._writer.write(message + "\n")
+
+    log = debug = info = warn = warning = error = err = critical = exception = msg
+    fatal = failure = msg
 
 
 class _StderrLoggerFactory:
     def __call__(self, *args: object) -> _StderrLogger:
         return _StderrLogger(str(args[0]) if args else "")
+
+
+class _LineHandler(logging.StreamHandler[TextIO]):
+    """The standard library's records (aiohttp's) through the same writer, in the same order."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        _writer_for(self.stream).write(line + self.terminator)
 
 
 # What a terminal acts on rather than shows: the C0 controls (line breaks, escape sequences)
@@ -80,7 +184,6 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         [renderer] if as_json else [_escape_controls, renderer]
     )
     shared: list[structlog.typing.Processor] = [
-        structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -97,7 +200,8 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         ),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    flush_logs()  # lines rendered the earlier way go out before those rendered this way
+    handler = _LineHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
