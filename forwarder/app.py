@@ -80,7 +80,7 @@ async def account(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("Request failed unexpectedly.", path_group=group)
         metrics.http_requests.labels(group, "500").inc()
         return web.json_response({"error": "internal_error"}, status=500)
-    metrics.http_requests.labels(group, str(response.status)).inc()
+    metrics.series(metrics.http_requests, group, str(response.status)).inc()
     return response
 
 
