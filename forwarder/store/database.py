@@ -72,6 +72,11 @@ TRUNCATE_WAIT_MS = 100
 # `CommandLock`); a large store takes a while.
 COMMAND_LOCK_WAIT_SECS = 60.0
 _COMMAND_LOCK_POLL_SECS = 0.05
+# How long ago the state directory must have last changed for `check_in_place` to take its
+# stamp as proof that the store's files are where they were. The kernel stamps a change from a
+# clock that ticks every few milliseconds (every 2 s on FAT), so a second change in the same
+# tick as the one before could leave the stamp as it was.
+_DIRECTORY_SETTLED_NS = 10 * 1_000_000_000
 
 # SQLite's primary result codes (the low byte of an extended code).
 _SQLITE_BUSY = 5
@@ -262,6 +267,21 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 _Identity = tuple[int, int] | None
 
 
+def _wall_clock_ns() -> int:
+    """The clock the kernel stamps a directory's changes with."""
+    return time.time_ns()
+
+
+def _directory_stamp(directory: Path) -> tuple[int, int, int] | None:
+    """The directory at `directory` and when an entry was last added, removed or renamed in it
+    (its ctime); None when there is none."""
+    try:
+        found = os.stat(directory)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_ctime_ns
+
+
 def file_identity(path: Path) -> _Identity:
     """The device and inode of the file at `path`, or None when there is none."""
     try:
@@ -394,6 +414,11 @@ class Database:
                 os.chmod(path, 0o600)
         # The files this connection uses, now that it has read them: `check_in_place` compares.
         self._files = tuple(file_identity(p) for p in (self.path, _wal(self.path), _shm(self.path)))
+        # The state directory as it was when the files were last found in place, once it had
+        # settled; never for a store reached through a symbolic link, whose files may be moved
+        # in another directory.
+        self._settled_directory: tuple[int, int, int] | None = None
+        self._directory_tells = not self.path.is_symlink()
 
     def _prepare(
         self, sync: str, background_checkpoints: bool, check: Literal["full", "quick"]
@@ -455,8 +480,23 @@ class Database:
     def check_in_place(self) -> None:
         """Raise StoreDisplaced if the path no longer names the files this connection uses.
 
-        Only looks at the file system, so any thread may call it.
+        Only looks at the file system, so any thread may call it. The files are looked at only
+        when the state directory has changed since they were last found in place: deleting,
+        renaming or replacing any of them changes the directory's ctime, which one `stat` of
+        the directory reads. Each commit checks before and after, and every system call lets
+        the busy event loop take the GIL, which the store thread then waits to get back: one
+        stat instead of three shortened the benchmark's commits and raised its rate (see
+        docs/benchmarks.md, "Eleventh pass").
         """
+        stamp = _directory_stamp(self.path.parent) if self._directory_tells else None
+        if stamp is not None and stamp == self._settled_directory:
+            return
+        self._check_files_in_place()
+        # Taken before the files were looked at: a change while they were is in the next stamp.
+        if stamp is not None and _wall_clock_ns() - stamp[2] > _DIRECTORY_SETTLED_NS:
+            self._settled_directory = stamp
+
+    def _check_files_in_place(self) -> None:
         database, *journals = self._files
         now = file_identity(self.path)
         if now is None:
