@@ -429,16 +429,18 @@ class Outbox:
         # event loop, so no post sees them counted twice or not at all.
         self._pending_bytes -= sum(len(pending.event.body) for pending in group)
         self._mark_healthy()
-        stored = False
+        stored = stored_bytes = highest = 0
         for pending, seq in zip(group, seqs, strict=True):
             if seq is not None:
-                stored = True
-                self._highest_seq = max(self._highest_seq, seq)
-                self._count(1, len(pending.event.body))
+                stored += 1
+                stored_bytes += len(pending.event.body)
+                highest = max(highest, seq)
                 self._remember(seq, pending.parsed)
             if not pending.done.done():
                 pending.done.set_result(seq)
         if stored:
+            self._count(stored, stored_bytes)
+            self._highest_seq = max(self._highest_seq, highest)
             self._mark_seqs(time.monotonic(), self._highest_seq, self.config.max_age_secs)
             for listener in list(self._listeners):
                 listener()
