@@ -74,9 +74,13 @@ COMMAND_LOCK_WAIT_SECS = 60.0
 _COMMAND_LOCK_POLL_SECS = 0.05
 # How long ago the state directory must have last changed for `check_in_place` to take its
 # stamp as proof that the store's files are where they were. The kernel stamps a change from a
-# clock that ticks every few milliseconds (every 2 s on FAT), so a second change in the same
-# tick as the one before could leave the stamp as it was.
+# clock that ticks every few milliseconds, and ext3, ext4 with small inodes and FAT keep whole
+# seconds or two, so a second change in the same tick as the one before leaves the stamp as it
+# was.
 _DIRECTORY_SETTLED_NS = 10 * 1_000_000_000
+# A wall clock stepped by more than this since the stamp was trusted: trusted no more, as a
+# later change could be stamped with the same time.
+_CLOCK_STEP_NS = 1_000_000_000
 
 # SQLite's primary result codes (the low byte of an extended code).
 _SQLITE_BUSY = 5
@@ -414,11 +418,9 @@ class Database:
                 os.chmod(path, 0o600)
         # The files this connection uses, now that it has read them: `check_in_place` compares.
         self._files = tuple(file_identity(p) for p in (self.path, _wal(self.path), _shm(self.path)))
-        # The state directory as it was when the files were last found in place, once it had
-        # settled; never for a store reached through a symbolic link, whose files may be moved
-        # in another directory.
-        self._settled_directory: tuple[int, int, int] | None = None
-        self._directory_tells = not self.path.is_symlink()
+        # The state directory's stamp when the files were last found in place, once it had
+        # settled, with the wall clock's offset from the monotonic one then.
+        self._settled_directory: tuple[tuple[int, int, int], int] | None = None
 
     def _prepare(
         self, sync: str, background_checkpoints: bool, check: Literal["full", "quick"]
@@ -477,24 +479,55 @@ class Database:
             self._db.execute(f"PRAGMA busy_timeout={wait}")
             self._contended = briefly
 
-    def check_in_place(self) -> None:
+    def check_in_place(self, *, full: bool = False) -> None:
         """Raise StoreDisplaced if the path no longer names the files this connection uses.
 
-        Only looks at the file system, so any thread may call it. The files are looked at only
-        when the state directory has changed since they were last found in place: deleting,
-        renaming or replacing any of them changes the directory's ctime, which one `stat` of
-        the directory reads. Each commit checks before and after, and every system call lets
-        the busy event loop take the GIL, which the store thread then waits to get back: one
-        stat instead of three shortened the benchmark's commits and raised its rate (see
-        docs/benchmarks.md, "Eleventh pass").
+        Only looks at the file system, so any thread may call it. Each commit checks before and
+        after, and every system call lets the busy event loop take the GIL, which the store
+        thread then waits to get back; so the files are looked at only when the state directory
+        may have changed since they were last found in place. Deleting, renaming or replacing
+        any of them changes the directory's ctime, which one `stat` of the directory reads
+        (under the ingest benchmark's load, commits got shorter and posts per second rose by
+        5-12 %: docs/benchmarks.md, "Eleventh pass"). The stamp is trusted once the directory
+        has not changed for `_DIRECTORY_SETTLED_NS`, while the wall clock has not been stepped,
+        and while none of the three names is a symbolic link, whose target could move in
+        another directory. A mount over one of the files changes nothing in the directory:
+        `full` looks at the files whatever the directory shows, which the checkpointer does
+        every second.
         """
-        stamp = _directory_stamp(self.path.parent) if self._directory_tells else None
-        if stamp is not None and stamp == self._settled_directory:
+        # Read before the directory: a change after this moment gets a later stamp than one
+        # that was settled by then.
+        now = _wall_clock_ns()
+        clock_offset = now - time.monotonic_ns()
+        stamp = _directory_stamp(self.path.parent)
+        settled = self._settled_directory
+        if (
+            not full
+            and settled is not None
+            and stamp == settled[0]
+            and abs(clock_offset - settled[1]) < _CLOCK_STEP_NS
+        ):
             return
         self._check_files_in_place()
-        # Taken before the files were looked at: a change while they were is in the next stamp.
-        if stamp is not None and _wall_clock_ns() - stamp[2] > _DIRECTORY_SETTLED_NS:
-            self._settled_directory = stamp
+        if stamp is None or now - stamp[2] <= _DIRECTORY_SETTLED_NS:
+            return
+        if (settled is None or settled[0] != stamp) and not self._names_are_the_files():
+            return
+        self._settled_directory = (stamp, clock_offset)
+
+    def _names_are_the_files(self) -> bool:
+        """Whether each of the store's names is the file itself, not a symbolic link to it."""
+        names = (self.path, _wal(self.path), _shm(self.path))
+        for path, opened in zip(names, self._files, strict=True):
+            if opened is None:
+                continue  # not there at open, and not looked at since (`_check_files_in_place`)
+            try:
+                found = os.lstat(path)
+            except OSError:
+                return False
+            if (found.st_dev, found.st_ino) != opened:
+                return False
+        return True
 
     def _check_files_in_place(self) -> None:
         database, *journals = self._files

@@ -613,7 +613,9 @@ class Outbox:
 
         def tick() -> int | None:
             nonlocal checkpointer
-            database.check_in_place()
+            # All three files, whatever the directory shows: what it cannot show (a mount over
+            # one of them) is noticed within a tick.
+            database.check_in_place(full=True)
             if checkpointer is None:
                 checkpointer = Checkpointer(database.path, sync=self.config.sync)
             return checkpointer.checkpoint()

@@ -8,6 +8,7 @@ tests show that every way of moving the files away still changes what that stat 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -18,7 +19,9 @@ from typing import Any
 import pytest
 
 from forwarder.store import database as database_module
+from forwarder.store import outbox as outbox_module
 from forwarder.store.database import DB_NAME, Database, StoreDisplaced
+from tests.store.helpers import event, open_outbox
 
 FILES = (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm")
 
@@ -44,18 +47,25 @@ def _stats_of_files(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def _settle(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+def _pretend_settled(database: Database, monkeypatch: pytest.MonkeyPatch) -> int:
     """Let the directory's last change be long past, as it is a few seconds after the daemon
-    starts, and check once: the directory's stamp is then trusted. Then wait until the kernel's
-    clock has moved on from that stamp, so that the test's own change gets a later one (the
-    kernel stamps changes from a clock that ticks every few milliseconds)."""
+    starts; returns that change's stamp."""
     changed_at = os.stat(database.path.parent).st_ctime_ns
     monkeypatch.setattr(
         database_module,
         "_wall_clock_ns",
         lambda: changed_at + database_module._DIRECTORY_SETTLED_NS + 1,
     )
+    return changed_at
+
+
+def _settle(database: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend the directory settled and check once: its stamp is then trusted. Then wait until
+    the kernel's clock has moved on from that stamp, so that the test's own change gets a later
+    one (the kernel stamps changes from a clock that ticks every few milliseconds)."""
+    changed_at = _pretend_settled(database, monkeypatch)
     database.check_in_place()
+    assert database._settled_directory is not None
     while time.time_ns() < changed_at + 50_000_000:  # at most 50 ms: a condition, not a pause
         os.sched_yield()
 
@@ -132,9 +142,102 @@ def test_a_store_reached_through_a_symbolic_link_has_its_files_looked_at_every_t
     (state / DB_NAME).symlink_to(tmp_path / "elsewhere" / DB_NAME)
     database = Database(state)
     try:
-        _settle(database, monkeypatch)
+        _pretend_settled(database, monkeypatch)
+        database.check_in_place()
+        assert database._settled_directory is None
         stats = _stats_of_files(monkeypatch)
         database.check_in_place()
         assert DB_NAME in stats
     finally:
         database.close()
+
+
+def test_a_name_made_a_symbolic_link_after_the_open_has_the_files_looked_at_every_time(
+    tmp_path: Path, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database moved to another disk and linked back: the same file, so in place, but its
+    deletion there would change only the other directory."""
+    elsewhere = tmp_path / "disk2"
+    elsewhere.mkdir()
+    moved = elsewhere / DB_NAME
+    database.path.rename(moved)
+    database.path.symlink_to(moved)
+    _pretend_settled(database, monkeypatch)
+    database.check_in_place()
+    assert database._settled_directory is None
+    moved.unlink()
+    with pytest.raises(StoreDisplaced, match="deleted"):
+        database.check_in_place()
+
+
+def test_a_stamp_is_trusted_only_if_it_was_settled_before_the_files_were_looked_at(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change while the files are looked at can get the same stamp as the one before it (the
+    same tick); if the check then stalled past the settling time (a paused container), that
+    stamp must not be trusted: it was not settled when the files were found in place."""
+    state = database.path.parent
+    unchanged = database_module._directory_stamp(state)
+    assert unchanged is not None
+    clock = [unchanged[2] + 1]  # the directory changed a moment ago
+    monkeypatch.setattr(database_module, "_wall_clock_ns", lambda: clock[0])
+    monkeypatch.setattr(database_module, "_directory_stamp", lambda directory: unchanged)
+    look_at_files = database._check_files_in_place
+
+    def wal_deleted_in_the_same_tick_then_a_stall() -> None:
+        look_at_files()
+        Path(f"{database.path}-wal").unlink()
+        clock[0] += database_module._DIRECTORY_SETTLED_NS + 1
+
+    monkeypatch.setattr(
+        database, "_check_files_in_place", wal_deleted_in_the_same_tick_then_a_stall
+    )
+    database.check_in_place()
+    monkeypatch.setattr(database, "_check_files_in_place", look_at_files)
+    with pytest.raises(StoreDisplaced, match="-wal was deleted"):
+        database.check_in_place()
+
+
+def test_a_wall_clock_step_has_the_files_looked_at_again(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _settle(database, monkeypatch)
+    armed_at = database_module._wall_clock_ns()
+    monkeypatch.setattr(database_module, "_wall_clock_ns", lambda: armed_at - 2_000_000_000)
+    stats = _stats_of_files(monkeypatch)
+    database.check_in_place()
+    assert stats == list(FILES)
+
+
+def test_a_full_check_looks_at_the_files_whatever_the_directory_shows(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount over one of the files leaves the directory as it was."""
+    _settle(database, monkeypatch)
+    armed = database._settled_directory
+    assert armed is not None
+    monkeypatch.setattr(database_module, "_directory_stamp", lambda directory: armed[0])
+    database.path.unlink()  # stands for a mount: the directory's stamp is kept as it was
+    database.check_in_place()  # the shortcut trusts the directory
+    with pytest.raises(StoreDisplaced, match="deleted"):
+        database.check_in_place(full=True)
+
+
+async def test_an_idle_store_looks_at_its_files_whatever_the_directory_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpointer's tick checks all three files, so what the directory cannot show is
+    noticed within a tick even with the shortcut trusted."""
+    monkeypatch.setattr(outbox_module, "CHECKPOINT_INTERVAL_SECS", 0.001)
+    monkeypatch.setattr(database_module, "_wall_clock_ns", lambda: 1 << 62)
+    monkeypatch.setattr(database_module, "_directory_stamp", lambda directory: (1, 1, 0))
+    outbox = await open_outbox(tmp_path)
+    try:
+        assert await outbox.append(event(1)) is True  # its checks trust the directory
+        (tmp_path / "state" / DB_NAME).unlink()
+        async with asyncio.timeout(10):
+            while outbox.healthy:
+                await asyncio.sleep(0.005)
+        assert "deleted" in (outbox.last_error or "")
+    finally:
+        await outbox.aclose()
