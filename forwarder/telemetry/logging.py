@@ -34,10 +34,11 @@ class LineWriter:
     loop go out together, in one write at the start of its next turn.
 
     A write and a flush per line cost a system call each, and each lets the store thread take
-    the GIL from the busy event loop: one "Event accepted." line per post. Lines from other
-    threads, or with no loop running, are written at once, after any that are held, so the
-    order stays the order they were logged in. A SIGKILL loses at most the lines of the turn
-    it cuts short; an exit writes what is held.
+    the GIL from the busy event loop: one "Event accepted." line per post. Warnings and errors,
+    lines from other threads, and lines with no loop running are written at once, after any
+    that are held, so the order stays the order they were logged in; so a loop stuck in a call
+    (which the watchdog then kills, and no exit handler runs) holds back only info lines. A
+    SIGKILL loses at most the info lines of the turn it cuts short; an exit writes what is held.
     """
 
     def __init__(self, stream: TextIO) -> None:
@@ -47,9 +48,11 @@ class LineWriter:
         # The loop a flush is scheduled on: one that stops before running it leaves the lines
         # to the next loop's flush (a test's loop, a reload's), not to the exit.
         self._flush_loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
+        # Reentrant: a write to the stream can run code that logs (a finaliser the collector
+        # runs then, a stream that logs), which must not wait for itself.
+        self._lock = threading.RLock()
 
-    def write(self, line: str) -> None:
+    def write(self, line: str, *, at_once: bool = False) -> None:
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -57,7 +60,7 @@ class LineWriter:
         with self._lock:
             self._held.append(line)
             self._held_chars += len(line)
-            if loop is None or self._held_chars > _HELD_CHARS_MAX:
+            if at_once or loop is None or self._held_chars > _HELD_CHARS_MAX:
                 self._write_held()
                 return
             if self._flush_loop is loop:
@@ -90,10 +93,13 @@ _WRITERS_LOCK = threading.Lock()
 
 def _writer_for(stream: TextIO) -> LineWriter:
     with _WRITERS_LOCK:
+        # Streams closed since (a test's captured stderr) are let go of: nothing more goes
+        # into them, and the dict would otherwise keep every one alive.
+        for key, closed in [(k, w) for k, w in _WRITERS.items() if w.stream.closed]:
+            closed.flush()
+            del _WRITERS[key]
         writer = _WRITERS.get(id(stream))
-        if writer is None or writer.stream is not stream:
-            if writer is not None:
-                writer.flush()
+        if writer is None:
             writer = _WRITERS[id(stream)] = LineWriter(stream)
         return writer
 
@@ -119,8 +125,11 @@ class _StderrLogger:
     def msg(self, message: str) -> None:
         self._writer.write(message + "\n")
 
-    log = debug = info = warn = warning = error = err = critical = exception = msg
-    fatal = failure = msg
+    def at_once(self, message: str) -> None:
+        self._writer.write(message + "\n", at_once=True)
+
+    log = debug = info = msg
+    warn = warning = error = err = critical = exception = fatal = failure = at_once
 
 
 class _StderrLoggerFactory:
@@ -137,7 +146,9 @@ class _LineHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
-        _writer_for(self.stream).write(line + self.terminator)
+        _writer_for(self.stream).write(
+            line + self.terminator, at_once=record.levelno >= logging.WARNING
+        )
 
 
 # What a terminal acts on rather than shows: the C0 controls (line breaks, escape sequences)
