@@ -608,13 +608,15 @@ class Database:
 
     def salvage(self, broken: Path, outputs: Sequence[str]) -> tuple[int, int]:
         """Copy the readable events and deliveries of a corrupt outbox into this one, and its
-        dead letters and quarantined posts; returns the (events, deliveries) copied.
+        dead letters, quarantined posts and dedupe log; returns the (events, deliveries) copied.
 
         Events are read in `seq` order, stepping over damaged pages; deliveries are read until
         SQLite hits the damage, and an event whose delivery rows could not be read is queued
         for every output in `outputs` (at least once beats not at all). Dead letters and
         quarantined posts are read until the damage too: each is an event or a post kept for an
-        operator, who would otherwise lose it with the damaged file.
+        operator, who would otherwise lose it with the damaged file. So is the dedupe log, in
+        its order: without it, a post the console sent again just after the salvage (a retry,
+        a second webhook) would be stored and delivered twice.
         """
         events = _readable_events(broken)
         deliveries = _readable_rows(broken, "deliveries", "output, seq, attempts")
@@ -623,7 +625,12 @@ class Database:
             table: (columns, _readable_rows(broken, table, columns))
             for table, columns in _KEPT_FOR_AN_OPERATOR.items()
         }
+        seen = _readable_rows(broken, "seen", "fingerprint, seen_at")
         with self._transaction() as db:
+            if seen:
+                _log(db, cast(list[tuple[str, float]], seen))
+                # A memory read before this (not so in the daemon) catches up at its next use.
+                self._dedupe_behind = self._dedupe is not None
             for table, (columns, kept_rows) in kept.items():
                 marks = ", ".join("?" * len(columns.split(",")))
                 db.executemany(

@@ -327,6 +327,18 @@ def test_salvage_keeps_the_dead_letters_and_the_quarantine(db: Database, tmp_pat
     assert body == b"{not json"
 
 
+def test_salvage_keeps_the_dedupe_log(db: Database, tmp_path: Path) -> None:
+    """A post the console sends again just after a salvage (a retry, a flock's second webhook)
+    is still a duplicate: the salvaged store started with no dedupe memory, and stored it twice."""
+    broken = Database(tmp_path / "broken")
+    window = 600.0
+    broken.append([new_event(n, received_at=1000.0 + n) for n in range(3)], ["a"], window)
+    broken.close()
+    db.salvage(tmp_path / "broken" / DB_NAME, ["a"])
+    again = [new_event(n, received_at=1100.0) for n in range(4)]
+    assert [seq is None for seq in db.append(again, ["a"], window)] == [True, True, True, False]
+
+
 @pytest.mark.parametrize("name", ["store#1", "store?1", "store%41"])
 def test_salvage_reads_a_store_whose_path_has_uri_characters(
     db: Database, tmp_path: Path, name: str
