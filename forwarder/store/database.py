@@ -416,8 +416,10 @@ class Database:
         for path in (self.path, *_journal_files(self.path)):
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o600)
-        # The files this connection uses, now that it has read them: `check_in_place` compares.
-        self._files = tuple(file_identity(p) for p in (self.path, _wal(self.path), _shm(self.path)))
+        # The store's three names (database, WAL, shared memory), and the files they named once
+        # this connection had read them: `check_in_place` compares.
+        self._names = (self.path, _wal(self.path), _shm(self.path))
+        self._files = tuple(file_identity(p) for p in self._names)
         # The state directory's stamp when the files were last found in place, once it had
         # settled, with the wall clock's offset from the monotonic one then.
         self._settled_directory: tuple[tuple[int, int, int], int] | None = None
@@ -517,8 +519,7 @@ class Database:
 
     def _names_are_the_files(self) -> bool:
         """Whether each of the store's names is the file itself, not a symbolic link to it."""
-        names = (self.path, _wal(self.path), _shm(self.path))
-        for path, opened in zip(names, self._files, strict=True):
+        for path, opened in zip(self._names, self._files, strict=True):
             if opened is None:
                 continue  # not there at open, and not looked at since (`_check_files_in_place`)
             try:
@@ -540,7 +541,7 @@ class Database:
             raise _replaced(self.path)
         # Without its WAL the file at the path lacks every commit since the last checkpoint;
         # without its shared memory the next process to open it writes blind to this one's.
-        for journal, opened in zip((_wal(self.path), _shm(self.path)), journals, strict=True):
+        for journal, opened in zip(self._names[1:], journals, strict=True):
             if opened is not None and file_identity(journal) != opened:
                 raise StoreDisplaced(
                     f"{journal} was deleted while the daemon had it open", replaced=False
@@ -576,7 +577,7 @@ class Database:
         """After `close`, rename this connection's WAL files that are still at the path (another
         process held the old database open) out of the way of the database now there."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        for journal in (_wal(self.path), _shm(self.path)):
+        for journal in self._names[1:]:
             if journal.exists() and file_identity(journal) in self._files[1:]:
                 journal.rename(journal.with_name(f"{journal.name}.displaced-{stamp}"))
 

@@ -140,15 +140,17 @@ class _StderrLoggerFactory:
 class _LineHandler(logging.StreamHandler[TextIO]):
     """The standard library's records (aiohttp's) through the same writer, in the same order."""
 
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._writer = _writer_for(stream)
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
         except Exception:
             self.handleError(record)
             return
-        _writer_for(self.stream).write(
-            line + self.terminator, at_once=record.levelno >= logging.WARNING
-        )
+        self._writer.write(line + self.terminator, at_once=record.levelno >= logging.WARNING)
 
 
 # What a terminal acts on rather than shows: the C0 controls (line breaks, escape sequences)

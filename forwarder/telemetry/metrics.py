@@ -106,17 +106,6 @@ http_requests = Counter(
     "http_requests", "HTTP requests answered, by path group and status.", ["handler", "status"],
     namespace=_NS, registry=REGISTRY,
 )  # fmt: skip
-
-
-@functools.cache
-def series(counter: Counter, *labels: str) -> Counter:
-    """`counter.labels(*labels)`, looked up once. prometheus_client's lookup takes a lock and
-    costs three times the increment, and the ingest path counts twice per post. Only for a
-    counter whose series are never removed, and labels from a fixed set (this keeps them all).
-    """
-    return counter.labels(*labels)
-
-
 quarantined = Counter(
     "quarantined", "Authenticated posts kept in quarantine because they could not be read.",
     namespace=_NS, registry=REGISTRY,
@@ -219,6 +208,16 @@ for _reason in MALFORMED_REASONS:
     malformed_requests.labels(_reason)
 for _reason in ACCEPT_CLOSE_REASONS:
     connections_closed_at_accept.labels(_reason)
+
+
+@functools.cache
+def series(counter: Counter, *labels: str) -> Counter:
+    """`counter.labels(*labels)`, looked up once. prometheus_client's lookup takes a lock and
+    costs three times the increment, and the ingest path counts twice per post. Only for a
+    counter whose series are never removed, and labels from a fixed set (this keeps them all).
+    """
+    return counter.labels(*labels)
+
 
 # Gauges that describe a running output, which go when a reload removes it.
 _RUNNING_OUTPUT_GAUGES = (output_in_flight, output_healthy, output_last_success)
