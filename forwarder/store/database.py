@@ -32,7 +32,9 @@ __all__ = [
     "COMMAND_LOCK_WAIT_SECS",
     "CONTENDED_BUSY_TIMEOUT_MS",
     "DB_NAME",
+    "MAX_WAL_BYTES",
     "TRUNCATE_WAIT_MS",
+    "WAL_FILE_LIMIT_BYTES",
     "Checkpointer",
     "CommandLock",
     "CutShortSalvage",
@@ -67,8 +69,17 @@ CONTENDED_BUSY_TIMEOUT_MS = 100
 # and then waits for readers; a reader that holds an old snapshot (a sqlite3 shell, a backup)
 # would otherwise hold every commit back for the whole busy timeout, every second.
 TRUNCATE_WAIT_MS = 100
-# Each page in the WAL comes after a header of its own (sqlite.org/fileformat.html, 4.1).
+# The log in the WAL past which the checkpointer resets it (see `Checkpointer`).
+MAX_WAL_BYTES = 64 << 20
+# The WAL file is written over from its start after a reset, not cut; what a reader holding a
+# snapshot let it grow to is cut back to this by the first commit after the next reset. Twice the
+# bound, so that a steady load, which keeps the file near the bound, never pays for a cut.
+WAL_FILE_LIMIT_BYTES = 2 * MAX_WAL_BYTES
+# Each page in the WAL comes after a header of its own; the file's header names the log in it:
+# its checkpoint sequence number and salts, which change each time the log starts again
+# (sqlite.org/fileformat.html, 4.1).
 _WAL_FRAME_HEADER_BYTES = 24
+_WAL_LOG_NAME = slice(12, 24)
 # How long a store command (`store stats`, `store check`, `dead-letters ...`) waits for the
 # daemon to finish putting a copy of a deleted store in place, or a salvage of a damaged one (see
 # `CommandLock`); a large store takes a while.
@@ -433,6 +444,7 @@ class Database:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
             self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_FILE_LIMIT_BYTES}")
             if background_checkpoints:
                 self._db.execute("PRAGMA wal_autocheckpoint=0")
             # The daemon's is the full check: a store run on with an index that lacks rows never
@@ -1289,12 +1301,13 @@ class Checkpointer:
     TRUNCATE_WAIT_MS.
 
     RESTART, not TRUNCATE: cutting a WAL of 64 MiB back to nothing held the commit behind it
-    30-35 ms under the ingest benchmark's load, every few seconds, where a restart holds it
-    about 4 ms (docs/benchmarks.md, "Twelfth pass"). The file keeps its size, which the bound
-    caps, and is written over; a clean stop still truncates it.
+    30-35 ms under the ingest benchmark's load, every few seconds (docs/benchmarks.md,
+    "Twelfth pass"). The file keeps its size and is written over; the writers' connections cut
+    it back to WAL_FILE_LIMIT_BYTES should a reader have let it grow past that, and a clean
+    stop cuts it to nothing.
     """
 
-    def __init__(self, path: Path, *, sync: str = "full", max_wal_bytes: int = 64 << 20):
+    def __init__(self, path: Path, *, sync: str = "full", max_wal_bytes: int = MAX_WAL_BYTES):
         self.path = path
         self.max_wal_bytes = max_wal_bytes
         # mode=rw: a store deleted meanwhile is not created again, empty, by the checkpointer.
@@ -1308,7 +1321,10 @@ class Checkpointer:
         self._db.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
         (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
         self._frame_bytes = int(page_size) + _WAL_FRAME_HEADER_BYTES
-        self._restarted_at: int | None = None
+        # The log the last reset left, by name and length: until a commit changes either, the
+        # next commit starts the log again by itself, and another reset would only block.
+        self._reset_log: tuple[bytes | None, int] | None = None
+        self._answer: int | None = None
 
     def checkpoint(self) -> int | None:
         """Checkpoint; returns the size of the log in the WAL if it is past `max_wal_bytes` and
@@ -1319,16 +1335,30 @@ class Checkpointer:
         # has little left to copy while writers wait for it. The frames it reports are the log
         # since the last restart: the file itself no longer shrinks, so its size says nothing.
         (_, frames, _) = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        log_bytes = int(frames) * self._frame_bytes
-        # The same log as at the last restart: nothing was committed since, and the next
-        # commit starts the log again without another.
-        if log_bytes <= self.max_wal_bytes or frames == self._restarted_at:
+        if frames < 0:
+            # Another connection is checkpointing (a store command closing): nothing was learnt
+            # of the log this time, so the last answer stands.
+            return self._answer
+        self._answer = self._reset_if_past_bound(int(frames))
+        return self._answer
+
+    def _reset_if_past_bound(self, frames: int) -> int | None:
+        log_bytes = frames * self._frame_bytes
+        if log_bytes <= self.max_wal_bytes or self._reset_log == (self._log_name(), frames):
             return None
-        (busy, _, _) = self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        (busy, left, _) = self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         if busy:
             return log_bytes
-        self._restarted_at = frames
+        self._reset_log = (self._log_name(), int(left))
         return None
+
+    def _log_name(self) -> bytes | None:
+        try:
+            with open(_wal(self.path), "rb") as wal:
+                header = wal.read(_WAL_LOG_NAME.stop)
+        except FileNotFoundError:
+            return None
+        return header[_WAL_LOG_NAME] if len(header) == _WAL_LOG_NAME.stop else None
 
     def close(self) -> None:
         self._db.close()

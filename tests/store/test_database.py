@@ -4,12 +4,14 @@ import contextlib
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from forwarder.store import database as database_module
 from forwarder.store.database import (
     DB_NAME,
     Checkpointer,
@@ -431,6 +433,121 @@ def test_the_bound_is_on_the_log_in_the_wal_not_on_the_file(tmp_path: Path) -> N
     _fill_past_a_mebibyte(database, 2000)
     checkpointer.checkpoint()
     assert statements[4:] == [passive, restart]
+    checkpointer.close()
+    database.close()
+
+
+def test_a_new_log_of_the_same_length_as_the_one_reset_is_reset_too(tmp_path: Path) -> None:
+    """The same commits after a reset give a log of the same length: a new one all the same."""
+    database = Database(tmp_path, background_checkpoints=True)
+    checkpointer = Checkpointer(database.path, max_wal_bytes=1024 * 1024)
+    statements: list[str] = []
+    checkpointer._db.set_trace_callback(statements.append)
+    restart = "PRAGMA wal_checkpoint(RESTART)"
+
+    def queue_and_deliver(first: int) -> int:
+        """Events in and out again: each round rewrites the same pages, so logs match."""
+        for batch in range(4):
+            events = [new_event(first + batch * 100 + n, body=b"x" * 5000) for n in range(100)]
+            seqs = database.append(events, ["a"], 0)
+            database.ack("a", [seq for seq in seqs if seq is not None])
+        return _log_frames(database)
+
+    queue_and_deliver(0)
+    checkpointer.checkpoint()
+    second = queue_and_deliver(1000)
+    checkpointer.checkpoint()
+    assert queue_and_deliver(2000) == second  # what makes the two logs look alike
+    checkpointer.checkpoint()
+    assert statements.count(restart) == 3
+    checkpointer.close()
+    database.close()
+
+
+def test_commits_that_never_leave_the_log_a_gap_still_have_it_reset(tmp_path: Path) -> None:
+    """What the reset is for: commits landing while each PASSIVE copies, so that it never
+    catches up and no commit starts the log again by itself. Left to PASSIVE alone, the WAL took
+    every commit (26.5 MiB here); with the resets it stayed near the bound (2 MiB)."""
+    database = Database(tmp_path, background_checkpoints=True)
+    checkpointer = Checkpointer(database.path, max_wal_bytes=1024 * 1024)
+    stopped = threading.Event()
+
+    def checkpoints() -> None:
+        while not stopped.is_set():
+            checkpointer.checkpoint()
+            stopped.wait(0.02)  # paces the checks, as the daemon's one a second
+
+    thread = threading.Thread(target=checkpoints)
+    thread.start()
+    try:
+        for group in range(400):
+            database.append(
+                [new_event(group * 20 + n, body=b"x" * 2000) for n in range(20)], ["a"], 0
+            )
+            # The gap the daemon's group commits leave between them, in which a reset gets the
+            # write lock; back to back, as no daemon commits, every reset would time out.
+            time.sleep(0.001)
+    finally:
+        stopped.set()
+        thread.join()
+    # The file grows only when the log outgrows it, so its size is the longest log there was.
+    assert (tmp_path / f"{DB_NAME}-wal").stat().st_size < 8 * 1024 * 1024
+    checkpointer.close()
+    database.close()
+
+
+def test_a_wal_a_reader_let_grow_is_cut_back_after_the_next_reset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written over rather than cut, the file would keep whatever size a long reader (a backup,
+    a shell) let it grow to until a clean stop."""
+    monkeypatch.setattr(database_module, "WAL_FILE_LIMIT_BYTES", 2 * 1024 * 1024)
+    database = Database(tmp_path, background_checkpoints=True)
+    wal = tmp_path / f"{DB_NAME}-wal"
+    checkpointer = Checkpointer(database.path, max_wal_bytes=1024 * 1024)
+    _fill_past_a_mebibyte(database, 0)
+    reader = sqlite3.connect(database.path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM events").fetchone()
+    for start in range(1000, 5000, 1000):
+        _fill_past_a_mebibyte(database, start)
+        assert checkpointer.checkpoint() is not None  # held back by the reader
+    assert wal.stat().st_size > 8 * 1024 * 1024
+    reader.execute("COMMIT")
+    reader.close()
+    assert checkpointer.checkpoint() is None
+    database.append([new_event(9000)], ["a"], 0)
+    assert wal.stat().st_size <= 2 * 1024 * 1024
+    checkpointer.close()
+    database.close()
+
+
+class _CheckpointingElsewhere:
+    """A connection whose PASSIVE finds another connection checkpointing."""
+
+    def execute(self, sql: str) -> sqlite3.Cursor:
+        assert sql == "PRAGMA wal_checkpoint(PASSIVE)"
+        answer = sqlite3.connect(":memory:")
+        return answer.execute("SELECT 1, -1, -1")
+
+
+def test_a_checkpoint_that_finds_another_under_way_keeps_the_last_answer(tmp_path: Path) -> None:
+    """PASSIVE then learns nothing of the log (-1 frames); read as a short log, it had the
+    daemon say the WAL could be reset again, then warn once more at the next check."""
+    database = Database(tmp_path, background_checkpoints=True)
+    checkpointer = Checkpointer(database.path, max_wal_bytes=1024 * 1024)
+    _fill_past_a_mebibyte(database, 0)
+    reader = sqlite3.connect(database.path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM events").fetchone()
+    database.append([new_event(999)], ["a"], 0)
+    stuck = checkpointer.checkpoint()
+    assert stuck is not None
+    own, checkpointer._db = checkpointer._db, _CheckpointingElsewhere()  # type: ignore[assignment]
+    assert checkpointer.checkpoint() == stuck
+    checkpointer._db = own
+    reader.execute("COMMIT")
+    reader.close()
     checkpointer.close()
     database.close()
 
