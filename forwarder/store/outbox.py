@@ -313,10 +313,8 @@ class Outbox:
         """
         if self._closing:
             raise StoreUnavailable("the store is closing")
-        if self._damaged or self._displaced is not None:
-            # Nothing more into a file that is damaged or no longer at the path; the next probe
-            # replaces the connection.
-            raise StoreUnavailable(self.last_error or "the store is being reopened")
+        if (refusal := self._refusal()) is not None:
+            raise refusal
         held = self.bytes + self._pending_bytes
         if held + len(event.raw) > self.config.max_bytes:
             raise StoreFull(f"store holds {held} bytes of {self.config.max_bytes}")
@@ -337,6 +335,16 @@ class Outbox:
         seq = await pending.done
         return seq is not None
 
+    def _refusal(self) -> StoreUnavailable | None:
+        """Why no post may be committed now, or None.
+
+        Nothing more goes into a file that is damaged or no longer at the path; the next probe
+        replaces the connection.
+        """
+        if self._damaged or self._displaced is not None:
+            return StoreUnavailable(self.last_error or "the store is being reopened")
+        return None
+
     async def _commit_forever(self) -> None:
         while not self._closing:
             await self._wakeup.wait()
@@ -352,6 +360,12 @@ class Outbox:
         next group starts as the last one ends: not after a round trip through the busy event
         loop, which took about a third of each commit cycle, and every post waits for a cycle.
         """
+        if (refusal := self._refusal()) is not None:
+            # Posts that were waiting when a commit found the damage: refused as a post that
+            # comes now is, not committed into the file the probe is about to replace.
+            while group := self._take_group():
+                self._refuse(group, str(refusal))
+            return
         loop = asyncio.get_running_loop()
         taken = False
 
@@ -415,11 +429,17 @@ class Outbox:
         return seqs
 
     def _commit_failed(self, group: list[_Pending], exc: Exception) -> None:
+        # Damage is noted before the group hears of it: a post its answer lets in must already
+        # be refused. Noted only when the store thread's call had returned, a post could come in
+        # between and be committed into the damaged file.
+        self._store_failed(exc)
+        self._refuse(group, str(exc))
+
+    def _refuse(self, group: list[_Pending], reason: str) -> None:
         self._pending_bytes -= sum(len(pending.event.body) for pending in group)
-        self._mark_unhealthy(exc)
         for pending in group:
             if not pending.done.done():
-                pending.done.set_exception(StoreUnavailable(str(exc)))
+                pending.done.set_exception(StoreUnavailable(reason))
 
     def _committed(
         self, group: list[_Pending], seqs: list[int | None], added: tuple[int, int]

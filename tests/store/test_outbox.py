@@ -232,27 +232,65 @@ async def test_a_chain_commits_nothing_more_into_a_connection_let_go_of(tmp_path
     await outbox.aclose()
 
 
+def _damaged() -> None:
+    damage = sqlite3.DatabaseError("database disk image is malformed")
+    damage.sqlite_errorcode = 11  # SQLITE_CORRUPT, as SQLite sets it
+    raise damage
+
+
 async def test_damage_met_later_in_a_chain_marks_the_store_and_refuses_new_posts(
     tmp_path: Path,
 ) -> None:
     outbox = await open_outbox(tmp_path)
+    next_post_made = asyncio.Event()
+    run = Outbox._run
 
-    def damaged() -> None:
-        damage = sqlite3.DatabaseError("database disk image is malformed")
-        damage.sqlite_errorcode = 11  # SQLITE_CORRUPT, as SQLite sets it
-        raise damage
+    async def failure_seen_late(self: Outbox, call: Any, *args: object) -> Any:
+        # Under load the committer may hear of the store thread's failure only after the
+        # posts it failed have been answered and their clients have posted again.
+        try:
+            return await run(self, call, *args)
+        except sqlite3.Error:
+            await next_post_made.wait()
+            raise
 
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Outbox, "_run", failure_seen_late)
         commits = _ChainedCommits(patch)
-        commits.on_commit[2] = damaged
+        commits.on_commit[2] = _damaged
         first, [second] = await commits.posted_during_the_first_commit(outbox, 2)
         async with asyncio.timeout(10):
             assert await first is True
             with pytest.raises(StoreUnavailable, match="malformed"):
                 await second
-        assert outbox.healthy is False
-        with pytest.raises(StoreUnavailable):
-            await outbox.append(event(3))
+            assert outbox.healthy is False
+            third = asyncio.ensure_future(outbox.append(event(3)))
+            await asyncio.sleep(0)  # the post is checked, and refused or queued
+            next_post_made.set()
+            with pytest.raises(StoreUnavailable, match="malformed"):
+                await third
+    assert (await outbox.stats()).queued == {"a": 1}
+    await outbox.aclose()
+
+
+async def test_posts_waiting_behind_a_commit_that_met_damage_are_refused(
+    tmp_path: Path,
+) -> None:
+    outbox = await open_outbox(tmp_path)
+    with pytest.MonkeyPatch.context() as patch:
+        commits = _ChainedCommits(patch)
+        commits.on_commit[2] = _damaged
+        first, [second, third] = await commits.posted_during_the_first_commit(outbox, 2, 3)
+        async with asyncio.timeout(10):
+            assert await first is True
+            with pytest.raises(StoreUnavailable, match="malformed"):
+                await second
+            # Waiting when the damage was met, it is not committed into the damaged file.
+            with pytest.raises(StoreUnavailable, match="malformed"):
+                await third
+        assert commits.calls == 2
+    assert outbox.healthy is False
+    assert (await outbox.stats()).queued == {"a": 1}
     await outbox.aclose()
 
 
