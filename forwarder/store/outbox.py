@@ -226,7 +226,13 @@ class Outbox:
         def run() -> T:
             if self._db is None:
                 raise StoreUnavailable(self.last_error or "store is not open")
-            return call(self._db)
+            try:
+                return call(self._db)
+            except Exception as exc:
+                # Noted here, on the store thread, before its next call: a commit queued behind
+                # a read or an ack that found damage must not go into the damaged file.
+                self._note_unusable(exc)
+                raise
 
         try:
             return await self._run(run)
@@ -238,11 +244,16 @@ class Outbox:
         """Any call that fails in the store makes it unhealthy, a read or an ack as much as a
         commit: damage under the queued events would otherwise stop delivery with /readyz
         still passing, and only a warning from each output."""
+        self._note_unusable(exc)
+        self._mark_unhealthy(exc)
+
+    def _note_unusable(self, exc: Exception) -> None:
+        """Note a connection that must take no more commits (damaged, or its files displaced);
+        the next probe replaces it. On the store thread or the event loop alike."""
         if isinstance(exc, StoreDisplaced):
             self._displaced = self._displaced or exc
         elif is_damage(exc):
             self._damaged = True
-        self._mark_unhealthy(exc)
 
     async def responsive(self, wait_secs: float) -> bool:
         """Whether the store thread runs a no-op within `wait_secs`; for the watchdog.
@@ -372,6 +383,10 @@ class Outbox:
         def commit_groups(db: Database) -> None:
             nonlocal taken
             for chained in range(_CHAINED_GROUPS):
+                if self._refusal() is not None:
+                    # A call before this one found the connection unusable: the groups left
+                    # waiting get the store's refusal at the next turn.
+                    return
                 if chained and (self._db is not db or self._store_work_waiting()):
                     # A connection a probe has let go of (damaged, to be closed and salvaged)
                     # takes no more: the next group gets the store's refusal. And a read, an
@@ -430,8 +445,7 @@ class Outbox:
 
     def _commit_failed(self, group: list[_Pending], exc: Exception) -> None:
         # Damage is noted before the group hears of it: a post its answer lets in must already
-        # be refused. Noted only when the store thread's call had returned, a post could come in
-        # between and be committed into the damaged file.
+        # be refused, not committed into the damaged file.
         self._store_failed(exc)
         self._refuse(group, str(exc))
 
@@ -826,7 +840,8 @@ class Outbox:
     async def aclose(self) -> None:
         """Commit what is pending, then close the database.
 
-        The committer finishes the commit it is in and every group still waiting, then ends:
+        The committer finishes the commit it is in and every group still waiting (refused,
+        while the connection is damaged or displaced), then ends:
         cancelling it mid-commit would leave those posts waiting for an answer that never comes,
         while their events were committed all the same.
         """

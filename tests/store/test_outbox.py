@@ -294,6 +294,37 @@ async def test_posts_waiting_behind_a_commit_that_met_damage_are_refused(
     await outbox.aclose()
 
 
+async def test_a_post_queued_behind_a_read_that_meets_damage_is_refused(
+    tmp_path: Path,
+) -> None:
+    outbox = await open_outbox(tmp_path)
+    in_read, release = threading.Event(), threading.Event()
+
+    def damaged_read(database: Database) -> Any:
+        in_read.set()
+        release.wait(10)
+        _damaged()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Database, "stats", damaged_read)
+        # A dispatcher's read holds the store thread, then finds the file damaged.
+        read = asyncio.ensure_future(outbox.stats())
+        await asyncio.to_thread(in_read.wait, 10)
+        post = asyncio.ensure_future(outbox.append(event(1)))
+        queue = outbox._executor._work_queue
+        async with asyncio.timeout(10):
+            while queue.empty():  # until the committer's turn waits behind the read
+                await asyncio.sleep(0)
+            release.set()
+            with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+                await read
+            with pytest.raises(StoreUnavailable, match="malformed"):
+                await post
+    assert outbox.healthy is False
+    assert outbox.events == 0 and (await outbox.stats()).queued == {}
+    await outbox.aclose()
+
+
 async def test_a_read_queued_during_a_commit_goes_before_the_chained_commits(
     tmp_path: Path,
 ) -> None:
