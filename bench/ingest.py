@@ -225,9 +225,10 @@ def metric(base_url: str, name: str) -> float:
     raise RuntimeError(f"metric {name} not found")
 
 
-def bench_daemon(workdir: Path, args: argparse.Namespace) -> tuple[Row, str]:
-    port = free_port()
-    output = workdir / "daemon-events.jsonl"
+def daemon_arguments(workdir: Path, port: int, output: Path) -> list[str]:
+    """The `forwarder` arguments this benchmark runs the daemon with, its configuration written
+    to `workdir`: the durable store (`sync: full`) in `workdir`, a `file` output to `output`
+    (fsync per batch), JSON log lines."""
     config = {
         "listen": {
             "host": HOST,
@@ -240,8 +241,13 @@ def bench_daemon(workdir: Path, args: argparse.Namespace) -> tuple[Row, str]:
     }
     config_path = workdir / "daemon.yaml"
     config_path.write_text(yaml.safe_dump(config), "utf-8")
-    command = [sys.executable, "-m", "forwarder", "run", "-c", str(config_path)]
-    command += ["--log-format", "json"]
+    return ["run", "-c", str(config_path), "--log-format", "json"]
+
+
+def bench_daemon(workdir: Path, args: argparse.Namespace) -> tuple[Row, str]:
+    port = free_port()
+    output = workdir / "daemon-events.jsonl"
+    command = [sys.executable, "-m", "forwarder", *daemon_arguments(workdir, port, output)]
     base_url = f"http://{HOST}:{port}"
     with server(command, workdir, workdir / "daemon.log") as proc:
         wait_http(f"{base_url}/healthz", proc)

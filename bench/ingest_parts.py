@@ -41,8 +41,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -163,16 +161,10 @@ def run_daemon(off: str, workdir: Path, args: argparse.Namespace) -> Measured:
     run_dir = Path(tempfile.mkdtemp(prefix="daemon-", dir=workdir))
     port = ingest.free_port()
     output = run_dir / "events.jsonl"
-    config = {
-        "listen": {"host": HOST, "port": port, "max_connections_per_client": 0},
-        "store": {"path": str(run_dir / "state"), "sync": "full"},
-        "outputs": [{"name": "file", "type": "file", "path": str(output), "fsync": "batch"}],
-    }
-    (run_dir / "daemon.yaml").write_text(yaml.safe_dump(config), "utf-8")
     launcher = run_dir / "launcher.py"
     launcher.write_text(LAUNCHER, "utf-8")
-    command = [sys.executable, str(launcher), str(ROOT), off, "run"]
-    command += ["-c", str(run_dir / "daemon.yaml"), "--log-format", "json"]
+    command = [sys.executable, str(launcher), str(ROOT), off]
+    command += ingest.daemon_arguments(run_dir, port, output)
     with ingest.server(command, run_dir, run_dir / "daemon.log") as proc:
         ingest.wait_http(f"http://{HOST}:{port}/healthz", proc)
         measured = measure(proc.pid, f"http://{HOST}:{port}/canary", run_dir, args)
