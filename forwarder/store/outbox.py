@@ -445,7 +445,8 @@ class Outbox:
 
     def _commit_failed(self, group: list[_Pending], exc: Exception) -> None:
         # Damage is noted before the group hears of it: a post its answer lets in must already
-        # be refused, not committed into the damaged file.
+        # be refused, not committed into the damaged file. The store thread notes it too, but
+        # only after it has sent this answer on its way.
         self._store_failed(exc)
         self._refuse(group, str(exc))
 
